@@ -1,0 +1,137 @@
+"""Parquet schemas of the three task families (see docs/shards.md).
+
+One row is one annotated sample (a segment with its sentence). Dense per-sample tensors are stored
+flattened in fixed-size list columns whose shape is given by the dataset's ``dims`` in the
+manifest; ragged annotations (queried classes, ground-truth instances) are variable-size lists.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+TASKS = ("wsvog", "stvg", "moment")
+FEATURE_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
+
+# Required dims per task family.
+TASK_DIMS = {
+    "wsvog": ("T", "N", "D"),  # frames, proposals per frame, feature size
+    "stvg": ("T", "N", "D"),
+    "moment": ("L", "D"),  # clips, feature size
+}
+
+
+def _fixed(value_type: pa.DataType, size: int) -> pa.DataType:
+    return pa.list_(value_type, size)
+
+
+def wsvog_schema(T: int, N: int, D: int, feature_dtype: str = "float16") -> pa.Schema:
+    """Weakly-supervised video object grounding: per-frame region proposals.
+
+    ``gt_boxes`` holds, per instance in ``gt_class`` order, T boxes (x1, y1, x2, y2 in pixels);
+    ``gt_valid`` holds T flags per instance (False where the object is absent, occluded or
+    outside the frame: such boxes are not scored).
+    """
+    ft = FEATURE_DTYPES[feature_dtype]
+    return pa.schema(
+        [
+            pa.field("segment_id", pa.string(), nullable=False),
+            pa.field("video_id", pa.string(), nullable=False),
+            pa.field("recipe", pa.string(), nullable=False),
+            pa.field("sentence", pa.string(), nullable=False),
+            pa.field("query_classes", pa.list_(pa.int16()), nullable=False),
+            pa.field("features", _fixed(ft, T * N * D), nullable=False),
+            pa.field("proposals", _fixed(pa.float32(), T * N * 4), nullable=False),
+            pa.field("gt_class", pa.list_(pa.int16()), nullable=False),
+            pa.field("gt_boxes", pa.list_(pa.float32()), nullable=False),
+            pa.field("gt_valid", pa.list_(pa.bool_()), nullable=False),
+            pa.field("frame_width", pa.int16(), nullable=False),
+            pa.field("frame_height", pa.int16(), nullable=False),
+        ]
+    )
+
+
+def stvg_schema(T: int, N: int, D: int, feature_dtype: str = "float16") -> pa.Schema:
+    """Spatio-temporal video grounding: one tube per sentence.
+
+    ``tube`` holds T boxes, ``tube_valid`` T flags (the temporal extent of the tube).
+    """
+    ft = FEATURE_DTYPES[feature_dtype]
+    return pa.schema(
+        [
+            pa.field("segment_id", pa.string(), nullable=False),
+            pa.field("video_id", pa.string(), nullable=False),
+            pa.field("sentence", pa.string(), nullable=False),
+            pa.field("features", _fixed(ft, T * N * D), nullable=False),
+            pa.field("proposals", _fixed(pa.float32(), T * N * 4), nullable=False),
+            pa.field("tube", _fixed(pa.float32(), T * 4), nullable=False),
+            pa.field("tube_valid", _fixed(pa.bool_(), T), nullable=False),
+            pa.field("frame_width", pa.int16(), nullable=False),
+            pa.field("frame_height", pa.int16(), nullable=False),
+        ]
+    )
+
+
+def moment_schema(L: int, D: int, feature_dtype: str = "float16") -> pa.Schema:
+    """Temporal moment localisation: one row per video, holding all of its queries.
+
+    ``features`` are ``L`` clip features of the whole video; query ``j`` of the row has
+    ``sample_ids[j]``, ``sentences[j]``, ``word_ids[j]`` (indices into the dataset's ``vocab``
+    table) and ``moments[j] = (start, end)`` in seconds. Storing queries per video keeps a
+    video's features once however many queries it has.
+    """
+    ft = FEATURE_DTYPES[feature_dtype]
+    return pa.schema(
+        [
+            pa.field("video_id", pa.string(), nullable=False),
+            pa.field("duration", pa.float32(), nullable=False),
+            pa.field("features", _fixed(ft, L * D), nullable=False),
+            pa.field("sample_ids", pa.list_(pa.string()), nullable=False),
+            pa.field("sentences", pa.list_(pa.string()), nullable=False),
+            pa.field("word_ids", pa.list_(pa.list_(pa.int32())), nullable=False),
+            pa.field("moments", pa.list_(_fixed(pa.float32(), 2)), nullable=False),
+        ]
+    )
+
+
+def schema_for(task: str, dims: dict, feature_dtype: str) -> pa.Schema:
+    if task not in TASKS:
+        raise ValueError(f"unknown task family {task!r}; allowed: {', '.join(TASKS)}")
+    if feature_dtype not in FEATURE_DTYPES:
+        raise ValueError(
+            f"unknown feature dtype {feature_dtype!r}; allowed: {', '.join(FEATURE_DTYPES)}"
+        )
+    missing = [k for k in TASK_DIMS[task] if k not in dims]
+    if missing:
+        raise ValueError(f"{task} dims need {', '.join(TASK_DIMS[task])}; missing {', '.join(missing)}")
+    args = [int(dims[k]) for k in TASK_DIMS[task]]
+    return {"wsvog": wsvog_schema, "stvg": stvg_schema, "moment": moment_schema}[task](
+        *args, feature_dtype=feature_dtype
+    )
+
+
+# Side tables shipped with a dataset (one Parquet file each, listed in the manifest).
+def classes_schema(word_dim: int) -> pa.Schema:
+    """Object vocabulary of a WSVOG/STVG dataset: word vectors and training counts (priors)."""
+    return pa.schema(
+        [
+            pa.field("class_id", pa.int16(), nullable=False),
+            pa.field("name", pa.string(), nullable=False),
+            pa.field("word_vector", _fixed(pa.float32(), word_dim), nullable=False),
+            pa.field("train_count", pa.int64(), nullable=False),
+            pa.field("heldout", pa.bool_(), nullable=False),
+        ]
+    )
+
+
+def vocab_schema(word_dim: int) -> pa.Schema:
+    """Word vocabulary of a moment dataset: id, word, vector, corpus count."""
+    return pa.schema(
+        [
+            pa.field("word_id", pa.int32(), nullable=False),
+            pa.field("word", pa.string(), nullable=False),
+            pa.field("word_vector", _fixed(pa.float32(), word_dim), nullable=False),
+            pa.field("count", pa.int64(), nullable=False),
+        ]
+    )

@@ -1,0 +1,68 @@
+"""What every grounding method provides, and what it is given about the data."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclasses.dataclass
+class DataInfo:
+    """What a model may know about its dataset when it is built.
+
+    ``train_features`` is this process's training features (for memory-bank initialisation);
+    ``class_vectors``/``class_priors`` describe the object vocabulary (WSVOG/STVG),
+    ``word_vectors`` the word vocabulary (moment).
+    """
+
+    task: str
+    dims: dict[str, int]
+    class_vectors: np.ndarray | None = None  # [K, word_dim]
+    class_priors: np.ndarray | None = None  # [K], sums to 1 over training counts
+    word_vectors: np.ndarray | None = None  # [V, word_dim]
+    train_features: np.ndarray | None = None
+    seed: int = 0  # seeds anything a model draws at build time (e.g. memory-bank entries)
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Base of every method's hyperparameters; subclasses add fields with the paper's defaults."""
+
+    def replace(self, **kw) -> "ModelConfig":
+        return dataclasses.replace(self, **kw)
+
+
+class GroundingModel(nn.Module):
+    """A method: ``forward(batch) -> (loss, logs)`` for training, ``predict(batch)`` for eval.
+
+    ``task`` names the task family whose batches it reads and whose metric scores it:
+    ``wsvog`` predictions are proposal scores ``[B, Kq, T, N]``.
+    """
+
+    task: ClassVar[str]
+    Config: ClassVar[type[ModelConfig]]
+
+    def __init__(self, cfg: ModelConfig, info: DataInfo):
+        super().__init__()
+        self.cfg = cfg
+        self.info = info
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, batch: dict[str, torch.Tensor]) -> Any:
+        raise NotImplementedError
+
+
+def check_config(cfg: Any, rules: dict[str, tuple]) -> None:
+    """Validate numeric hyperparameters: ``rules[name] = (low, high)`` inclusive, None = open."""
+    for name, (lo, hi) in rules.items():
+        v = getattr(cfg, name)
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+            raise ValueError(f"{type(cfg).__qualname__}.{name}={v!r} is outside {rng}")

@@ -1,0 +1,104 @@
+"""Task families: how a family's splits are loaded, what a model learns about them, and how its
+predictions are scored. Methods name their family (``Model.task``); the engine stays generic."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+import numpy as np
+
+from .data.shards import Dataset
+from .models.base import DataInfo
+
+EVAL_SPLITS = ("val", "test_iid", "test_ood")
+
+
+class Accumulator(Protocol):
+    def update_batch(self, predictions: Any, batch: dict) -> None: ...
+    def state(self) -> np.ndarray: ...
+    def merge(self, state: np.ndarray) -> None: ...
+    def compute(self) -> dict[str, float]: ...
+
+
+class Task(Protocol):
+    name: str
+    metric_names: tuple[str, ...]
+    default_metric: str
+
+    def load_split(self, ds: Dataset, split: str, rank: int, world: int) -> Any: ...
+    def data_info(self, ds: Dataset, train: Any, seed: int) -> DataInfo: ...
+    def accumulator(self, info: DataInfo) -> Accumulator: ...
+    def baselines(self, arrays: Any, info: DataInfo) -> dict[str, dict[str, float]]: ...
+
+
+class WsvogTask:
+    name = "wsvog"
+    metric_names = ("box_macro", "box_micro", "query_macro", "query_micro")
+    default_metric = "box_micro"
+
+    def load_split(self, ds: Dataset, split: str, rank: int = 0, world: int = 1):
+        from .data.wsvog import WsvogArrays
+
+        d = ds.manifest.dims
+        return WsvogArrays.from_table(ds.read_split(split, rank, world), d["T"], d["N"], d["D"])
+
+    def data_info(self, ds: Dataset, train, seed: int = 0) -> DataInfo:
+        from .data.wsvog import fixed_list_to_numpy
+
+        classes = ds.read_table("classes").sort_by("class_id")
+        vectors = fixed_list_to_numpy(classes["word_vector"], (classes.schema.field("word_vector").type.list_size,))
+        counts = classes["train_count"].to_numpy().astype(np.float64)
+        priors = counts / counts.sum() if counts.sum() > 0 else np.full(len(counts), 1 / len(counts))
+        return DataInfo(task=self.name, dims=dict(ds.manifest.dims), class_vectors=vectors.astype(np.float32),
+                        class_priors=priors, train_features=getattr(train, "features", None), seed=seed)
+
+    def accumulator(self, info: DataInfo):
+        from .metrics.wsvog import WsvogAccuracy
+
+        class _Acc(WsvogAccuracy):
+            def update_batch(self, predictions, batch):
+                self.update(predictions, batch["proposals"], batch["queries"], batch["gt_class"],
+                            batch["gt_boxes"], batch["gt_valid"])
+
+        return _Acc(len(info.class_vectors))
+
+    def baselines(self, arrays, info: DataInfo, batch_size: int = 256) -> dict[str, dict[str, float]]:
+        out = {}
+        for mode in ("random", "upper_bound"):
+            acc = self.accumulator(info)
+            for i in range(0, len(arrays), batch_size):
+                acc.update_batch(mode, arrays.batch(np.arange(i, min(i + batch_size, len(arrays)))))
+            out[mode] = acc.compute()
+        return out
+
+
+_TASKS: dict[str, Task] = {"wsvog": WsvogTask()}
+
+
+def get(name: str) -> Task:
+    try:
+        return _TASKS[name]
+    except KeyError:
+        raise KeyError(f"unknown task family {name!r}; allowed: {', '.join(_TASKS)}") from None
+
+
+@dataclasses.dataclass
+class TaskData:
+    """The splits one process trains and evaluates on, and what its model may know."""
+
+    task: Task
+    info: DataInfo
+    splits: dict[str, Any]
+    digest: str
+
+    def __getitem__(self, split: str):
+        return self.splits[split]
+
+
+def load(ds: Dataset, splits=("train", *EVAL_SPLITS), rank: int = 0, world: int = 1, seed: int = 0) -> TaskData:
+    """Read this rank's share of each split (the whole split for world == 1)."""
+    task = get(ds.manifest.task)
+    arrays = {sp: task.load_split(ds, sp, rank, world) for sp in splits}
+    info = task.data_info(ds, arrays.get("train"), seed)
+    return TaskData(task=task, info=info, splits=arrays, digest=ds.digest)

@@ -1,0 +1,83 @@
+"""Hyperparameter search spaces, one module per method (``search_spaces/<method>.py``).
+
+A module defines ``space(dims) -> dict[name, Param]`` (the data dims, e.g. ``{"T": 5, "N": 20}``,
+let ranges depend on the data) and ``PAPER``, the published values, which the sweep evaluates
+first. Parameters may be conditional: ``when={"acl_spatial": True}`` means the parameter only
+exists where ``acl_spatial`` is True (pinned on the command line or drawn earlier in the space).
+
+This package is declarative and imports neither Ray nor Optuna; orchestration translates it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    when: dict[str, Any] = dataclasses.field(default_factory=dict, kw_only=True)
+
+    def applies(self, values: dict[str, Any]) -> bool:
+        return all(values.get(k) == v for k, v in self.when.items())
+
+    def contains(self, value: Any) -> bool:
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class Float(Param):
+    low: float
+    high: float
+    log: bool = False
+
+    def contains(self, value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+
+
+@dataclasses.dataclass(frozen=True)
+class Int(Param):
+    low: int
+    high: int
+    log: bool = False
+
+    def contains(self, value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice(Param):
+    values: tuple
+
+    def contains(self, value) -> bool:
+        return value in self.values
+
+
+def load(method: str):
+    """The search-space module of ``method`` (``search_spaces/<method>.py``)."""
+    try:
+        return importlib.import_module(f"{__name__}.{method}")
+    except ModuleNotFoundError as e:
+        if e.name == f"{__name__}.{method}":
+            raise KeyError(f"no search space for method {method!r} (search_spaces/{method}.py)") from None
+        raise
+
+
+def resolve(method: str, dims: dict[str, int], pinned: dict[str, Any],
+            defaults: dict[str, Any] | None = None) -> tuple[dict[str, Param], list[dict]]:
+    """The searched parameters (pinned ones removed) and the paper points restricted to them.
+
+    Conditions are read from the pinned values, then ``defaults`` (the method's config
+    defaults), then earlier parameters of the space. A paper point keeps only the parameters
+    that are searched and apply.
+    """
+    mod = load(method)
+    space = {k: p for k, p in mod.space(dims).items() if k not in pinned}
+    point: dict[str, Any] = {}
+    values = {**(defaults or {}), **pinned}
+    for name, param in space.items():
+        if name in mod.PAPER and param.applies(values):
+            point[name] = mod.PAPER[name]
+            values[name] = mod.PAPER[name]
+    return space, ([point] if point else [])
