@@ -1,0 +1,90 @@
+"""Generated benchmarks by name, and "generate on first use, reuse after a manifest check".
+
+Each benchmark has a frozen config dataclass (every field a documented knob), a ``generate(root,
+cfg, overwrite=...)`` function and the task family it produces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from . import storage
+from .manifest import DataError
+from .shards import Dataset
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+    name: str
+    task: str
+    module: str  # grounding.data.<module> defines CONFIG_CLASS and generate()
+    config_class: str
+
+    def config_type(self) -> type:
+        return getattr(importlib.import_module(f"grounding.data.{self.module}"), self.config_class)
+
+    def generator(self) -> Callable:
+        return importlib.import_module(f"grounding.data.{self.module}").generate
+
+    def config(self, **overrides: Any):
+        return self.config_type()(**overrides)
+
+    def producer(self) -> str:
+        return f"grounding.data.{self.module}"
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "youcook2": Benchmark("youcook2", "wsvog", "youcook2", "YC2Config"),
+}
+
+# The benchmark a task family's methods train on by default.
+DEFAULT_FOR_TASK = {"wsvog": "youcook2"}
+
+
+def get(name: str) -> Benchmark:
+    try:
+        return BENCHMARKS[name]
+    except KeyError:
+        raise KeyError(f"unknown benchmark {name!r}; allowed: {', '.join(BENCHMARKS)}") from None
+
+
+def ensure(root: str | os.PathLike, name: str, overrides: dict[str, Any] | None = None,
+           log: Callable[[str], None] = print) -> Dataset:
+    """Open the dataset at ``root``, generating it there first if it does not exist (local roots).
+
+    An existing dataset is reused only if its manifest says it was produced by this benchmark
+    with the same arguments; otherwise this raises instead of silently training on other data.
+    """
+    bench = get(name)
+    cfg = bench.config(**(overrides or {}))
+    root = str(root)
+    fs, path = storage.filesystem(root)
+    if not fs.exists(storage.join(path, "manifest.json")):
+        if storage.is_remote(root):
+            raise DataError(
+                f"no dataset at {root}; generate one locally and publish it "
+                f"(python -m grounding.data publish LOCAL {root})"
+            )
+        log(f"generating the {name} benchmark at {root} (first use) ...")
+        bench.generator()(Path(root), cfg)
+    ds = Dataset.open(root)
+    producer = ds.manifest.producer
+    if producer.get("name") == bench.producer():
+        want = dataclasses.asdict(cfg)
+        have = producer.get("args", {})
+        diff = sorted(k for k in set(want) | set(have) if _norm(want.get(k)) != _norm(have.get(k)))
+        if diff:
+            raise DataError(
+                f"{root} holds the {name} benchmark generated with other arguments "
+                f"({', '.join(f'{k}={have.get(k)!r} vs {want.get(k)!r}' for k in diff)}); "
+                f"choose another data.root or remove it"
+            )
+    return ds
+
+
+def _norm(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
