@@ -21,8 +21,10 @@ from .shards import Dataset
 class Benchmark:
     name: str
     task: str
-    module: str  # grounding.data.<module> defines CONFIG_CLASS and generate()
+    module: str  # grounding.data.<module> defines the config class and generate()
     config_class: str
+    # Overrides that make a tiny, fast instance (tests and ``smoke=true`` sweeps).
+    smoke: dict = dataclasses.field(default_factory=dict)
 
     def config_type(self) -> type:
         return getattr(importlib.import_module(f"grounding.data.{self.module}"), self.config_class)
@@ -38,7 +40,8 @@ class Benchmark:
 
 
 BENCHMARKS: dict[str, Benchmark] = {
-    "youcook2": Benchmark("youcook2", "wsvog", "youcook2", "YC2Config"),
+    "youcook2": Benchmark("youcook2", "wsvog", "youcook2", "YC2Config",
+                          smoke={"limit": 96, "D": 32}),
 }
 
 # The benchmark a task family's methods train on by default.
