@@ -28,11 +28,11 @@ class OptimConfig:
 
     def __post_init__(self):
         if not self.lr > 0:
-            raise ValueError(f"lr={self.lr} must be > 0")
+            raise ValueError(f"lr={self.lr} is out of range; allowed: > 0")
         if self.weight_decay < 0:
-            raise ValueError(f"weight_decay={self.weight_decay} must be >= 0")
+            raise ValueError(f"weight_decay={self.weight_decay} is out of range; allowed: >= 0")
         if self.batch_size < 2:
-            raise ValueError(f"batch_size={self.batch_size} must be >= 2 (in-batch negatives)")
+            raise ValueError(f"batch_size={self.batch_size} is out of range; allowed: >= 2 (in-batch negatives)")
 
 
 OPTIM_KEYS = tuple(f.name for f in dataclasses.fields(OptimConfig))
@@ -66,10 +66,14 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Any, cfg: OptimConfig,
-                    epoch: int, seed: int, device: str | torch.device = "cpu") -> dict[str, float]:
+                    epoch: int, seed: int, device: str | torch.device = "cpu",
+                    amp: bool = False) -> dict[str, float]:
     """One pass over this rank's shuffled rows in batches of ``cfg.batch_size`` (the last partial
-    batch is dropped). ``model`` may be DDP-wrapped. Returns the mean of each logged loss over all
-    ranks' steps, plus ``steps`` and ``samples_per_s``."""
+    batch is dropped). ``model`` may be DDP-wrapped. ``amp`` runs the forward pass in bfloat16
+    autocast on CUDA. Returns the mean of each logged loss over all ranks' steps, plus ``steps``
+    and ``samples_per_s``."""
+    device = torch.device(device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
     rank, world = distributed()
     model.train()
     order = np.random.default_rng([seed, epoch, rank]).permutation(len(data))
@@ -81,7 +85,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: An
     t0 = time.perf_counter()
     for s in range(steps):
         batch = data.batch(order[s * cfg.batch_size:(s + 1) * cfg.batch_size], device)
-        loss, logs = model(batch)
+        with autocast:
+            loss, logs = model(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {float(loss)} at epoch {epoch} step {s}")
         optimizer.zero_grad(set_to_none=True)

@@ -65,4 +65,4 @@ def check_config(cfg: Any, rules: dict[str, tuple]) -> None:
         v = getattr(cfg, name)
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
-            raise ValueError(f"{type(cfg).__qualname__}.{name}={v!r} is outside {rng}")
+            raise ValueError(f"{name}={v!r} is out of range; allowed: {rng}")

@@ -1,0 +1,292 @@
+"""The sweep's command line: Hydra-style ``key=value`` overrides on typed, documented defaults.
+
+Everything is validated before Ray starts; a bad override is one line on stderr naming what is
+wrong and what is allowed, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from grounding.data import benchmarks
+from grounding.engine import OPTIM_KEYS, OptimConfig
+from grounding.models import registry
+
+
+class ConfigError(ValueError):
+    """A bad command line; the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    name: str
+    type: type
+    default: Any
+    help: str
+    check: Callable[[Any], str | None] | None = None  # returns the allowed range on failure
+    env: str | None = None  # environment variable that supplies the default
+
+
+def _at_least(lo):
+    return lambda v: None if v >= lo else f">= {lo}"
+
+
+def _positive(v):
+    return None if v > 0 else "> 0"
+
+
+def _one_of(*values):
+    return lambda v: None if v in values else ", ".join(map(str, values))
+
+
+KEYS: tuple[Key, ...] = (
+    Key("method", str, "causal", "grounding method (registry key)", _one_of(*registry.names())),
+    Key("name", str, "", "sweep name (default: <method>-<timestamp>); also the Ray experiment folder"),
+    Key("trials", int, 8, "number of trials (configurations) to run", _at_least(1)),
+    Key("epochs", int, 4, "maximum epochs per trial (ASHA stops weak trials earlier)", _at_least(1)),
+    Key("concurrent", int, 2, "maximum concurrent trials", _at_least(1)),
+    Key("workers", int, 1, "Ray Train workers per trial (>1 runs a TorchTrainer with DDP)", _at_least(1)),
+    Key("cpus_per_worker", float, 1.0, "CPUs per worker (fractions allowed); also its torch threads", _positive),
+    Key("gpus_per_worker", float, 0.0, "GPUs per worker (fractions allowed; > 0 trains on CUDA)", _at_least(0.0)),
+    Key("seed", int, 0, "training seed (model init, shuffling)", _at_least(0)),
+    Key("smoke", bool, False, "tiny sweep: smoke-sized data, 2 trials x 2 epochs, no ASHA"),
+    Key("scheduler", str, "asha", "trial scheduler", _one_of("asha", "fifo")),
+    Key("asha.grace_period", int, 1, "ASHA: epochs before a trial can be stopped", _at_least(1)),
+    Key("asha.reduction_factor", int, 2, "ASHA: keep the top 1/reduction_factor at each rung", _at_least(2)),
+    Key("search.algo", str, "tpe", "Optuna sampler: tpe (Bayesian) or random", _one_of("tpe", "random")),
+    Key("search.seed", int, 0, "seed of the search algorithm", _at_least(0)),
+    Key("search.metric", str, "", "validation metric to maximise (default: the task's, e.g. box_micro)"),
+    Key("data.root", str, "", "dataset root: local folder or s3://bucket/prefix (default: ./data/<benchmark>)",
+        env="GROUNDING_DATA_ROOT"),
+    Key("data.generate", bool, True, "generate the benchmark at a missing local data.root"),
+    Key("data.seed", int, 0, "seed of the generated benchmark", _at_least(0)),
+    Key("data.dim", int, 0, "feature size D of the generated benchmark (0 = the benchmark's default)", _at_least(0)),
+    Key("data.cache_dir", str, "", "node-local cache of remote shards (default: ~/.cache/grounding)",
+        env="GROUNDING_CACHE_DIR"),
+    Key("data.cache_max_gb", float, 50.0, "size bound of the shard cache in GB", _positive),
+    Key("mlflow.tracking_uri", str, "", "MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)",
+        env="MLFLOW_TRACKING_URI"),
+    Key("mlflow.experiment", str, "video-grounding", "MLflow experiment holding the sweeps"),
+    Key("storage_path", str, "", "Ray Tune storage (checkpoints, state): local folder or s3://… "
+        "(default: <cwd>/ray_results)", env="GROUNDING_STORAGE_PATH"),
+    Key("ray.address", str, "", "Ray cluster to join (default: start a local Ray; 'auto' joins a running one)",
+        env="RAY_ADDRESS"),
+    Key("checkpoints.keep", int, 2, "checkpoints kept per trial", _at_least(1)),
+    Key("failures", int, 1, "retries of a failed trial/worker from its last checkpoint", _at_least(0)),
+    Key("eval_batch_size", int, 128, "evaluation batch size", _at_least(1)),
+    Key("resume", str, "", "resume an interrupted sweep: its name or its experiment path"),
+)
+KEY_INDEX = {k.name: k for k in KEYS}
+PREFIXES = ("model.", "optim.")
+
+
+@dataclasses.dataclass
+class SweepConfig:
+    values: dict[str, Any]
+    model: dict[str, Any]  # pinned method hyperparameters (model.<name>=...)
+    optim: dict[str, Any]  # pinned optimiser hyperparameters (optim.<name>=...)
+    argv: list[str]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    @property
+    def method(self) -> str:
+        return self.values["method"]
+
+    @property
+    def task(self) -> str:
+        return registry.task_of(self.method)
+
+    @property
+    def benchmark(self) -> str:
+        return benchmarks.DEFAULT_FOR_TASK[self.task]
+
+    def to_flat(self) -> dict[str, Any]:
+        out = dict(self.values)
+        out.update({f"model.{k}": v for k, v in self.model.items()})
+        out.update({f"optim.{k}": v for k, v in self.optim.items()})
+        return out
+
+
+def _coerce(name: str, typ: type, value: Any) -> Any:
+    """Hydra parses values by their look; convert them to the key's declared type."""
+    if typ is str:
+        if isinstance(value, (list, dict)):
+            raise ConfigError(f"{name}={value!r} has the wrong type; expected a string")
+        return "" if value is None else str(value)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}={value!r} has the wrong type; expected true or false")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}={value!r} has the wrong type; expected an integer")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{name}={value!r} has the wrong type; expected a number")
+    raise ConfigError(f"{name}: unsupported type {typ}")
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    t = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool, "str": str}.get(str(f.type), str)
+    return t
+
+
+def parse_overrides(argv: list[str]) -> list[tuple[str, Any]]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    out = []
+    for arg in argv:
+        if "=" not in arg:
+            raise ConfigError(f"'{arg}' is not an override; write key=value (see --help)")
+        try:
+            (ov,) = parser.parse_overrides([arg])
+        except HydraException as e:
+            first = str(e).strip().splitlines()[0]
+            raise ConfigError(f"cannot parse '{arg}': {first}") from None
+        if ov.type != OverrideType.CHANGE or ov.package is not None:
+            raise ConfigError(f"'{arg}': only plain key=value overrides are supported")
+        out.append((ov.key_or_group, ov.value()))
+    return out
+
+
+def parse(argv: list[str]) -> SweepConfig:
+    """Validate overrides against the keys, the method's hyperparameters and their ranges."""
+    pairs = parse_overrides(argv)
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ConfigError(f"{key} is given twice")
+        seen.add(key)
+    values: dict[str, Any] = {}
+    for k in KEYS:
+        env = os.environ.get(k.env) if k.env else None
+        values[k.name] = _coerce(k.name, k.type, env) if env else k.default
+    prefixed = []
+    for key, raw in pairs:
+        if key.startswith(PREFIXES):
+            prefixed.append((key, raw))
+            continue
+        if key not in KEY_INDEX:
+            raise ConfigError(
+                f"unknown key '{key}'; allowed: {', '.join(KEY_INDEX)}, model.<hyperparameter>, "
+                f"optim.<{'|'.join(OPTIM_KEYS)}>"
+            )
+        spec = KEY_INDEX[key]
+        value = _coerce(key, spec.type, raw)
+        if spec.check and (allowed := spec.check(value)) is not None:
+            what = "is unknown" if key == "method" else "is out of range"
+            raise ConfigError(f"{key}={value!r} {what}; allowed: {allowed}")
+        values[key] = value
+
+    method = values["method"]
+    fields = registry.config_fields(method)
+    model: dict[str, Any] = {}
+    optim: dict[str, Any] = {}
+    optim_fields = {f.name: f for f in dataclasses.fields(OptimConfig)}
+    for key, raw in prefixed:
+        group, _, name = key.partition(".")
+        table = fields if group == "model" else optim_fields
+        if name not in table:
+            raise ConfigError(f"{method} has no {group} hyperparameter '{name}'; allowed: {', '.join(table)}")
+        (model if group == "model" else optim)[name] = _coerce(key, _field_type(table[name]), raw)
+    try:
+        registry.make_config(method, model)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model.{str(e).splitlines()[0]}") from None
+    try:
+        OptimConfig(**optim)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"optim.{str(e).splitlines()[0]}") from None
+    if values["asha.grace_period"] > values["epochs"] and values["scheduler"] == "asha":
+        raise ConfigError(
+            f"asha.grace_period={values['asha.grace_period']} is out of range; allowed: <= epochs ({values['epochs']})"
+        )
+    if values["gpus_per_worker"] > 1 and values["gpus_per_worker"] != int(values["gpus_per_worker"]):
+        raise ConfigError(
+            f"gpus_per_worker={values['gpus_per_worker']} is out of range; allowed: a fraction below 1 or a whole number"
+        )
+    if values["smoke"]:
+        explicit = {k for k, _ in pairs}
+        for k, v in (("trials", 2), ("epochs", 2), ("scheduler", "fifo")):
+            if k not in explicit:
+                values[k] = v
+    return SweepConfig(values=values, model=model, optim=optim, argv=list(argv))
+
+
+def absolute_uri(uri: str) -> str:
+    """Absolute paths for local SQLite/file URIs: trials run in other working directories."""
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        return "sqlite:///" + str(Path(path).expanduser().resolve())
+    if "://" not in uri:
+        return str(Path(uri).expanduser().resolve())
+    return uri
+
+
+def help_text(method: str | None = None) -> str:
+    lines = [
+        "usage: python -m orchestration.sweep [key=value ...]",
+        "",
+        "Sweep a grounding method's hyperparameters with Ray Tune + Optuna (ASHA), training each",
+        "trial with Ray Train and recording the sweep in MLflow (parent run + one child per trial).",
+        "",
+        "keys (default):",
+    ]
+    width = max(len(k.name) for k in KEYS) + 2
+    for k in KEYS:
+        default = repr(k.default) if isinstance(k.default, str) else str(k.default).lower() if isinstance(k.default, bool) else k.default
+        env = f" [env {k.env}]" if k.env else ""
+        lines.append(f"  {k.name:<{width}} {default!s:<18} {k.help}{env}")
+    lines += [
+        f"  {'model.<name>':<{width}} {'':<18} pin a hyperparameter of the method (removed from the search)",
+        f"  {'optim.<name>':<{width}} {'':<18} pin an optimiser setting: {', '.join(OPTIM_KEYS)}",
+        "",
+        f"methods: {', '.join(registry.names())}",
+    ]
+    if method:
+        from search_spaces import load as load_space
+
+        mod = load_space(method)
+        fixed = getattr(mod, "FIXED", {})
+        lines += ["", f"{method} hyperparameters (config default; search space; sweep-fixed value):"]
+        space = mod.space({"T": 5, "N": 20, "L": 64})
+        for name, f in registry.config_fields(method).items():
+            rng = space.get(name)
+            lines.append(f"  model.{name:<16} {f.default!s:<10} {_describe(rng):<36} {fixed.get(name, '')}")
+        for name in OPTIM_KEYS:
+            rng = space.get(name)
+            lines.append(f"  optim.{name:<16} {getattr(OptimConfig(), name)!s:<10} {_describe(rng):<36} {fixed.get(name, '')}")
+    lines += [
+        "",
+        "examples:",
+        "  python -m orchestration.sweep method=causal",
+        "  python -m orchestration.sweep method=stvg trials=16 epochs=8 concurrent=4",
+        "  python -m orchestration.sweep method=causal model.bda=false data.root=s3://bucket/yc2",
+        "  python -m orchestration.sweep method=causal workers=2 gpus_per_worker=0.5",
+        "  python -m orchestration.sweep resume=causal-20261123-101500",
+    ]
+    return "\n".join(lines)
+
+
+def _describe(param) -> str:
+    if param is None:
+        return "-"
+    d = {k: v for k, v in dataclasses.asdict(param).items() if k != "when" and v not in (False,)}
+    when = f" if {param.when}" if param.when else ""
+    return f"{type(param).__name__}({', '.join(f'{v}' for v in d.values())}){when}"
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)

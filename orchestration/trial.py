@@ -1,0 +1,197 @@
+"""What one Tune trial runs.
+
+``trial_fn`` is the Tune function trainable. With one worker per trial it trains in the trial's
+own actor (no Train worker group, no placement group, no process group: the fixed start-up cost
+is the actor, and with ``reuse_actors`` later trials reuse it, its imports and its loaded data).
+With more workers it builds a Ray Train ``TorchTrainer`` (DDP over gloo on CPU, nccl on GPU) that
+reports back to Tune through ``TuneReportCallback``. Both paths run the same :func:`train_loop`;
+only the :class:`Session` that reports and checkpoints differs.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+from grounding import engine, tasks
+from grounding.data.cache import ShardCache
+from grounding.data.shards import Dataset
+from grounding.engine import OPTIM_KEYS, OptimConfig
+from grounding.models import registry
+
+STATE_FILE = "state.pt"
+
+# One process keeps the data it loaded for the next trial it runs (actors are reused).
+_DATA: dict[tuple, tasks.TaskData] = {}
+
+
+class Session:
+    rank = 0
+    world = 1
+
+    def checkpoint(self):
+        raise NotImplementedError
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        raise NotImplementedError
+
+
+class TuneSession(Session):
+    """Single-worker trial: report and checkpoint straight to Tune."""
+
+    def checkpoint(self):
+        from ray import tune
+
+        return tune.get_checkpoint()
+
+    def report(self, metrics, checkpoint_dir):
+        from ray import tune
+
+        ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=ckpt)
+
+
+class TrainSession(Session):
+    """A Ray Train worker: every rank reports (they must), rank 0 alone with a checkpoint."""
+
+    def __init__(self):
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+
+    def checkpoint(self):
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics, checkpoint_dir):
+        import ray.train
+
+        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir and self.rank == 0 else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+
+def load_data(run: dict, rank: int, world: int) -> tasks.TaskData:
+    key = (run["data_root"], run["data_digest"], rank, world)
+    if key not in _DATA:
+        _DATA.clear()  # keep one dataset per process
+        cache = ShardCache(run.get("cache_dir") or None, run.get("cache_max_bytes"))
+        ds = Dataset.open(run["data_root"], cache=cache)
+        if ds.digest != run["data_digest"]:
+            raise RuntimeError(f"dataset at {run['data_root']} changed during the sweep "
+                               f"(digest {ds.digest[:12]} != {run['data_digest'][:12]})")
+        _DATA[key] = tasks.load(ds, rank=rank, world=world, seed=run["seed"])
+    return _DATA[key]
+
+
+def split_params(hp: dict, run: dict) -> tuple[dict, OptimConfig]:
+    """Trial hyperparameters + the sweep's fixed ones -> (model params, optimiser config)."""
+    merged = {**run["fixed"], **hp}
+    fields = registry.config_fields(run["method"])
+    model = {k: v for k, v in merged.items() if k in fields}
+    optim = {k: v for k, v in merged.items() if k in OPTIM_KEYS}
+    unknown = set(merged) - set(model) - set(optim)
+    if unknown:
+        raise KeyError(f"hyperparameters {sorted(unknown)} belong to neither {run['method']} nor the optimiser")
+    return model, OptimConfig(**optim)
+
+
+def _save(model, optimizer, epoch: int, directory: str) -> None:
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                "torch_rng": torch.get_rng_state()}, os.path.join(directory, STATE_FILE))
+
+
+def _restore(checkpoint, model, optimizer) -> int:
+    with checkpoint.as_directory() as d:
+        state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["epoch"])
+
+
+def _prefixed(prefix: str, d: dict) -> dict:
+    return {f"{prefix}/{k}": v for k, v in d.items()}
+
+
+def train_loop(hp: dict, run: dict, session: Session) -> None:
+    """Train one configuration for ``run['epochs']`` epochs, reporting after each one."""
+    t_entry = time.time()
+    torch.set_num_threads(run["threads"])
+    use_cuda = run["gpus_per_worker"] > 0 and torch.cuda.is_available()
+    device = torch.device(f"cuda:{torch.cuda.current_device()}" if use_cuda else "cpu")
+    data = load_data(run, session.rank, session.world)
+    model_params, optim = split_params(hp, run)
+    engine.seed_everything(run["seed"])
+    model = registry.build(run["method"], model_params, data.info).to(device)
+    optimizer = engine.make_optimizer(model, optim)
+    start = 0
+    ckpt = session.checkpoint()
+    if ckpt is not None:
+        start = _restore(ckpt, model, optimizer)
+    net = model
+    if session.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if use_cuda else None, broadcast_buffers=False)
+    t_ready = time.time()
+    for epoch in range(start, run["epochs"]):
+        logs = engine.train_one_epoch(net, optimizer, data["train"], optim, epoch, run["seed"], device,
+                                      amp=use_cuda and run.get("amp", True))
+        metrics = {"epoch": epoch + 1, **_prefixed("train", logs)}
+        evaluated = ("val", *(("test_iid", "test_ood") if epoch + 1 in run["test_epochs"] else ()))
+        for split in evaluated:
+            metrics.update(_prefixed(split, engine.evaluate(net, data[split], data.task, data.info,
+                                                            run["eval_batch_size"], device)))
+        if epoch == start:
+            metrics["time/setup_s"] = t_ready - t_entry  # entry -> first training step
+            metrics["time/first_step_unix"] = t_ready
+            metrics["time/resumed_from_epoch"] = start
+        with tempfile.TemporaryDirectory() as d:
+            if session.rank == 0:
+                _save(model, optimizer, epoch + 1, d)
+            session.report(metrics, d if session.rank == 0 else None)
+
+
+def _worker_loop(config: dict) -> None:
+    train_loop(config["hp"], config["run"], TrainSession())
+
+
+def _fit_torch_trainer(hp: dict, run: dict) -> None:
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    gpu = run["gpus_per_worker"] > 0
+    resources = {"CPU": run["cpus_per_worker"], **({"GPU": run["gpus_per_worker"]} if gpu else {})}
+    trial_id = tune.get_context().get_trial_id()
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"hp": hp, "run": run},
+        scaling_config=ray.train.ScalingConfig(num_workers=run["workers"], use_gpu=gpu,
+                                               resources_per_worker=resources,
+                                               placement_strategy=run.get("placement", "PACK")),
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            # a fixed name per trial: a restarted trial resumes this run's latest checkpoint
+            name=f"{run['sweep']}-train-{trial_id}",
+            storage_path=run["storage_path"],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run["checkpoints_keep"]),
+            failure_config=ray.train.FailureConfig(max_failures=run["failures"]),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
+
+
+def trial_fn(config: dict[str, Any], run: dict) -> None:
+    """Tune function trainable: ``config`` holds the trial's sampled hyperparameters."""
+    if run["workers"] > 1:
+        _fit_torch_trainer(dict(config), run)
+    else:
+        train_loop(dict(config), run, TuneSession())

@@ -1,0 +1,105 @@
+"""Build (or restore) the Ray Tune run of a sweep: Optuna search, ASHA, resources, storage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from search_spaces import Choice, Float, Int, Param
+
+from .trial import trial_fn
+
+
+class DefineByRun:
+    """A declarative space as an Optuna define-by-run function (conditions honoured).
+
+    A class rather than a closure: Tune pickles the searcher with the experiment state."""
+
+    def __init__(self, space: dict[str, Param], fixed: dict[str, Any]):
+        self.space, self.fixed = space, dict(fixed)
+
+    def __call__(self, trial) -> None:
+        values = dict(self.fixed)
+        for name, p in self.space.items():
+            if not p.applies(values):
+                continue
+            if isinstance(p, Float):
+                values[name] = trial.suggest_float(name, p.low, p.high, log=p.log)
+            elif isinstance(p, Int):
+                values[name] = trial.suggest_int(name, p.low, p.high, log=p.log)
+            elif isinstance(p, Choice):
+                values[name] = trial.suggest_categorical(name, list(p.values))
+            else:
+                raise TypeError(f"unsupported parameter type {type(p).__name__} for {name}")
+        return None
+
+
+def asha_milestones(max_t: int, grace_period: int, reduction_factor: int) -> list[int]:
+    """Epochs at which ASHA may stop a trial (its rungs), as Ray's ASHA computes them."""
+    if grace_period > max_t:
+        return []
+    # the same float expression as ray.tune.schedulers.async_hyperband._Bracket (one bracket)
+    rungs = int(np.log(max_t / grace_period) / np.log(reduction_factor) + 1)
+    return sorted({grace_period * reduction_factor ** k for k in range(rungs)
+                   if grace_period * reduction_factor ** k < max_t})
+
+
+def test_epochs(epochs: int, scheduler: str, grace_period: int, reduction_factor: int) -> list[int]:
+    """Epochs after which a trial evaluates the IID and OOD test splits: its last epoch and every
+    epoch where ASHA could stop it, so a stopped trial still has final test metrics."""
+    stops = asha_milestones(epochs, grace_period, reduction_factor) if scheduler == "asha" else []
+    return sorted({*stops, epochs})
+
+
+def scheduler_for(name: str, epochs: int, grace_period: int, reduction_factor: int):
+    if name == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=grace_period,
+                             reduction_factor=reduction_factor)
+    return FIFOScheduler()
+
+
+def searcher_for(algo: str, seed: int, space: dict[str, Param], known: dict[str, Any],
+                 points: list[dict], metric: str):
+    """OptunaSearch over ``space``; ``known`` (config defaults + fixed values) decides conditions."""
+    import optuna
+
+    sampler = optuna.samplers.RandomSampler(seed=seed) if algo == "random" else optuna.samplers.TPESampler(seed=seed)
+    return OptunaSearch(space=DefineByRun(space, known), metric=metric, mode="max",
+                        points_to_evaluate=points or None, sampler=sampler)
+
+
+def trainable(run: dict):
+    """The trial function with its resources: the worker's own when training in the trial actor,
+    a token CPU when the trial only drives a TorchTrainer whose workers hold the resources."""
+    if run["workers"] > 1:
+        resources = {"cpu": 0.01}
+    else:
+        resources = {"cpu": run["cpus_per_worker"], "gpu": run["gpus_per_worker"]}
+    return tune.with_resources(tune.with_parameters(trial_fn, run=run), resources)
+
+
+def build(run: dict, *, name: str, storage_path: str, trials: int, concurrent: int, metric: str,
+          searcher, scheduler, callbacks: list, verbose: int = 1) -> tune.Tuner:
+    return tune.Tuner(
+        trainable(run),
+        tune_config=tune.TuneConfig(
+            metric=metric, mode="max", num_samples=trials, max_concurrent_trials=concurrent,
+            search_alg=searcher, scheduler=scheduler,
+            reuse_actors=run["workers"] == 1,  # keep the process, its imports and its data
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage_path, callbacks=callbacks, verbose=verbose,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=run["checkpoints_keep"]),
+            failure_config=tune.FailureConfig(max_failures=run["failures"]),
+        ),
+    )
+
+
+def restore(path: str, run: dict) -> tune.Tuner:
+    return tune.Tuner.restore(path, trainable=trainable(run), resume_unfinished=True,
+                              resume_errored=True)
