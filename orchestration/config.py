@@ -50,6 +50,8 @@ KEYS: tuple[Key, ...] = (
     Key("epochs", int, 4, "maximum epochs per trial (ASHA stops weak trials earlier)", _at_least(1)),
     Key("concurrent", int, 2, "maximum concurrent trials", _at_least(1)),
     Key("workers", int, 1, "Ray Train workers per trial (>1 runs a TorchTrainer with DDP)", _at_least(1)),
+    Key("trainer", str, "auto", "auto: single-worker trials train in the trial's actor; always: every trial "
+        "runs a Ray Train TorchTrainer (worker group per trial)", _one_of("auto", "always")),
     Key("cpus_per_worker", float, 1.0, "CPUs per worker (fractions allowed); also its torch threads", _positive),
     Key("gpus_per_worker", float, 0.0, "GPUs per worker (fractions allowed; > 0 trains on CUDA)", _at_least(0.0)),
     Key("seed", int, 0, "training seed (model init, shuffling)", _at_least(0)),

@@ -137,7 +137,8 @@ def run_sweep(cfg: SweepConfig) -> int:
         "data_root": ds.root, "data_digest": ds.digest,
         "cache_dir": cfg["data.cache_dir"], "cache_max_bytes": int(cfg["data.cache_max_gb"] * 2**30),
         "epochs": cfg["epochs"], "seed": cfg["seed"], "fixed": fixed,
-        "workers": cfg["workers"], "cpus_per_worker": cfg["cpus_per_worker"],
+        "workers": cfg["workers"], "use_trainer": cfg["workers"] > 1 or cfg["trainer"] == "always",
+        "cpus_per_worker": cfg["cpus_per_worker"],
         "gpus_per_worker": cfg["gpus_per_worker"], "threads": threads,
         "eval_batch_size": cfg["eval_batch_size"], "storage_path": storage_path,
         "checkpoints_keep": cfg["checkpoints.keep"], "failures": cfg["failures"],
@@ -155,6 +156,14 @@ def run_sweep(cfg: SweepConfig) -> int:
     _log(f"ray {'joined ' + address if address else 'started locally'} in {time.time() - t0:.1f}s: "
          f"{ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs")
 
+    need = {"CPU": cfg["workers"] * cfg["cpus_per_worker"], "GPU": cfg["workers"] * cfg["gpus_per_worker"]}
+    have = ray.cluster_resources()
+    if not address:  # a local Ray cannot grow: refuse a trial that can never be placed
+        for res, amount in need.items():
+            if amount > have.get(res, 0) + 1e-9:
+                ray.shutdown()
+                fail(f"one trial needs {amount:g} {res} (workers x {res.lower()}s_per_worker) but the local Ray "
+                     f"has {have.get(res, 0):g}; allowed: at most {have.get(res, 0):g}")
     client = MlflowClient(tracking_uri)
     exp_id = tracking.experiment_id(client, cfg["mlflow.experiment"])
     command = "python -m orchestration.sweep " + " ".join(shlex.quote(a) for a in cfg.argv)

@@ -191,7 +191,7 @@ def _fit_torch_trainer(hp: dict, run: dict) -> None:
 
 def trial_fn(config: dict[str, Any], run: dict) -> None:
     """Tune function trainable: ``config`` holds the trial's sampled hyperparameters."""
-    if run["workers"] > 1:
+    if run["use_trainer"]:
         _fit_torch_trainer(dict(config), run)
     else:
         train_loop(dict(config), run, TuneSession())

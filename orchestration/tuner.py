@@ -75,9 +75,10 @@ def searcher_for(algo: str, seed: int, space: dict[str, Param], known: dict[str,
 
 def trainable(run: dict):
     """The trial function with its resources: the worker's own when training in the trial actor,
-    a token CPU when the trial only drives a TorchTrainer whose workers hold the resources."""
-    if run["workers"] > 1:
-        resources = {"cpu": 0.01}
+    none when the trial only drives a TorchTrainer whose workers hold the resources (Tune refuses
+    an empty request, so it asks for one byte of memory, a purely logical resource)."""
+    if run["use_trainer"]:
+        resources = {"cpu": 0, "memory": 1}
     else:
         resources = {"cpu": run["cpus_per_worker"], "gpu": run["gpus_per_worker"]}
     return tune.with_resources(tune.with_parameters(trial_fn, run=run), resources)
@@ -90,7 +91,7 @@ def build(run: dict, *, name: str, storage_path: str, trials: int, concurrent: i
         tune_config=tune.TuneConfig(
             metric=metric, mode="max", num_samples=trials, max_concurrent_trials=concurrent,
             search_alg=searcher, scheduler=scheduler,
-            reuse_actors=run["workers"] == 1,  # keep the process, its imports and its data
+            reuse_actors=not run["use_trainer"],  # keep the process, its imports and its data
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, callbacks=callbacks, verbose=verbose,
