@@ -210,6 +210,12 @@ def parse(argv: list[str]) -> SweepConfig:
         OptimConfig(**optim)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"optim.{str(e).splitlines()[0]}") from None
+    from grounding import tasks
+
+    task = tasks.get(registry.task_of(method))
+    if values["search.metric"] and values["search.metric"] not in task.metric_names:
+        raise ConfigError(f"search.metric={values['search.metric']!r} is unknown for {task.name}; "
+                          f"allowed: {', '.join(task.metric_names)}")
     if values["asha.grace_period"] > values["epochs"] and values["scheduler"] == "asha":
         raise ConfigError(
             f"asha.grace_period={values['asha.grace_period']} is out of range; allowed: <= epochs ({values['epochs']})"

@@ -58,6 +58,12 @@ def _log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> No
         client.log_batch(run_id, params=items[i:i + PARAM_LIMIT])
 
 
+def _trial_number(trial) -> str:
+    """The trial's position in the search (1 = first suggested), from Tune's experiment tag."""
+    head = str(getattr(trial, "experiment_tag", "")).split("_", 1)[0]
+    return head if head.isdigit() else ""
+
+
 def _numeric(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -112,7 +118,7 @@ class MlflowTrialLogger(Callback):
             run = self.client.create_run(
                 self.experiment_id, run_name=f"{self.sweep}-{tid}",
                 tags={"mlflow.parentRunId": self.parent_run_id, "trial_id": tid, "sweep": self.sweep,
-                      "method": self.method})
+                      "method": self.method, "trial_number": _trial_number(trial)})
             run_id = run.info.run_id
             params = {**self.fixed, **dict(trial.config), "method": self.method, "trial_id": tid}
             _log_params(self.client, run_id, params)

@@ -49,7 +49,7 @@ def asha_milestones(max_t: int, grace_period: int, reduction_factor: int) -> lis
                    if grace_period * reduction_factor ** k < max_t})
 
 
-def test_epochs(epochs: int, scheduler: str, grace_period: int, reduction_factor: int) -> list[int]:
+def final_eval_epochs(epochs: int, scheduler: str, grace_period: int, reduction_factor: int) -> list[int]:
     """Epochs after which a trial evaluates the IID and OOD test splits: its last epoch and every
     epoch where ASHA could stop it, so a stopped trial still has final test metrics."""
     stops = asha_milestones(epochs, grace_period, reduction_factor) if scheduler == "asha" else []

@@ -1,0 +1,27 @@
+"""Run real sweeps as a user does: ``python -m orchestration.sweep`` in a fresh folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def sweep_env(tmp: Path, **extra: str) -> dict:
+    env = dict(os.environ)
+    for k in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "GROUNDING_DATA_ROOT", "GROUNDING_STORAGE_PATH"):
+        env.pop(k, None)
+    env.update(GROUNDING_CACHE_DIR=str(tmp / "cache"), PYTHONUNBUFFERED="1", RAY_DEDUP_LOGS="0")
+    env.update(extra)
+    return env
+
+
+def run_sweep(cwd: Path, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m orchestration.sweep ARGS`` in ``cwd``; output is kept for the assertion messages."""
+    return subprocess.run([sys.executable, "-m", "orchestration.sweep", *args], cwd=cwd,
+                          env=env or sweep_env(cwd), capture_output=True, text=True, timeout=timeout)
+
+

@@ -1,0 +1,80 @@
+"""Tuner pieces without a Ray cluster: ASHA rungs, test epochs, the Optuna translation."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from ray.tune.schedulers.async_hyperband import _Bracket
+
+import search_spaces
+from grounding.models import registry
+from orchestration.tuner import DefineByRun, asha_milestones, final_eval_epochs, searcher_for
+from search_spaces import Choice, Float, Int
+
+
+@pytest.mark.parametrize("max_t, grace, rf", [(4, 1, 2), (6, 1, 2), (8, 1, 2), (10, 2, 3), (9, 3, 3), (5, 5, 2), (16, 1, 4)])
+def test_asha_milestones_match_rays_rungs(max_t, grace, rf):
+    rays = sorted(m for m, _ in _Bracket(grace, max_t, rf, 0)._rungs if m < max_t)
+    assert asha_milestones(max_t, grace, rf) == rays
+
+
+def test_test_epochs_cover_every_possible_stop():
+    # ASHA(max_t=6, grace=1, rf=2) can stop a trial after epochs 1, 2 and 4; the last epoch is 6
+    assert final_eval_epochs(6, "asha", 1, 2) == [1, 2, 4, 6]
+    assert final_eval_epochs(6, "fifo", 1, 2) == [6]
+
+
+def _suggest(space, known):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    DefineByRun(space, known)(trial)
+    return trial.params
+
+
+def test_define_by_run_honours_conditions():
+    space = {
+        "acl_spatial": Choice((True, False)),
+        "J": Int(10, 1000, log=True, when={"acl_spatial": True}),
+        "lr": Float(1e-5, 1e-2, log=True),
+    }
+    seen = {True: 0, False: 0}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(40):
+        trial = study.ask()
+        DefineByRun(space, {})(trial)
+        p = trial.params
+        assert ("J" in p) == p["acl_spatial"]
+        assert 1e-5 <= p["lr"] <= 1e-2
+        seen[p["acl_spatial"]] += 1
+        study.tell(trial, 0.0)
+    assert seen[True] and seen[False]
+    # a switch pinned off removes its parameters
+    assert "J" not in _suggest({k: v for k, v in space.items() if k != "acl_spatial"}, {"acl_spatial": False})
+
+
+def _defaults(method):
+    from grounding.engine import OPTIM_KEYS, OptimConfig
+
+    cfg = registry.get(method).Config()
+    return {**{f: getattr(cfg, f) for f in registry.config_fields(method)},
+            **{k: getattr(OptimConfig(), k) for k in OPTIM_KEYS}}
+
+
+def test_paper_values_are_suggested_first():
+    space, points = search_spaces.resolve("causal", {"T": 5, "N": 20}, {}, _defaults("causal"))
+    searcher = searcher_for("tpe", 0, space, _defaults("causal"), points, "val/box_micro")
+    first = searcher.suggest("t1")
+    assert {k: first[k] for k in ("J", "W", "B_r", "B_f", "eta", "alpha")} == \
+        {"J": 100, "W": 1000, "B_r": 10, "B_f": 1, "eta": 0.2, "alpha": 0.9}
+    second = searcher.suggest("t2")
+    assert second != first
+
+
+def test_ablation_pins_shrink_the_space():
+    known = {**_defaults("causal"), "acl_spatial": False}
+    space, points = search_spaces.resolve("causal", {"T": 5, "N": 20}, {"acl_spatial": False}, _defaults("causal"))
+    assert "J" in space  # still declared ...
+    searcher = searcher_for("random", 0, space, known, points, "val/box_micro")
+    cfg = searcher.suggest("t1")
+    assert "J" not in cfg and "B_r" not in cfg and "W" in cfg  # ... but never drawn
+    assert "J" not in points[0] and points[0]["W"] == 1000
