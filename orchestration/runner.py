@@ -81,9 +81,13 @@ def _dataset(cfg: SweepConfig, cwd: Path, smoke: bool) -> Dataset:
         ds = Dataset.open(root, cache=cache)
     else:
         fs, p = storage.filesystem(root)
-        if not fs.exists(storage.join(p, "manifest.json")) and not cfg["data.generate"]:
+        exists = fs.exists(storage.join(p, "manifest.json"))
+        if not exists and not cfg["data.generate"]:
             fail(f"data.root={root} holds no dataset and data.generate=false")
-        ds = benchmarks.ensure(root, bench.name, overrides, log=_log)
+        if exists and cfg["data.root"]:
+            ds = Dataset.open(root, cache=cache)  # a dataset the user chose: used as it is
+        else:  # the default location: generated on first use, reused only with the same arguments
+            ds = benchmarks.ensure(root, bench.name, overrides, log=_log)
     if ds.manifest.task != cfg.task:
         fail(f"data.root={root} holds a {ds.manifest.task} dataset; method {cfg.method} needs {cfg.task}")
     ds = Dataset.open(root, cache=cache)
@@ -184,7 +188,11 @@ def run_sweep(cfg: SweepConfig) -> int:
 
     status = "FAILED"
     try:
-        if state is not None and tune.Tuner.can_restore(exp_path):
+        if state is not None:
+            if not tune.Tuner.can_restore(exp_path):
+                status = "KILLED"
+                fail(f"resume: no Tune state under {exp_path} yet (the sweep stopped before its first "
+                     f"state checkpoint); start it again under another name")
             _log(f"resuming {exp_path}")
             tuner = tuner_mod.restore(exp_path, run)
         else:
@@ -200,7 +208,7 @@ def run_sweep(cfg: SweepConfig) -> int:
         errors = [r for r in results if r.error]
         status = "FINISHED" if not errors else "FAILED"
         _log(f"tune finished in {time.time() - t_fit:.0f}s; {len(results)} trials, {len(errors)} failed")
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
         raise
     finally:

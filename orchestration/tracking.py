@@ -77,7 +77,7 @@ class MlflowTrialLogger(Callback):
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, sweep: str,
                  method: str, fixed: dict[str, Any], epochs: int,
-                 metric_prefixes=("train/", "val/", "test_iid/", "test_ood/", "time/")):
+                 metric_prefixes=("train/", "val/", "test_iid/", "test_ood/", "time/", "cluster/")):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id

@@ -115,6 +115,17 @@ def _restore(checkpoint, model, optimizer) -> int:
     return int(state["epoch"])
 
 
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # outside Ray (tests driving the loop directly)
+        import socket
+
+        return socket.gethostname()
+
+
 def _prefixed(prefix: str, d: dict) -> dict:
     return {f"{prefix}/{k}": v for k, v in d.items()}
 
@@ -135,9 +146,13 @@ def train_loop(hp: dict, run: dict, session: Session) -> None:
     if ckpt is not None:
         start = _restore(ckpt, model, optimizer)
     net = model
+    nodes = 1
     if session.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if use_cuda else None, broadcast_buffers=False)
+        hosts = [None] * session.world
+        torch.distributed.all_gather_object(hosts, _node_id())
+        nodes = len(set(hosts))
     t_ready = time.time()
     for epoch in range(start, run["epochs"]):
         logs = engine.train_one_epoch(net, optimizer, data["train"], optim, epoch, run["seed"], device,
@@ -151,6 +166,8 @@ def train_loop(hp: dict, run: dict, session: Session) -> None:
             metrics["time/setup_s"] = t_ready - t_entry  # entry -> first training step
             metrics["time/first_step_unix"] = t_ready
             metrics["time/resumed_from_epoch"] = start
+            metrics["cluster/world_size"] = session.world
+            metrics["cluster/nodes"] = nodes  # distinct Ray nodes the ranks run on
         with tempfile.TemporaryDirectory() as d:
             if session.rank == 0:
                 _save(model, optimizer, epoch + 1, d)

@@ -13,3 +13,13 @@ def smoke_root(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("data") / "youcook2-smoke"
     benchmarks.ensure(root, "youcook2", benchmarks.get("youcook2").smoke, log=lambda m: None)
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def slow_root(tmp_path_factory) -> str:
+    """A larger benchmark whose epochs last long enough to interrupt a trial in the middle."""
+    from grounding.data import benchmarks
+
+    root = tmp_path_factory.mktemp("data") / "youcook2-800"
+    benchmarks.ensure(root, "youcook2", {"limit": 800, "D": 64}, log=lambda m: None)
+    return str(root)
