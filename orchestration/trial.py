@@ -155,13 +155,18 @@ def train_loop(hp: dict, run: dict, session: Session) -> None:
         nodes = len(set(hosts))
     t_ready = time.time()
     for epoch in range(start, run["epochs"]):
+        t0 = time.time()
         logs = engine.train_one_epoch(net, optimizer, data["train"], optim, epoch, run["seed"], device,
                                       amp=use_cuda and run.get("amp", True))
+        t1 = time.time()
         metrics = {"epoch": epoch + 1, **_prefixed("train", logs)}
         evaluated = ("val", *(("test_iid", "test_ood") if epoch + 1 in run["test_epochs"] else ()))
         for split in evaluated:
-            metrics.update(_prefixed(split, engine.evaluate(net, data[split], data.task, data.info,
-                                                            run["eval_batch_size"], device)))
+            if split in data.splits:  # a converted dataset may lack a test split
+                metrics.update(_prefixed(split, engine.evaluate(net, data[split], data.task, data.info,
+                                                                run["eval_batch_size"], device)))
+        metrics["time/train_s"] = t1 - t0
+        metrics["time/eval_s"] = time.time() - t1
         if epoch == start:
             metrics["time/setup_s"] = t_ready - t_entry  # entry -> first training step
             metrics["time/first_step_unix"] = t_ready
