@@ -9,6 +9,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from .data.shards import Dataset
+from .metrics import moment as moment_metrics
+from .metrics import wsvog as wsvog_metrics
 from .models.base import DataInfo
 
 EVAL_SPLITS = ("val", "test_iid", "test_ood")
@@ -34,7 +36,7 @@ class Task(Protocol):
 
 class WsvogTask:
     name = "wsvog"
-    metric_names = ("box_macro", "box_micro", "query_macro", "query_micro")
+    metric_names = wsvog_metrics.NAMES
     default_metric = "box_micro"
 
     def load_split(self, ds: Dataset, split: str, rank: int = 0, world: int = 1):
@@ -73,7 +75,50 @@ class WsvogTask:
         return out
 
 
-_TASKS: dict[str, Task] = {"wsvog": WsvogTask()}
+class MomentTask:
+    """Temporal moment localisation (one query, one moment): predictions are ranked proposals
+    ``[B, K, 2]`` of normalised (start, end), best first."""
+
+    name = "moment"
+    metric_names = moment_metrics.NAMES
+    default_metric = "r1_iou50"
+
+    @staticmethod
+    def _vocab(ds: Dataset):
+        return ds.read_table("vocab").sort_by("word_id")
+
+    def load_split(self, ds: Dataset, split: str, rank: int = 0, world: int = 1):
+        from .data.moment import MomentArrays, content_flags
+
+        d = ds.manifest.dims
+        content = content_flags(self._vocab(ds)["word"].to_pylist())
+        return MomentArrays.from_table(ds.read_split(split, rank, world), d["L"], d["D"], content=content)
+
+    def data_info(self, ds: Dataset, train, seed: int = 0) -> DataInfo:
+        from .data.wsvog import fixed_list_to_numpy
+
+        vocab = self._vocab(ds)
+        vectors = fixed_list_to_numpy(vocab["word_vector"], (vocab.schema.field("word_vector").type.list_size,))
+        return DataInfo(task=self.name, dims=dict(ds.manifest.dims), word_vectors=vectors.astype(np.float32),
+                        train_features=getattr(train, "features", None), seed=seed)
+
+    def accumulator(self, info: DataInfo):
+        from .metrics.moment import MomentRecall
+
+        class _Acc(MomentRecall):
+            def update_batch(self, predictions, batch):
+                self.update(predictions, batch["moments"])
+
+        return _Acc()
+
+    def baselines(self, arrays, info: DataInfo, batch_size: int = 1024) -> dict[str, dict[str, float]]:
+        acc = self.accumulator(info)
+        for i in range(0, len(arrays), batch_size):
+            acc.update("random", arrays.moments[i:i + batch_size])
+        return {"random": acc.compute()}
+
+
+_TASKS: dict[str, Task] = {"wsvog": WsvogTask(), "moment": MomentTask()}
 
 
 def get(name: str) -> Task:
@@ -96,9 +141,13 @@ class TaskData:
         return self.splits[split]
 
 
-def load(ds: Dataset, splits=("train", *EVAL_SPLITS), rank: int = 0, world: int = 1, seed: int = 0) -> TaskData:
-    """Read this rank's share of each split (the whole split for world == 1)."""
+def load(ds: Dataset, splits=("train", *EVAL_SPLITS), rank: int = 0, world: int = 1, seed: int = 0,
+         optional=("test_iid", "test_ood")) -> TaskData:
+    """Read this rank's share of each split (the whole split for world == 1). Splits named in
+    ``optional`` are left out when the dataset lacks them (a converted dataset may have a single
+    test split); any other missing split is an error naming what the dataset has."""
     task = get(ds.manifest.task)
-    arrays = {sp: task.load_split(ds, sp, rank, world) for sp in splits}
+    present = set(ds.manifest.splits)
+    arrays = {sp: task.load_split(ds, sp, rank, world) for sp in splits if sp in present or sp not in optional}
     info = task.data_info(ds, arrays.get("train"), seed)
     return TaskData(task=task, info=info, splits=arrays, digest=ds.digest)

@@ -41,11 +41,13 @@ class Benchmark:
 
 BENCHMARKS: dict[str, Benchmark] = {
     "youcook2": Benchmark("youcook2", "wsvog", "youcook2", "YC2Config",
-                          smoke={"limit": 96, "D": 32}),
+                          smoke={"limit": 160, "D": 32}),
+    "charades": Benchmark("charades", "moment", "charades", "CharadesConfig",
+                          smoke={"limit": 48, "L": 32, "D": 32}),
 }
 
 # The benchmark a task family's methods train on by default.
-DEFAULT_FOR_TASK = {"wsvog": "youcook2"}
+DEFAULT_FOR_TASK = {"wsvog": "youcook2", "moment": "charades"}
 
 
 def get(name: str) -> Benchmark:
@@ -59,8 +61,9 @@ def ensure(root: str | os.PathLike, name: str, overrides: dict[str, Any] | None 
            log: Callable[[str], None] = print) -> Dataset:
     """Open the dataset at ``root``, generating it there first if it does not exist (local roots).
 
-    An existing dataset is reused only if its manifest says it was produced by this benchmark
-    with the same arguments; otherwise this raises instead of silently training on other data.
+    An existing dataset made by this benchmark's generator is reused only if the manifest records
+    the same generator version and arguments; otherwise this raises instead of silently training
+    on other data. A dataset made by anything else (a converter of real features) is used as is.
     """
     bench = get(name)
     cfg = bench.config(**(overrides or {}))
@@ -77,6 +80,13 @@ def ensure(root: str | os.PathLike, name: str, overrides: dict[str, Any] | None 
     ds = Dataset.open(root)
     producer = ds.manifest.producer
     if producer.get("name") == bench.producer():
+        from .. import __version__
+
+        if producer.get("version") != __version__:
+            raise DataError(
+                f"{root} holds the {name} benchmark made by generator version {producer.get('version')}, "
+                f"this is {__version__}; choose another data.root or remove it"
+            )
         want = dataclasses.asdict(cfg)
         have = producer.get("args", {})
         diff = sorted(k for k in set(want) | set(have) if _norm(want.get(k)) != _norm(have.get(k)))

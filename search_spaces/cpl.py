@@ -1,0 +1,29 @@
+"""Search space of ``cpl`` (Gaussian-based contrastive proposal learning, moment localisation).
+
+``div_lambda`` is the paper's lambda (``lambda`` is a Python keyword); ``alpha_p``/``alpha_n`` are
+the margins against the reference (whole video) and the hard negatives (the paper's beta_1,
+beta_2; ``margin_1``/``margin_2`` in the authors' code).
+"""
+
+from . import Float, Int
+
+# The authors' Charades-STA values (paper and released config): lambda 0.146, margins 0.1/0.15,
+# 8 proposals, sigma 9, a third of the words masked, Adam at 4e-4 with batch 32.
+PAPER = {"div_lambda": 0.146, "alpha_p": 0.1, "alpha_n": 0.15, "num_props": 8, "sigma": 9.0,
+         "mask_ratio": 1 / 3, "lr": 4e-4}
+
+# The config defaults are already CPU-sized (hidden_dim 32, 2 layers per stack, see
+# grounding/models/cpl.py); model.hidden_dim=256 model.layers=3 restores the paper's size.
+FIXED: dict = {}
+
+
+def space(dims: dict[str, int]) -> dict:
+    return {
+        "div_lambda": Float(0.05, 0.5),
+        "alpha_p": Float(0.0, 0.5),
+        "alpha_n": Float(0.0, 0.5),
+        "num_props": Int(4, 16),
+        "sigma": Float(3.0, 15.0),
+        "mask_ratio": Float(0.15, 0.5),
+        "lr": Float(1e-4, 2e-3, log=True),
+    }
