@@ -2,7 +2,8 @@
 
 Remote shards are stored under ``<cache_dir>/objects/<sha256>.parquet``: content-addressed, so
 every trial and worker on a node shares one copy, and a file only gets its final name after its
-size and sha256 matched the manifest (a failed or corrupt download leaves nothing behind).
+size and sha256 matched the manifest (a failed or corrupt download leaves nothing behind). The
+per-object download locks live in ``<cache_dir>/locks``.
 Local shards are hashed once per (path, size, mtime); the result is remembered under
 ``<cache_dir>/stamps`` so later processes skip the hash.
 
@@ -21,6 +22,7 @@ from pathlib import Path
 from .manifest import DataError, FileEntry
 
 CHUNK = 8 * 2**20
+FETCH_BLOCK = 128 * 2**20
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -89,7 +91,9 @@ class ShardCache:
         name = f"{root.rstrip('/')}/{entry.path}"
         if self._ready(target, entry):
             return str(target)
-        with open(self.objects / f"{entry.sha256}.lock", "w") as lock:
+        locks = self.dir / "locks"  # beside objects/, so a failed read leaves nothing in objects/
+        locks.mkdir(parents=True, exist_ok=True)
+        with open(locks / f"{entry.sha256}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one download per node; others wait for it
             try:
                 if self._ready(target, entry):
@@ -98,7 +102,8 @@ class ShardCache:
                 try:
                     h, size = hashlib.sha256(), 0
                     try:
-                        src = fs.open(remote_path, "rb")
+                        # one ranged GET per shard up to 128 MB (s3fs reads ahead 50 MB by default)
+                        src = fs.open(remote_path, "rb", block_size=max(CHUNK, min(entry.bytes, FETCH_BLOCK)))
                     except FileNotFoundError:
                         raise DataError(f"shard {name} is missing (listed in the manifest)") from None
                     with src, open(tmp, "wb") as out:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
@@ -157,6 +158,9 @@ def _rank_range(n: int, rank: int, world: int) -> tuple[int, int]:
 class Dataset:
     """A dataset root (local folder or URL) opened through its manifest."""
 
+    #: shards fetched, verified and decoded concurrently by :meth:`read_split`
+    fetch_workers = 4
+
     def __init__(self, root: str, manifest: Manifest, cache: ShardCache | None,
                  storage_options: dict | None = None):
         self.root = str(root)
@@ -191,12 +195,41 @@ class Dataset:
         self.cache.check_local(full, entry, self.root)
         return full
 
-    def verify(self, splits: Iterable[str] | None = None) -> None:
-        """Check every shard (or those of ``splits``) and side table; raise on the first problem."""
+    def entries(self, splits: Iterable[str] | None = None) -> list[FileEntry]:
+        """The side tables and the shards (of ``splits``, or all) the manifest lists."""
         wanted = set(splits) if splits is not None else None
-        for entry in [*self.manifest.tables.values(), *self.manifest.shards]:
-            if wanted is None or entry.split is None or entry.split in wanted:
-                self.local_file(entry)
+        return [e for e in [*self.manifest.tables.values(), *self.manifest.shards]
+                if wanted is None or e.split is None or e.split in wanted]
+
+    def _check_schema(self, entry: FileEntry, got: pa.Schema) -> None:
+        want = schema_for(self.manifest.task, self.manifest.dims, self.manifest.feature_dtype)
+        if not got.equals(want):
+            diff = sorted(set(map(str, want)) ^ set(map(str, got)))
+            m = self.manifest
+            raise DataError(
+                f"shard {self.root.rstrip('/')}/{entry.path} has another schema than the manifest's "
+                f"{m.task} {m.dims} {m.feature_dtype} (schema v{m.schema_version}): differs in {'; '.join(diff[:4])}"
+            )
+
+    def check(self, entry: FileEntry) -> str:
+        """Everything :meth:`local_file` checks (presence, bytes, sha256) plus the Parquet footer:
+        row count, row groups and, for shards, the schema. Returns the verified local path."""
+        path = self.local_file(entry)
+        name = f"{self.root.rstrip('/')}/{entry.path}"
+        meta = pq.read_metadata(path)
+        if meta.num_rows != entry.rows:
+            raise DataError(f"shard {name} holds {meta.num_rows} rows, the manifest says {entry.rows}")
+        if entry.split is not None:
+            groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+            if entry.row_groups and groups != entry.row_groups:
+                raise DataError(f"shard {name} has row groups {groups}, the manifest says {entry.row_groups}")
+            self._check_schema(entry, meta.schema.to_arrow_schema())
+        return path
+
+    def verify(self, splits: Iterable[str] | None = None) -> None:
+        """:meth:`check` every side table and shard (of ``splits``); raise on the first problem."""
+        for entry in self.entries(splits):
+            self.check(entry)
 
     def read_table(self, name: str) -> pa.Table:
         try:
@@ -208,7 +241,8 @@ class Dataset:
     def read_split(self, split: str, rank: int = 0, world: int = 1,
                    columns: list[str] | None = None) -> pa.Table:
         """Rows ``[rank*n/world, (rank+1)*n/world)`` of a split, reading only the row groups
-        that overlap them. Every shard touched is verified first."""
+        that overlap them. Every shard touched is verified (size, sha256, schema) before its rows
+        are decoded, and nothing is returned unless all of them are."""
         shards = self.manifest.split_shards(split)
         n = sum(s.rows for s in shards)
         lo, hi = _rank_range(n, rank, world)
@@ -219,23 +253,42 @@ class Dataset:
             if end > lo and start < hi:
                 plan.append((entry, max(lo, start) - start, min(hi, end) - start))
             start = end
-        paths = [self.local_file(entry) for entry, _, _ in plan]  # verify before reading
-        parts = []
-        for (entry, a, b), path in zip(plan, paths):
+        schema = schema_for(self.manifest.task, self.manifest.dims, self.manifest.feature_dtype)
+        if not plan:
+            cols = columns or schema.names
+            return schema.empty_table().select(cols)
+        return pa.concat_tables(self._read_parts(plan, columns))
+
+    def _read_parts(self, plan: list[tuple[FileEntry, int, int]], columns: list[str] | None) -> list[pa.Table]:
+        """Each shard's rows ``[a, b)``, ``fetch_workers`` shards at a time: fetching and hashing one
+        shard overlaps with decoding another. Raises the first failing shard's error (in plan
+        order) and returns nothing then."""
+        if len(plan) == 1 or self.fetch_workers <= 1:
+            return [self._read_part(e, a, b, columns) for e, a, b in plan]
+        pool = ThreadPoolExecutor(min(self.fetch_workers, len(plan)))
+        try:
+            futures = [pool.submit(self._read_part, e, a, b, columns) for e, a, b in plan]
+            return [f.result() for f in futures]
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _read_part(self, entry: FileEntry, a: int, b: int, columns: list[str] | None) -> pa.Table:
+        """Rows ``[a, b)`` of one verified shard (fetched into the cache first if remote)."""
+        pf = pq.ParquetFile(self.local_file(entry))  # an open file survives a later cache eviction
+        try:
+            self._check_schema(entry, pf.schema_arrow)
             groups, g0, offset = [], 0, None
             for gi, g in enumerate(entry.row_groups or [entry.rows]):
                 if g0 + g > a and g0 < b:
                     groups.append(gi)
                     offset = g0 if offset is None else offset
                 g0 += g
-            pf = pq.ParquetFile(path)
-            t = pf.read_row_groups(groups, columns=columns)
-            parts.append(t.slice(a - offset, b - a))
-        schema = schema_for(self.manifest.task, self.manifest.dims, self.manifest.feature_dtype)
-        if not parts:
-            cols = columns or schema.names
-            return schema.empty_table().select(cols)
-        return pa.concat_tables(parts)
+            # One chunk per row group (read_row_groups would first merge them into one buffer):
+            # the caller's single concatenation of the split is then the only copy.
+            t = pa.concat_tables([pf.read_row_group(gi, columns=columns) for gi in groups])
+            return t.slice(a - offset, b - a)
+        finally:
+            pf.close()
 
 
 def publish(src: str | os.PathLike, dest: str, storage_options: dict | None = None) -> Manifest:

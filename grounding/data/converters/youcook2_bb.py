@@ -1,0 +1,323 @@
+"""YouCook2-BB region features in the layout of the causal-intervention code (WSVOG_Causal_Intervention,
+``dataset_name='cvpr'``) -> task ``wsvog``.
+
+Inputs (paths as in that code's ``config.py``; the NAFAE release shares the class list and splits):
+
+``--annotations DIR``
+    the causal repo's annotation folder: ``class_file.csv`` (67 classes, id,singular,,plural),
+    ``YC2_glove_dict_68x300_float32.npy`` (row 0 padding, row k+1 = class k; the raw storage of
+    ``YC2_glove_dict.pth``), ``{train,val,test}_dict.json`` (segment -> [[subset, recipe, video,
+    index], class ids]) and ``seg_sentence_dict.json``.
+``--features DIR``
+    one ``<segment>.npy`` per segment, ``[frames, >=N, D]`` (D = 4096 for the released RoI
+    features), in ``DIR/{training,validation,testing}/`` (the code's ``data_split``) or flat in DIR.
+``--proposals DIR``
+    same layout (``rpn_box``): ``[frames, >=N, >=4]`` boxes x1,y1,x2,y2 in **224x224** input
+    coordinates; they are rescaled to the video's resized frame (``x * rwidth/224``,
+    ``y * rheight/224``) exactly as the loader does.
+``--sizes FILE`` (repeatable)
+    ``yc2_training_vid.json`` and/or any ``yc2_bb_*_annotations.json``: ``database/<video>/rwidth,
+    rheight`` (the causal-repo conversion's ``width``/``height`` are read too).
+``--boxes FILE`` (repeatable)
+    box ground truth in the official YouCook2-BB format (``database/<video>/segments/<seg>/
+    objects[i]/{label, boxes[frame]{xtl,ytl,xbr,ybr,occluded,outside}}``), or the causal repo's
+    conversion (``database/<video>/annotations/<seg>/<i>/{label, boxes{frame: …}}``). Boxes are in
+    the resized frame (720 px wide), annotated at 1 fps: box frame ``j`` is feature frame ``j``.
+``--nafae DIR`` (optional)
+    NAFAE's ``{train,val,test}_entities.pkl`` (read through the restricted unpickler with
+    ``encoding="latin1"``): with ``--sentences nafae`` the sentence of segment ``<video>_<i:02d>``
+    is ``" ".join(sentence_raw[i])``.
+
+Conventions of a row (the same as the generated benchmark, :mod:`grounding.data.youcook2`):
+
+* ``T`` frames (default 5, the code's ``num_frm``) are the centre frames of ``T`` equal bins of
+  the segment's frames (:func:`~.common.centre_indices`; deterministic, where the original
+  training loader draws a random frame per bin and its test loader uses every frame);
+* the first ``N`` proposals (default 20, the code's ``num_proposals``) of each frame are kept,
+  in file order (the RPN's score order);
+* ``query_classes``: the segment's classes from the dict file, unique, in order of appearance;
+* ``gt_class``: one instance per annotated object (the box file's objects, in order), or, for
+  segments without box annotation (the training list), one per class of the dict file;
+  ``gt_boxes`` ``[I*T*4]`` and ``gt_valid`` ``[I*T]`` per instance, False where the box is missing,
+  ``occluded`` or ``outside`` (as the original evaluation skips them);
+* ``frame_width``/``frame_height``: the video's ``rwidth``/``rheight``.
+
+The ``classes`` table holds the 67 classes with their GloVe vectors and ``train_count`` = number of
+converted training segments that mention the class (as in the generated benchmark).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from ..schema import classes_schema
+from ..shards import DatasetWriter
+from .common import (
+    ConversionError, MissingInputs, centre_indices, chunks, load_json, need_dir, need_file, producer,
+                     rename, wsvog_table)
+
+NAME = "youcook2-bb"
+PRODUCER = "grounding.data.converters.youcook2_bb"
+SPLIT_DIRS = {"train": "training", "val": "validation", "test": "testing"}
+PROPOSAL_SCALE = 224.0
+
+
+# ----------------------------------------------------------------------------- annotations
+def read_classes(path: Path) -> tuple[list[str], dict[str, int]]:
+    """Class names (singular) and a lookup of every listed form (singular, plural) -> id."""
+    names, lookup = [], {}
+    with open(path) as f:
+        for row in csv.reader(f):
+            if not row:
+                continue
+            cid = int(row[0])
+            if cid != len(names):
+                raise ConversionError(f"{path}: class ids must run 0..K-1 in order; found {cid} at row {len(names)}")
+            names.append(row[1].strip())
+            for form in row[1:]:
+                if form.strip():
+                    lookup[form.strip()] = cid
+    return names, lookup
+
+
+def read_sizes(files: list[Path]) -> dict[str, tuple[int, int]]:
+    sizes: dict[str, tuple[int, int]] = {}
+    for p in files:
+        db = load_json(p, "--sizes file").get("database")
+        if not isinstance(db, dict):
+            raise ConversionError(f"--sizes {p}: expected {{'database': {{video: {{rwidth, rheight}}}}}}")
+        for vid, v in db.items():
+            w, h = v.get("rwidth", v.get("width")), v.get("rheight", v.get("height"))
+            if w is not None and h is not None:
+                sizes[vid] = (int(w), int(h))
+    return sizes
+
+
+def read_boxes(files: list[Path], lookup: dict[str, int]) -> dict[tuple[str, int], list[tuple[int, list[dict]]]]:
+    """(video, segment index) -> [(class id, per-frame box dicts)] from official or converted files."""
+    out: dict[tuple[str, int], list[tuple[int, list[dict]]]] = {}
+    for p in files:
+        db = load_json(p, "--boxes file").get("database")
+        if not isinstance(db, dict):
+            raise ConversionError(f"--boxes {p}: expected {{'database': {{video: {{segments: …}}}}}}")
+        for vid, v in db.items():
+            if "segments" in v:  # official format: objects is a list, boxes a list per frame
+                segs = {k: s.get("objects", []) for k, s in v["segments"].items()}
+            elif "annotations" in v:  # causal-repo conversion: dicts keyed by index strings
+                segs = {k: [objs[i] for i in sorted(objs, key=int)] for k, objs in v["annotations"].items()}
+            else:
+                continue
+            for seg, objs in segs.items():
+                insts = []
+                for obj in objs:
+                    label = obj.get("label")
+                    if label not in lookup:
+                        raise ConversionError(f"--boxes {p}: video {vid} segment {seg}: label {label!r} "
+                                              f"is not in class_file.csv")
+                    boxes = obj.get("boxes", [])
+                    if isinstance(boxes, dict):
+                        frames = [boxes.get(str(j), {}) for j in range(1 + max(map(int, boxes), default=-1))]
+                    else:
+                        frames = list(boxes)
+                    insts.append((lookup[label], frames))
+                out[(vid, int(seg))] = insts
+    return out
+
+
+def _box(b: dict) -> list[float] | None:
+    """x1,y1,x2,y2 of an annotated frame, or None if missing, occluded or outside."""
+    if not b or any(k not in b for k in ("xtl", "ytl", "xbr", "ybr")):
+        return None
+    if int(b.get("occluded", 0)) or int(b.get("outside", 0)):
+        return None
+    return [float(b["xtl"]), float(b["ytl"]), float(b["xbr"]), float(b["ybr"])]
+
+
+def load_nafae_sentences(folder: Path, splits) -> dict[str, str]:
+    """Segment id -> sentence from NAFAE's ``<split>_entities.pkl`` (restricted unpickler)."""
+    from .. import safe_pickle
+
+    out = {}
+    for sp in splits:
+        p = need_file(folder / f"{sp}_entities.pkl", f"--nafae {folder}: {sp}_entities.pkl")
+        d = safe_pickle.load(p, encoding="latin1")
+        for vid, ent in d.items():
+            for i, words in enumerate(ent.get("sentence_raw", [])):
+                out[f"{vid}_{i:02d}"] = " ".join(words)
+    return out
+
+
+# ------------------------------------------------------------------------------- convert
+def _segment_file(folder: Path, split: str, seg: str) -> Path:
+    sub = folder / SPLIT_DIRS[split] / f"{seg}.npy"
+    return sub if sub.parent.is_dir() else folder / f"{seg}.npy"
+
+
+def convert(root, annotations, features, proposals, sizes=(), boxes=(), splits=("train", "val", "test"),
+            T: int = 5, N: int = 20, feature_dtype: str = "float16", limit: int | None = None,
+            nafae=None, sentences: str = "causal", skip_missing: bool = False,
+            renames: dict[str, str] | None = None, overwrite: bool = False, log=print):
+    """Write the YouCook2-BB segments of ``splits`` to ``root``; return the manifest."""
+    ann = need_dir(annotations, "--annotations")
+    feat_dir = need_dir(features, "--features")
+    prop_dir = need_dir(proposals, "--proposals")
+    bad = [s for s in splits if s not in SPLIT_DIRS]
+    if bad:
+        raise ConversionError(f"unknown split {bad[0]!r}; allowed: {', '.join(SPLIT_DIRS)}")
+    if T < 1 or N < 1:
+        raise ConversionError("T and N must be >= 1")
+    if sentences not in ("causal", "nafae"):
+        raise ConversionError(f"--sentences {sentences!r}; allowed: causal, nafae")
+    size_files = [need_file(p, "--sizes file") for p in sizes]
+    box_files = [need_file(p, "--boxes file") for p in boxes]
+
+    class_csv = need_file(ann / "class_file.csv", "class_file.csv in --annotations")
+    glove_npy = need_file(ann / "YC2_glove_dict_68x300_float32.npy", "YC2_glove_dict_68x300_float32.npy in --annotations")
+    names, lookup = read_classes(class_csv)
+    glove = np.load(glove_npy, allow_pickle=False).astype(np.float32)
+    if glove.shape[0] != len(names) + 1:
+        raise ConversionError(f"{glove_npy}: {glove.shape[0]} rows; expected {len(names) + 1} (padding + classes)")
+    glove = glove[1:]
+    lists = {sp: load_json(need_file(ann / f"{sp}_dict.json", f"{sp}_dict.json in --annotations"))
+             for sp in splits}
+    sent_path = need_file(ann / "seg_sentence_dict.json", "seg_sentence_dict.json in --annotations")
+    sents = load_json(sent_path)
+    if sentences == "nafae":
+        sents = load_nafae_sentences(need_dir(nafae, "--nafae (with --sentences nafae)"), splits)
+    size_of = read_sizes(size_files)
+    gt = read_boxes(box_files, lookup)
+
+    # Plan every row and check every input before anything is written.
+    plan: dict[str, list[tuple]] = {}
+    missing = MissingInputs(skip_missing)
+    D = None
+    for sp in splits:
+        items = []
+        entries = list(lists[sp].items())
+        for seg, (meta, classes) in entries[:limit] if limit else entries:
+            vid, recipe, index = str(meta[2]), str(meta[1]), int(meta[3])
+            fpath, ppath = _segment_file(feat_dir, sp, seg), _segment_file(prop_dir, sp, seg)
+            problems = [str(p) for p in (fpath, ppath) if not p.is_file()]
+            if vid not in size_of:
+                problems.append(f"frame size of video {vid} (give its rwidth/rheight with --sizes)")
+            if seg not in sents:
+                problems.append(f"sentence of {seg}")
+            if not missing.keep(problems):
+                continue
+            if D is None:
+                shape = np.load(fpath, mmap_mode="r").shape
+                if len(shape) != 3:
+                    raise ConversionError(f"{fpath}: features must be [frames, proposals, D]; got shape {shape}")
+                D = int(shape[2])
+            items.append((seg, vid, recipe, index, [int(c) for c in classes], fpath, ppath))
+        plan[sp] = items
+    missing.raise_if_any("those segments")
+    if D is None:
+        raise ConversionError("no segment to convert (empty splits or all skipped)")
+
+    train_counts = np.zeros(len(names), np.int64)
+    for item in plan.get("train", []):
+        train_counts[sorted(set(item[4]))] += 1
+    classes_tbl = pa.table(
+        {"class_id": pa.array(np.arange(len(names)), pa.int16()), "name": names,
+         "word_vector": pa.FixedSizeListArray.from_arrays(pa.array(glove.reshape(-1)), glove.shape[1]),
+         "train_count": pa.array(train_counts, pa.int64()), "heldout": pa.array(np.zeros(len(names), bool))},
+        schema=classes_schema(glove.shape[1]))
+
+    args = dict(annotations=str(ann), features=str(feat_dir), proposals=str(prop_dir),
+                sizes=[str(p) for p in size_files], boxes=[str(p) for p in box_files], splits=list(splits),
+                T=T, N=N, feature_dtype=feature_dtype, limit=limit, sentences=sentences,
+                nafae=str(nafae) if nafae else None, skip_missing=skip_missing, renames=renames or {})
+    sources = {p.name: p for p in (class_csv, glove_npy, sent_path, *size_files, *box_files)}
+    sources.update({f"{sp}_dict.json": ann / f"{sp}_dict.json" for sp in splits})
+    stats = {"segments_skipped": missing.skipped, "segments_with_boxes": 0, "frame_count_mismatch": 0}
+    extra = {"source": "youcook2_bb", "layout": "causal-intervention (cvpr) region features",
+             "num_classes": len(names), "proposal_scale": PROPOSAL_SCALE, "stats": stats,
+             "splits_from": {rename(sp, renames): SPLIT_DIRS[sp] for sp in splits}}
+    with DatasetWriter(root, "wsvog", {"T": T, "N": N, "D": D}, feature_dtype,
+                       producer(PRODUCER, args, sources), overwrite=overwrite, extra=extra) as w:
+        w.add_table("classes", classes_tbl)
+        for sp, items in plan.items():
+            for part in chunks(items):
+                rows = [_row(it, T, N, D, size_of, gt, sents, stats) for it in part]
+                w.write(rename(sp, renames), wsvog_table(rows, T, N, D, feature_dtype))
+            log(f"{sp}: {len(items)} segments")
+        # stats are filled while writing; the manifest is written when the block closes
+    return w.manifest
+
+
+def _row(item, T, N, D, size_of, gt, sents, stats) -> dict:
+    seg, vid, recipe, index, classes, fpath, ppath = item
+    feats = np.load(fpath, mmap_mode="r")
+    props = np.load(ppath, mmap_mode="r")
+    if feats.ndim != 3 or feats.shape[1] < N or feats.shape[2] != D:
+        raise ConversionError(f"{fpath}: features must be [frames, >={N}, {D}]; got shape {feats.shape}")
+    if props.ndim != 3 or props.shape[0] != feats.shape[0] or props.shape[1] < N or props.shape[2] < 4:
+        raise ConversionError(f"{ppath}: proposals must be [{feats.shape[0]}, >={N}, 4] to match {fpath.name}; "
+                              f"got shape {props.shape}")
+    idx = centre_indices(feats.shape[0], T)
+    W, H = size_of[vid]
+    boxes = np.asarray(props[idx, :N, :4], np.float64)
+    boxes[..., [0, 2]] *= W / PROPOSAL_SCALE
+    boxes[..., [1, 3]] *= H / PROPOSAL_SCALE
+
+    insts = gt.get((vid, index))
+    if insts is None:
+        gt_class = classes
+        gt_boxes = np.zeros((len(classes), T, 4), np.float32)
+        gt_valid = np.zeros((len(classes), T), bool)
+    else:
+        stats["segments_with_boxes"] += 1
+        gt_class = [c for c, _ in insts]
+        gt_boxes = np.zeros((len(insts), T, 4), np.float32)
+        gt_valid = np.zeros((len(insts), T), bool)
+        for i, (_, frames) in enumerate(insts):
+            if frames and len(frames) != feats.shape[0]:
+                stats["frame_count_mismatch"] += 1
+            for t, f in enumerate(idx):
+                b = _box(frames[f]) if f < len(frames) else None
+                if b is not None:
+                    gt_boxes[i, t], gt_valid[i, t] = b, True
+    return {
+        "segment_id": seg, "video_id": vid, "recipe": recipe, "sentence": sents[seg],
+        "query_classes": list(dict.fromkeys(classes)),
+        "features": np.asarray(feats[idx, :N, :]), "proposals": boxes.astype(np.float32),
+        "gt_class": gt_class, "gt_boxes": gt_boxes, "gt_valid": gt_valid,
+        "frame_width": W, "frame_height": H,
+    }
+
+
+# ----------------------------------------------------------------------------------- CLI
+HELP = {NAME: "YouCook2-BB region features (causal-intervention / NAFAE layout) -> wsvog"}
+
+
+def add_arguments(p, fmt: str = NAME) -> None:
+    p.add_argument("--annotations", required=True, metavar="DIR",
+                   help="causal repo annotation folder (class_file.csv, YC2_glove_dict_68x300_float32.npy, "
+                        "{train,val,test}_dict.json, seg_sentence_dict.json)")
+    p.add_argument("--features", required=True, metavar="DIR",
+                   help="per-segment region features <segment>.npy [frames, >=N, D] in "
+                        "DIR/{training,validation,testing}/ or flat")
+    p.add_argument("--proposals", required=True, metavar="DIR",
+                   help="per-segment proposal boxes <segment>.npy [frames, >=N, 4] in 224x224 coordinates, same layout")
+    p.add_argument("--sizes", action="append", default=[], metavar="FILE",
+                   help="yc2_training_vid.json / yc2_bb_*_annotations.json giving rwidth/rheight per video (repeatable)")
+    p.add_argument("--boxes", action="append", default=[], metavar="FILE",
+                   help="box annotations, official yc2_bb format or the causal repo conversion (repeatable)")
+    p.add_argument("--splits", default="train,val,test", help="comma-separated, of train,val,test (default: all)")
+    p.add_argument("--T", type=int, default=5, help="frames per segment (centre of T equal bins; default 5)")
+    p.add_argument("--N", type=int, default=20, help="proposals kept per frame (the first N; default 20)")
+    p.add_argument("--sentences", choices=("causal", "nafae"), default="causal",
+                   help="sentences from seg_sentence_dict.json (causal) or NAFAE's entities pkls")
+    p.add_argument("--nafae", metavar="DIR", help="folder with NAFAE's {train,val,test}_entities.pkl")
+
+
+def run(args, root, common: dict, fmt: str = NAME):
+    return convert(root, args.annotations, args.features, args.proposals, sizes=args.sizes, boxes=args.boxes,
+                   splits=[s for s in args.splits.split(",") if s], T=args.T, N=args.N,
+                   sentences=args.sentences, nafae=args.nafae, **common)
+

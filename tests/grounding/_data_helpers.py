@@ -1,0 +1,52 @@
+"""Helpers of the data-layer tests (test_s3, test_integrity, test_cache, test_data_cli)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def new_bucket(endpoint: str) -> str:
+    """A fresh bucket on the moto server (isolates tests from each other)."""
+    import s3fs
+
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(endpoint_url=endpoint).mkdir(name)
+    return name
+
+
+def s3fs_for(endpoint: str):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint)
+    fs.invalidate_cache()
+    return fs
+
+
+def reshard(src, dest, rows_per_shard: int, row_group_rows: int, splits=None):
+    """Copy a local dataset into more, smaller shards (several shards and row groups per split)."""
+    from grounding.data.shards import Dataset, DatasetWriter
+
+    ds = Dataset.open(str(src))
+    m = ds.manifest
+    with DatasetWriter(dest, m.task, m.dims, m.feature_dtype, m.producer, rows_per_shard=rows_per_shard,
+                       row_group_rows=row_group_rows, overwrite=True, extra=m.extra) as w:
+        for name in m.tables:
+            w.add_table(name, ds.read_table(name))
+        for sp in splits or m.splits:
+            w.write(sp, ds.read_split(sp))
+    return Dataset.open(str(dest))
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``python -m grounding.data ARGS`` in a subprocess (environment: ours + ``env``)."""
+    full = dict(os.environ)
+    full.update(env or {})
+    full["PYTHONPATH"] = str(REPO) + os.pathsep + full.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "grounding.data", *args], capture_output=True, text=True,
+                          env=full, cwd=str(REPO), timeout=timeout)

@@ -1,0 +1,560 @@
+"""Converters from published layouts, each on the REAL annotation files in ../shared/data with
+small feature files generated here in the published layout; and the restricted unpickler."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from grounding.data import safe_pickle
+from grounding.data.annotations import annotations_dir
+from grounding.data.converters import ConversionError
+from grounding.data.manifest import DataError
+from grounding.data.shards import Dataset
+from grounding.data.wsvog import WsvogArrays, fixed_list_to_numpy
+
+h5py = pytest.importorskip("h5py")
+
+try:
+    DATA = annotations_dir()
+except FileNotFoundError:  # pragma: no cover
+    pytest.skip("the shared annotation folder is not available", allow_module_level=True)
+YC2 = DATA / "youcook2_bb" / "causal_repo"
+QUIET = dict(log=lambda *_: None)
+
+
+def _rows(ds: Dataset, split: str) -> list[dict]:
+    return ds.read_split(split).to_pylist()
+
+
+# ============================================================================ safe pickle
+class _Boom:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_restricted_unpickler_refuses_code(tmp_path):
+    marker = tmp_path / "pwned"
+    for proto in (0, 2, pickle.HIGHEST_PROTOCOL):
+        data = pickle.dumps({"ok": [1, 2], "evil": _Boom(marker)}, protocol=proto)
+        with pytest.raises(safe_pickle.UnsafePickleError, match=r"refusing to load global (posix|os|nt)\.system"):
+            safe_pickle.loads(data, allow_numpy=True, allow_counter=True)
+    assert not marker.exists()
+    with pytest.raises(safe_pickle.UnsafePickleError, match="numpy"):
+        safe_pickle.loads(pickle.dumps(np.zeros(2)))  # numpy only when asked for
+    with pytest.raises(safe_pickle.UnsafePickleError, match="objects"):
+        safe_pickle.loads(pickle.dumps(np.array([1, "a"], dtype=object)), allow_numpy=True)
+    assert safe_pickle.loads(pickle.dumps((1, 2.5, "s", b"b", None, True, {3}, [()]))) == (1, 2.5, "s", b"b", None, True, {3}, [()])
+
+
+def test_restricted_unpickler_loads_the_real_pickles():
+    ents = safe_pickle.load(DATA / "youcook2_bb" / "nafae" / "train_entities.pkl", encoding="latin1")
+    assert len(ents) == 1333
+    first = next(iter(ents.values()))
+    assert set(first) == {"sentence_raw", "sentence", "noun", "category"}
+    assert all(isinstance(w, str) for sent in first["sentence_raw"] for w in sent)
+    glove = safe_pickle.load(DATA / "charades_sta" / "glove.pkl", allow_numpy=True, allow_counter=True)
+    ref = np.load(DATA / "charades_sta" / "glove_vectors_1146x300_float32.npy")
+    assert len(glove["w2id"]) == 1146 and np.allclose(np.stack(glove["id2vec"]), ref)
+    with pytest.raises(safe_pickle.UnsafePickleError, match="_reconstruct"):
+        safe_pickle.load(DATA / "charades_sta" / "glove.pkl")
+
+
+# ============================================================================= YouCook2-BB
+SPLIT_DIR = {"train": "training", "val": "validation", "test": "testing"}
+BOX = np.array([22.4, 44.8, 112.0, 179.2], np.float32)  # proposal 0 of every frame, 224x224 input coordinates
+VAL_VIDEO, VAL_SIZE = "DBgap0YANhs", (720, 540)
+
+
+def _yc2_segments():
+    lists = {sp: json.loads((YC2 / f"{sp}_dict.json").read_text()) for sp in SPLIT_DIR}
+    return {sp: list(lists[sp].items())[:3] for sp in SPLIT_DIR}, lists
+
+
+def _yc2_val_boxes(path: Path, lists, official: bool) -> None:
+    """Box ground truth for the first two real validation segments (the val box file is not in
+    ../shared); the third converted one has none (its instances come from the dict file)."""
+    segs = {}
+    for seg, (meta, classes) in list(lists["val"].items())[:2]:
+        assert meta[2] == VAL_VIDEO
+        objs = []
+        for k, c in enumerate(classes):
+            frames = [{"xtl": 10 + k, "ytl": 20, "xbr": 110, "ybr": 220, "occluded": 0, "outside": 0} for _ in range(7)]
+            frames[2]["occluded"] = 1
+            frames[3]["outside"] = 1
+            frames[4] = {}
+            frames[6] = {"xtl": 300, "ytl": 200, "xbr": 400, "ybr": 350, "occluded": 0, "outside": 0}
+            objs.append({"label": NAMES[c], "boxes": frames})
+        segs[str(int(meta[3]))] = objs
+    if official:
+        db = {VAL_VIDEO: {"rwidth": VAL_SIZE[0], "rheight": VAL_SIZE[1],
+                          "segments": {k: {"objects": v} for k, v in segs.items()}}}
+    else:  # the causal repo's conversion: dicts keyed by index strings, width/height
+        db = {VAL_VIDEO: {"width": VAL_SIZE[0], "height": VAL_SIZE[1], "annotations": {
+            k: {str(i): {"label": o["label"], "boxes": {str(j): b for j, b in enumerate(o["boxes"])}}
+                for i, o in enumerate(v)} for k, v in segs.items()}}}
+    path.write_text(json.dumps({"database": db}))
+
+
+NAMES = [line.split(",")[1] for line in (YC2 / "class_file.csv").read_text().splitlines() if line]
+
+
+@pytest.fixture(scope="module")
+def yc2_inputs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("yc2_inputs")
+    plan, lists = _yc2_segments()
+    for sp, items in plan.items():
+        for k in ("feat", "prop"):
+            (base / k / SPLIT_DIR[sp]).mkdir(parents=True)
+        for i, (seg, _) in enumerate(items):
+            F = 3 if (sp, i) == ("train", 2) else 7  # one segment shorter than T: frames repeat
+            f = np.zeros((F, 25, 4096), np.float32)
+            f[:, :, 0] = np.arange(F)[:, None]
+            f[:, :, 1] = np.arange(25)[None]
+            np.save(base / "feat" / SPLIT_DIR[sp] / f"{seg}.npy", f)
+            p = np.random.default_rng(i).uniform(0, 224, (F, 25, 4)).astype(np.float32)
+            p[:, 0] = BOX
+            np.save(base / "prop" / SPLIT_DIR[sp] / f"{seg}.npy", p)
+    _yc2_val_boxes(base / "yc2_bb_val_annotations.json", lists, official=True)
+    _yc2_val_boxes(base / "converted_val.json", lists, official=False)
+    return base, plan
+
+
+@pytest.fixture(scope="module")
+def yc2_converted(yc2_inputs, tmp_path_factory):
+    from grounding.data.converters import youcook2_bb
+
+    base, _ = yc2_inputs
+    root = tmp_path_factory.mktemp("yc2_out") / "ds"
+    youcook2_bb.convert(root, YC2, base / "feat", base / "prop",
+                        sizes=[YC2 / "official_yc2_training_vid.json", YC2 / "official_yc2_bb_public_test_annotations.json",
+                               base / "yc2_bb_val_annotations.json"],
+                        boxes=[YC2 / "official_yc2_bb_public_test_annotations.json", base / "yc2_bb_val_annotations.json"],
+                        limit=3, **QUIET)
+    return Dataset.open(root)
+
+
+def test_youcook2_bb_rows_shapes_and_frames(yc2_converted, yc2_inputs):
+    ds, (_, plan) = yc2_converted, yc2_inputs
+    ds.verify()
+    m = ds.manifest
+    assert (m.task, m.dims, m.feature_dtype) == ("wsvog", {"T": 5, "N": 20, "D": 4096}, "float16")
+    assert {sp: m.split_rows(sp) for sp in m.splits} == {"train": 3, "val": 3, "test": 3}
+    assert m.extra["stats"]["segments_with_boxes"] == 5  # 2 val (ours) + 3 test (the real public file)
+    assert m.producer["name"] == "grounding.data.converters.youcook2_bb" and m.producer["args"]["N"] == 20
+    arr = WsvogArrays.from_table(ds.read_split("train"), 5, 20, 4096)
+    assert arr.features.shape == (3, 5, 20, 4096) and arr.proposals.shape == (3, 5, 20, 4)
+    assert arr.segment_ids == [s for s, _ in plan["train"]]
+    # centre frames floor((t + 0.5) * F / 5): of 7 frames -> 0,2,3,4,6; of 3 frames -> 0,0,1,2,2 (repeated)
+    np.testing.assert_array_equal(arr.features[0, :, 0, 0], [0, 2, 3, 4, 6])
+    np.testing.assert_array_equal(arr.features[2, :, 0, 0], [0, 0, 1, 2, 2])
+    np.testing.assert_array_equal(arr.features[0, 0, :, 1], np.arange(20))  # the first 20 of 25 proposals
+
+
+def test_youcook2_bb_proposals_are_rescaled_to_the_video_size(yc2_converted):
+    ds = yc2_converted
+    # a33P6Woqnsk (train) is 720x405; jD4o_Lmy6bU (test) 720x540 in the official files
+    train, test = _rows(ds, "train"), _rows(ds, "test")
+    assert (train[0]["video_id"], train[0]["frame_width"], train[0]["frame_height"]) == ("a33P6Woqnsk", 720, 405)
+    assert (test[0]["video_id"], test[0]["frame_width"], test[0]["frame_height"]) == ("jD4o_Lmy6bU", 720, 540)
+    p_train = np.asarray(train[0]["proposals"]).reshape(5, 20, 4)
+    p_test = np.asarray(test[0]["proposals"]).reshape(5, 20, 4)
+    # 22.4*720/224 = 72, 44.8*405/224 = 81, 112*720/224 = 360, 179.2*405/224 = 324 (x by width, y by height)
+    np.testing.assert_allclose(p_train[:, 0], np.tile([72.0, 81.0, 360.0, 324.0], (5, 1)), rtol=1e-6)
+    np.testing.assert_allclose(p_test[:, 0], np.tile([72.0, 108.0, 360.0, 432.0], (5, 1)), rtol=1e-6)
+
+
+def test_youcook2_bb_ground_truth_and_queries(yc2_converted):
+    _, lists = _yc2_segments()
+    train, val, test = (_rows(yc2_converted, sp) for sp in ("train", "val", "test"))
+    seg, (meta, classes) = next(iter(lists["train"].items()))
+    assert train[0]["segment_id"] == seg and train[0]["recipe"] == meta[1]
+    assert train[0]["query_classes"] == list(dict.fromkeys(classes))
+    assert train[0]["gt_class"] == classes and not any(train[0]["gt_valid"])  # training: no boxes
+    sentences = json.loads((YC2 / "seg_sentence_dict.json").read_text())
+    assert [r["sentence"] for r in train] == [sentences[r["segment_id"]] for r in train]
+    # validation: boxes of the official-format file, at the kept frames 0,2,3,4,6
+    v = val[0]
+    I = len(v["gt_class"])
+    valid = np.asarray(v["gt_valid"]).reshape(I, 5)
+    boxes = np.asarray(v["gt_boxes"]).reshape(I, 5, 4)
+    assert (v["frame_width"], v["frame_height"]) == VAL_SIZE
+    np.testing.assert_array_equal(valid[0], [True, False, False, False, True])  # occluded, outside, missing
+    np.testing.assert_allclose(boxes[0, 0], [10, 20, 110, 220])
+    np.testing.assert_allclose(boxes[0, 4], [300, 200, 400, 350])
+    assert v["gt_class"] == lists["val"][v["segment_id"]][1]
+    # test: the real public test file has labels but no boxes (the test boxes are server-side)
+    t = test[0]
+    assert t["segment_id"] == "jD4o_Lmy6bU_00"
+    assert t["gt_class"] == [45, 46, 40, 53] and t["query_classes"] == [45, 46, 40, 53]  # flour salt water dough
+    assert not any(t["gt_valid"])
+
+
+def test_youcook2_bb_classes_table(yc2_converted):
+    classes = yc2_converted.read_table("classes")
+    glove = np.load(YC2 / "YC2_glove_dict_68x300_float32.npy")[1:]
+    assert classes.num_rows == 67 and classes["name"].to_pylist() == NAMES
+    np.testing.assert_array_equal(fixed_list_to_numpy(classes["word_vector"], (300,)), glove)
+    _, lists = _yc2_segments()
+    want = np.zeros(67, np.int64)
+    for _, (_, c) in list(lists["train"].items())[:3]:
+        want[sorted(set(c))] += 1
+    np.testing.assert_array_equal(classes["train_count"].to_numpy(), want)
+
+
+def test_youcook2_bb_converted_box_format_and_nafae_sentences(yc2_inputs, tmp_path):
+    from grounding.data.converters import youcook2_bb
+
+    base, _ = yc2_inputs
+    root = tmp_path / "ds"
+    youcook2_bb.convert(root, YC2, base / "feat", base / "prop", sizes=[base / "converted_val.json",
+                        YC2 / "official_yc2_bb_public_test_annotations.json"],
+                        boxes=[base / "converted_val.json"], splits=["val", "test"], limit=2, sentences="nafae",
+                        nafae=DATA / "youcook2_bb" / "nafae", feature_dtype="float32", **QUIET)
+    ds = Dataset.open(root)
+    assert ds.manifest.feature_dtype == "float32"
+    v = _rows(ds, "val")[0]
+    np.testing.assert_array_equal(np.asarray(v["gt_valid"]).reshape(-1, 5)[0], [True, False, False, False, True])
+    sentences = json.loads((YC2 / "seg_sentence_dict.json").read_text())
+    for r in _rows(ds, "test"):  # NAFAE's sentence_raw, segment i of the video = <video>_<i:02d>
+        assert r["sentence"] == sentences[r["segment_id"]]
+
+
+def test_youcook2_bb_bad_inputs_write_nothing(yc2_inputs, tmp_path):
+    from grounding.data.converters import youcook2_bb
+
+    base, plan = yc2_inputs
+    root = tmp_path / "out"
+    with pytest.raises(ConversionError, match="frame size of video DBgap0YANhs"):
+        youcook2_bb.convert(root, YC2, base / "feat", base / "prop", sizes=[YC2 / "official_yc2_training_vid.json"],
+                            splits=["train", "val"], limit=2, **QUIET)
+    _, lists = _yc2_segments()
+    seg = list(lists["train"])[3]  # the 4th training segment has no feature file
+    with pytest.raises(ConversionError, match=rf"missing inputs: \S+/training/{seg}\.npy; .*pass --skip-missing"):
+        youcook2_bb.convert(root, YC2, base / "feat", base / "prop", splits=["train"], limit=5,
+                            sizes=[YC2 / "official_yc2_training_vid.json"], **QUIET)
+    assert not root.exists() and list(tmp_path.iterdir()) == []
+    # --skip-missing leaves them out and counts them
+    youcook2_bb.convert(root, YC2, base / "feat", base / "prop", splits=["train"], limit=5, skip_missing=True,
+                        sizes=[YC2 / "official_yc2_training_vid.json"], **QUIET)
+    m = Dataset.open(root).manifest
+    assert m.split_rows("train") == 3 and m.extra["stats"]["segments_skipped"] == 2
+    # a file of the wrong shape fails half-way: still nothing at the destination
+    bad = tmp_path / "feat2"
+    import shutil
+    shutil.copytree(base / "feat", bad)
+    np.save(bad / "training" / f"{plan['train'][1][0]}.npy", np.zeros((7, 10, 4096), np.float32))
+    with pytest.raises(ConversionError, match=r"features must be \[frames, >=20, 4096\]; got shape \(7, 10, 4096\)"):
+        youcook2_bb.convert(tmp_path / "out2", YC2, bad, base / "prop", splits=["train"], limit=3,
+                            sizes=[YC2 / "official_yc2_training_vid.json"], **QUIET)
+    assert not (tmp_path / "out2").exists() and not list(tmp_path.glob(".out2*"))
+
+
+# ==================================================================== ActivityNet-Entities
+ANE = DATA / "activitynet_entities"
+
+
+@pytest.fixture(scope="module")
+def anet_entities(tmp_path_factory):
+    from grounding.data.converters import anet_entities
+
+    base = tmp_path_factory.mktemp("ane")
+    skeleton = json.loads((ANE / "anet_entities_cleaned_class_thresh50_test_skeleton.json").read_text())
+    train_vid = json.loads((ANE / "split_ids_anet_entities.json").read_text())["training"][0]
+    # the trainval file (with boxes) is not in ../shared: one real training video id, GVD's format
+    trainval = {"vocab": skeleton["vocab"], "annotations": {train_vid: {"duration": 50.0, "segments": {"0": {
+        "tokens": ["A", "man", "rides", "a", "bike", "."], "timestamps": [0.0, 10.0],
+        "process_clss": [["bike"], ["man"]], "process_idx": [[4], [1]], "frame_ind": [3, 7],
+        "process_bnd_box": [[10, 20, 200, 300], [50, 60, 70, 80]], "crowds": [0, 0]}}}}}
+    (base / "trainval.json").write_text(json.dumps(trainval))
+    segs = [f"{train_vid}_segment_00"] + [f"{v}_segment_{int(k):02d}" for v in list(skeleton["annotations"])[:2]
+                                          for k in skeleton["annotations"][v]["segments"]]
+    (base / "feat").mkdir()
+    dets = np.zeros((len(segs), 120, 7), np.float32)
+    for i, s in enumerate(segs):
+        f = np.zeros((10, 12, 2048), np.float32)
+        f[:, :, 0] = np.arange(10)[:, None]
+        np.save(base / "feat" / f"{s}.npy", f)
+        dets[i, :, :4] = np.arange(120 * 4).reshape(120, 4) + i
+        dets[i, :, 4] = np.repeat(np.arange(10), 12)
+    with h5py.File(base / "dets.h5", "w") as h:
+        h["dets_labels"] = dets
+        h["dets_num"] = np.full(len(segs), 120)
+    (base / "dic.json").write_text(json.dumps({"videos": [{"id": s, "split": "x"} for s in segs]}))
+    (base / "glove.txt").write_text("man " + " ".join(["0.5"] * 8) + "\nbike " + " ".join(["-1"] * 8) + "\n")
+    root = base / "ds"
+    anet_entities.convert(root, [base / "trainval.json", ANE / "anet_entities_cleaned_class_thresh50_test_skeleton.json"],
+                          ANE / "split_ids_anet_entities.json", base / "feat", proposals_h5=base / "dets.h5",
+                          dic=base / "dic.json", glove_txt=base / "glove.txt", splits=["train", "test"], N=10,
+                          limit=4, **QUIET)
+    return Dataset.open(root), skeleton, train_vid
+
+
+def test_anet_entities_rows_boxes_and_classes(anet_entities):
+    ds, skeleton, train_vid = anet_entities
+    ds.verify()
+    m = ds.manifest
+    assert (m.task, m.dims) == ("wsvog", {"T": 10, "N": 10, "D": 2048})
+    assert {sp: m.split_rows(sp) for sp in m.splits} == {"train": 1, "test": 4}
+    vocab = skeleton["vocab"]
+    (tr,) = _rows(ds, "train")
+    assert tr["segment_id"] == f"{train_vid}_segment_00" and tr["sentence"] == "A man rides a bike ."
+    assert tr["query_classes"] == [vocab.index("man"), vocab.index("bike")]  # sentence order
+    assert tr["gt_class"] == [vocab.index("bike"), vocab.index("man")]  # box order
+    valid = np.asarray(tr["gt_valid"]).reshape(2, 10)
+    boxes = np.asarray(tr["gt_boxes"]).reshape(2, 10, 4)
+    assert valid[0].nonzero()[0].tolist() == [3] and valid[1].nonzero()[0].tolist() == [7]
+    np.testing.assert_allclose(boxes[0, 3], [10, 20, 200, 300])
+    np.testing.assert_allclose(boxes[1, 7], [50, 60, 70, 80])
+    props = np.asarray(tr["proposals"]).reshape(10, 10, 4)  # GVD rows 12*f .. 12*f+9 of dets_labels, no rescaling
+    np.testing.assert_allclose(props[2, 0], np.arange(24 * 4, 24 * 4 + 4))
+    assert (tr["frame_width"], tr["frame_height"]) == (720, 405) and m.extra["stats"]["default_frame_size_used"] == 5
+    test = _rows(ds, "test")
+    first = skeleton["annotations"]["v_bXdq2zI1Ms0"]["segments"]
+    assert [r["segment_id"] for r in test[:3]] == [f"v_bXdq2zI1Ms0_segment_{int(k):02d}" for k in first]
+    assert test[1]["query_classes"] == [vocab.index("man"), vocab.index("he")]
+    assert not any(v for r in test for v in r["gt_valid"])  # the test skeleton holds no boxes
+    classes = ds.read_table("classes")
+    vec = fixed_list_to_numpy(classes["word_vector"], (8,))
+    np.testing.assert_array_equal(vec[vocab.index("man")], 0.5)
+    assert classes.num_rows == len(vocab) == 431 and m.extra["stats"]["classes_without_glove"] == 429
+    assert classes["train_count"].to_numpy()[[vocab.index("man"), vocab.index("bike"), vocab.index("he")]].tolist() == [1, 1, 0]
+
+
+# ========================================================================= moment: Charades
+def _ramp_h5(path: Path, videos: dict[str, int], D: int, key: str | None = None, extra_axes: bool = False):
+    with h5py.File(path, "w") as h:
+        for v, F in videos.items():
+            a = np.repeat(np.arange(F, dtype=np.float32)[:, None], D, 1)
+            if extra_axes:
+                a = a[:, None, None, :]
+            if key:
+                h.create_group(v)[key] = a
+            else:
+                h[v] = a
+
+
+def _cpl_pool(F: int, L: int) -> np.ndarray:
+    """CPL's _sample_frame_features on the ramp 0..F-1 (written out independently)."""
+    idx = np.round(np.arange(0, L + 1) / L * F).astype(np.int64)
+    idx[idx >= F] = F - 1
+    return np.array([float(idx[j]) if idx[j] == idx[j + 1] else np.arange(idx[j], idx[j + 1]).mean() for j in range(L)])
+
+
+def _first_videos(records, n):
+    out = []
+    for r in records:
+        if r[0] not in out:
+            out.append(r[0])
+    return out[:n]
+
+
+@pytest.fixture(scope="module")
+def charades_sta(tmp_path_factory):
+    from grounding.data.converters import charades
+
+    base = tmp_path_factory.mktemp("sta")
+    sta = DATA / "charades_sta"
+    train, test = (json.loads((sta / f).read_text()) for f in ("train.json", "test.json"))
+    frames = {v: F for v, F in zip(_first_videos(train, 2) + _first_videos(test, 2), (37, 5, 64, 9))}
+    _ramp_h5(base / "i3d.hdf5", frames, 1024)
+    root = base / "ds"
+    charades.convert(root, "charades-sta", {"train": sta / "train.json", "test": sta / "test.json"},
+                     base / "i3d.hdf5", L=8, glove_pkl=sta / "glove.pkl", limit=2, **QUIET)
+    return Dataset.open(root), train, test, frames
+
+
+def test_charades_sta_rows_moments_and_pooling(charades_sta):
+    ds, train, test, frames = charades_sta
+    ds.verify()
+    m = ds.manifest
+    assert (m.task, m.dims) == ("moment", {"L": 8, "D": 1024})
+    rows = _rows(ds, "train")
+    assert [r["video_id"] for r in rows] == ["AO8RW", "Y6R7T"]
+    recs = [r for r in train if r[0] == "Y6R7T"]
+    y = rows[1]
+    assert y["duration"] == pytest.approx(29.42)
+    assert y["sentences"] == [r[3] for r in recs] and y["sample_ids"] == [f"Y6R7T_{j}" for j in range(len(recs))]
+    np.testing.assert_allclose(y["moments"], [r[2] for r in recs], rtol=1e-6)  # seconds
+    feats = np.asarray(rows[0]["features"], np.float32).reshape(8, 1024)
+    np.testing.assert_allclose(feats[:, 0], _cpl_pool(37, 8), rtol=1e-3)
+    assert feats[0, 0] == 2.0  # mean of frames 0..4
+    np.testing.assert_allclose(np.asarray(rows[1]["features"], np.float32).reshape(8, 1024)[:, 0], _cpl_pool(5, 8))
+    assert m.split_rows("test") == 2
+
+
+def test_charades_sta_vocabulary_ids_follow_the_glove_rows(charades_sta):
+    ds = charades_sta[0]
+    w2id = json.loads((DATA / "charades_sta" / "glove_vocab_w2id_counter.json").read_text())["w2id"]
+    row = _rows(ds, "train")[0]
+    assert row["sentences"][0] == "a person is putting a book on a shelf."
+    assert row["word_ids"][0] == [w2id[w] for w in ["a", "person", "is", "putting", "a", "book", "on", "a", "shelf", "."]]
+    vocab = ds.read_table("vocab")
+    words = vocab["word"].to_pylist()
+    assert len(words) == 1147 and words[0] == "<PAD>" and words[-1] == "<UNK>"
+    assert all(words[i] == w for w, i in w2id.items())
+    vec = fixed_list_to_numpy(vocab["word_vector"], (300,))
+    np.testing.assert_array_equal(vec[:1146], np.load(DATA / "charades_sta" / "glove_vectors_1146x300_float32.npy"))
+    assert not vec[-1].any() and ds.manifest.extra["unk_id"] == 1146
+    from grounding.data.converters.common import Glove, Vocab
+
+    g = Glove.load(npy=DATA / "charades_sta" / "glove_vectors_1146x300_float32.npy",
+                   vocab=DATA / "charades_sta" / "glove_vocab_w2id_counter.json")
+    v = Vocab.from_glove(g, __import__("collections").Counter())
+    assert v.encode("person opens the zzzfridge") == [w2id["person"], w2id["opens"], w2id["the"], 1146]
+
+
+def test_charades_cd_clips_moments_to_the_duration(tmp_path):
+    from grounding.data.converters import charades
+
+    cd = DATA / "charades_cd"
+    val = json.loads((cd / "charades_val.json").read_text())
+    subset = {k: val[k] for k in ("3MSZA", "FZIW9")}  # real records; FZIW9 ends at 34.0 in a 32.875 s video
+    (tmp_path / "val.json").write_text(json.dumps(subset))
+    ood = list(json.loads((cd / "charades_test_ood.json").read_text()))[:2]
+    _ramp_h5(tmp_path / "i3d.hdf5", {"3MSZA": 20, "FZIW9": 30, ood[0]: 12, ood[1]: 12}, 1024, extra_axes=True)
+    sta = DATA / "charades_sta"
+    charades.convert(tmp_path / "ds", "charades-cd", {"val": tmp_path / "val.json", "test_ood": cd / "charades_test_ood.json"},
+                     tmp_path / "i3d.hdf5", L=4, glove_npy=sta / "glove_vectors_1146x300_float32.npy",
+                     glove_vocab=sta / "glove_vocab_w2id_counter.json", limit=2, **QUIET)
+    ds = Dataset.open(tmp_path / "ds")
+    rows = {r["video_id"]: r for r in _rows(ds, "val")}
+    assert rows["FZIW9"]["moments"] == [[26.799999237060547, 32.875]] and rows["FZIW9"]["duration"] == 32.875
+    assert rows["3MSZA"]["moments"] == [[pytest.approx(24.3), pytest.approx(30.4)]] * 4
+    assert ds.manifest.extra["stats"]["queries_clipped"] == 1
+    assert [r["video_id"] for r in _rows(ds, "test_ood")] == ood
+    assert ds.manifest.dims == {"L": 4, "D": 1024}  # [T, 1, 1, 1024] squeezed
+
+
+def test_moment_converter_missing_features_is_one_clear_error(tmp_path):
+    from grounding.data.converters import charades
+
+    _ramp_h5(tmp_path / "i3d.hdf5", {"AO8RW": 5}, 16)
+    sta = DATA / "charades_sta"
+    with pytest.raises(ConversionError, match=r"no f\[video\] for 1 video\(s\), e.g. Y6R7T; pass --skip-missing"):
+        charades.convert(tmp_path / "ds", "charades-sta", {"train": sta / "train.json"}, tmp_path / "i3d.hdf5",
+                         glove_pkl=sta / "glove.pkl", limit=2, **QUIET)
+    assert not (tmp_path / "ds").exists()
+    charades.convert(tmp_path / "ds", "charades-sta", {"train": sta / "train.json"}, tmp_path / "i3d.hdf5",
+                     glove_pkl=sta / "glove.pkl", limit=2, skip_missing=True, **QUIET)
+    assert Dataset.open(tmp_path / "ds").manifest.extra["stats"]["videos_skipped"] == 1
+    with pytest.raises(ConversionError, match="give exactly one of --glove-txt"):
+        charades.convert(tmp_path / "ds2", "charades-sta", {"train": sta / "train.json"}, tmp_path / "i3d.hdf5",
+                         limit=1, **QUIET)
+
+
+# ================================================================ moment: ActivityNet (C3D)
+def test_anet_captions_and_cd_with_c3d_features(tmp_path):
+    from grounding.data.converters import anet_captions
+
+    capt = DATA / "activitynet_captions"
+    val = json.loads((capt / "val_data.json").read_text())
+    vids = _first_videos(val, 2)
+    cd_val = list(json.loads((DATA / "activitynet_cd" / "anet_val.json").read_text()))[:2]
+    _ramp_h5(tmp_path / "c3d.hdf5", {v: 40 for v in set(vids + cd_val)}, 500, key="c3d_features")
+    (tmp_path / "glove.txt").write_text("".join(f"{w} " + " ".join([str(i)] * 4) + "\n"
+                                                for i, w in enumerate(["the", "camera", "water", "."])))
+    anet_captions.convert(tmp_path / "capt", "anet-captions", {"val": capt / "val_data.json"}, tmp_path / "c3d.hdf5",
+                          L=16, glove_txt=tmp_path / "glove.txt", limit=2, **QUIET)
+    ds = Dataset.open(tmp_path / "capt")
+    assert ds.manifest.dims == {"L": 16, "D": 500}
+    rows = _rows(ds, "val")
+    assert [r["video_id"] for r in rows] == vids
+    recs = [r for r in val if r[0] == vids[0]]
+    assert rows[0]["sentences"] == [r[3].strip() for r in recs]  # " They are next shown ..." -> stripped
+    np.testing.assert_allclose(rows[0]["moments"], [r[2] for r in recs], rtol=1e-6)
+    vocab = ds.read_table("vocab").to_pylist()
+    assert ds.manifest.extra["vocab"] == "sentences" and vocab[0]["word"] == "<PAD>" and vocab[-1]["word"] == "<UNK>"
+    counts = [v["count"] for v in vocab[1:-1]]
+    assert counts == sorted(counts, reverse=True)  # words of the (only) split by frequency
+    ids = {v["word"]: v["word_id"] for v in vocab}
+    assert rows[0]["word_ids"][1][:3] == [ids["they"], ids["are"], ids["next"]]
+    assert vocab[ids["water"]]["word_vector"] == [2.0] * 4 and vocab[ids["they"]]["word_vector"] == [0.0] * 4
+
+    cd = DATA / "activitynet_cd"
+    anet_captions.convert(tmp_path / "cd", "anet-cd", {"val": cd / "anet_val.json"}, tmp_path / "c3d.hdf5", L=16,
+                          glove_txt=tmp_path / "glove.txt", limit=2, **QUIET)
+    ann = json.loads((cd / "anet_val.json").read_text())
+    rows = _rows(Dataset.open(tmp_path / "cd"), "val")
+    assert [r["video_id"] for r in rows] == cd_val
+    assert rows[0]["duration"] == pytest.approx(ann[cd_val[0]]["duration"])
+    np.testing.assert_allclose(rows[0]["moments"], np.minimum(ann[cd_val[0]]["timestamps"], ann[cd_val[0]]["duration"]),
+                               rtol=1e-6)
+    assert len(rows[0]["sample_ids"]) == len(ann[cd_val[0]]["sentences"])
+
+
+# ================================================================================= VidSTG
+def test_vidstg_tubes_from_vidor_boxes(tmp_path):
+    from grounding.data.converters import vidstg
+
+    items = json.loads((DATA / "vidstg" / "val_annotations.json").read_text())[:2]
+    (tmp_path / "feat").mkdir()
+    for it in items:
+        n = it["frame_count"]
+        fids = np.arange(0, n, 3)
+        feats = np.zeros((len(fids), 25, 16), np.float16)
+        feats[:, :, 0] = (fids % 2048)[:, None]
+        boxes = np.tile(np.arange(4, dtype=np.float32), (len(fids), 25, 1))
+        np.savez(tmp_path / "feat" / f"{it['vid']}.npz", features=feats, boxes=boxes, frame_ids=fids)
+        traj = [[{"tid": 99, "bbox": {"xmin": 0, "ymin": 0, "xmax": 1, "ymax": 1}}] for _ in range(n)]
+        for f in range(n):
+            for tid in {c["target_id"] for c in it["captions"] + it["questions"]}:
+                traj[f].append({"tid": tid, "bbox": {"xmin": f, "ymin": tid, "xmax": f + 10, "ymax": tid + 10}})
+        d = tmp_path / "vidor" / "annotation" / "validation" / "0001"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{it['vid']}.json").write_text(json.dumps({"video_id": it["vid"], "trajectories": traj}))
+    vidstg.convert(tmp_path / "ds", {"val": DATA / "vidstg" / "val_annotations.json"}, tmp_path / "vidor",
+                   tmp_path / "feat", limit=2, **QUIET)
+    ds = Dataset.open(tmp_path / "ds")
+    ds.verify()
+    assert (ds.manifest.task, ds.manifest.dims) == ("stvg", {"T": 10, "N": 20, "D": 16})
+    rows = _rows(ds, "val")
+    assert [r["segment_id"] for r in rows] == ["10712559773_0_c0", "10712559773_0_q0", "3783730077_1_c0",
+                                               "3783730077_1_q0", "3783730077_1_q1"]
+    r = rows[0]
+    assert r["sentence"] == "the child in red clothes and black pants is watching the ball."
+    assert (r["frame_width"], r["frame_height"]) == (640, 360)
+    # targets 496 + 5 + 10t over used_segment 496..595, nearest of every 3rd frame
+    frames = [501, 510, 522, 531, 540, 552, 561, 570, 582, 591]
+    np.testing.assert_array_equal(np.asarray(r["features"], np.float32).reshape(10, 20, 16)[:, 0, 0], frames)
+    # temporal_gt 510..556: valid where the frame lies inside, box = the target's (tid 2) VidOR box
+    assert r["tube_valid"] == [False, True, True, True, True, True, False, False, False, False]
+    tube = np.asarray(r["tube"]).reshape(10, 4)
+    np.testing.assert_allclose(tube[1], [510, 2, 520, 12])
+    assert not tube[0].any()
+    q1 = rows[4]  # "what does the adult man play on the stage?" -> target 3
+    assert q1["sentence"] == "what does the adult man play on the stage?"
+    assert np.asarray(q1["tube"]).reshape(10, 4)[0, 1] == 3 and all(q1["tube_valid"])
+
+
+# ============================================================================== CLI convert
+def test_cli_convert_then_verify(tmp_path):
+    from _data_helpers import cli
+
+    sta = DATA / "charades_sta"
+    train = json.loads((sta / "train.json").read_text())
+    _ramp_h5(tmp_path / "i3d.hdf5", {v: 10 for v in _first_videos(train, 3)}, 32)
+    root = tmp_path / "ds"
+    args = ["convert", "charades-sta", "--split", f"train={sta / 'train.json'}", "--features", str(tmp_path / "i3d.hdf5"),
+            "--glove-pkl", str(sta / "glove.pkl"), "--num-clips", "4", "--limit", "3", "--feature-dtype", "float32",
+            "--rename-split", "train=train_small", str(root)]
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert "train_small" in r.stdout
+    m = Dataset.open(root).manifest
+    assert m.splits == ["train_small"] and m.feature_dtype == "float32" and m.producer["args"]["limit"] == 3
+    assert cli("verify", str(root)).returncode == 0
+    r = cli(*args)  # exists now
+    assert r.returncode == 2 and "exists; pass --overwrite" in r.stderr
+    r = cli("convert", "charades-sta", "--split", "train", "--features", "x", str(tmp_path / "new"))
+    assert r.returncode == 2 and "--split 'train' is not NAME=FILE" in r.stderr
+    with pytest.raises(DataError):
+        Dataset.open(tmp_path / "new")
