@@ -91,6 +91,10 @@ def _dataset(cfg: SweepConfig, cwd: Path, smoke: bool) -> Dataset:
     if ds.manifest.task != cfg.task:
         fail(f"data.root={root} holds a {ds.manifest.task} dataset; method {cfg.method} needs {cfg.task}")
     ds = Dataset.open(root, cache=cache)
+    missing = [sp for sp in ("train", "val") if sp not in ds.manifest.splits]
+    if missing:
+        fail(f"data.root={root} has no {' or '.join(missing)} split (it has {', '.join(ds.manifest.splits)}); "
+             f"a sweep trains on train and ranks trials on val")
     ds.verify()  # every shard against the manifest, before any trial starts
     _log(f"data {root} ({ds.manifest.task}, digest {ds.digest[:12]}) ready in {time.time() - t0:.1f}s")
     return ds

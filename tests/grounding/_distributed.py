@@ -47,3 +47,34 @@ def worker(rank: int, world: int, root: str, out_dir: str, port: int) -> None:
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+
+
+def trajectory(rank: int, world: int, root: str, out_dir: str, port: int, method: str,
+               batch_size: int, epochs: int) -> None:
+    """Train ``method`` for ``epochs`` epochs at per-rank ``batch_size`` on ``world`` gloo ranks;
+    rank 0 saves the per-epoch mean losses (averaged over all ranks) and, for causal, every rank
+    saves its memory banks."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from grounding import engine, tasks
+    from grounding.data.shards import Dataset
+    from grounding.models import registry
+
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        td = tasks.load(Dataset.open(root), splits=("train", "val"), rank=rank, world=world)
+        engine.seed_everything(0)
+        model = registry.build(method, CAUSAL if method == "causal" else SMALL, td.info)
+        net = DDP(model, broadcast_buffers=False) if world > 1 else model
+        cfg = engine.OptimConfig(lr=1e-3, batch_size=batch_size)
+        opt = engine.make_optimizer(net, cfg)
+        losses = [engine.train_one_epoch(net, opt, td["train"], cfg, epoch=e, seed=0)["loss"] for e in range(epochs)]
+        out = {"losses": losses, "metrics": engine.evaluate(net, td["val"], td.task, td.info)}
+        if method == "causal":
+            out["banks"] = {"region": model.region_bank.memory.clone(), "frame": model.frame_bank.memory.clone()}
+        torch.save(out, os.path.join(out_dir, f"{method}-w{world}-rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
