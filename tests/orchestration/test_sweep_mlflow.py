@@ -7,8 +7,8 @@ from mlflow.tracking import MlflowClient
 
 import search_spaces
 from _sweeps import run_sweep
-
-WSVOG = ("box_macro", "box_micro", "query_macro", "query_micro")
+from grounding import tasks
+from grounding.models import registry
 
 
 def _runs(tmp_path):
@@ -24,9 +24,11 @@ def _steps(client, run, key):
     return sorted(int(m.step) for m in client.get_metric_history(run.info.run_id, key))
 
 
-@pytest.mark.parametrize("method", ["stvg", "causal"])
-def test_smoke_sweep_records_parent_children_curves_and_test_metrics(tmp_path, smoke_root, method):
-    proc = run_sweep(tmp_path, f"method={method}", "smoke=true", f"data.root={smoke_root}", f"name=smoke-{method}")
+@pytest.mark.parametrize("method", registry.names())
+def test_smoke_sweep_records_parent_children_curves_and_test_metrics(tmp_path, smoke_roots, method):
+    task = tasks.get(registry.task_of(method))
+    proc = run_sweep(tmp_path, f"method={method}", "smoke=true", f"data.root={smoke_roots[task.name]}",
+                     f"name=smoke-{method}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client, parents, children = _runs(tmp_path)
 
@@ -43,7 +45,7 @@ def test_smoke_sweep_records_parent_children_curves_and_test_metrics(tmp_path, s
     assert any(k.startswith("best/test_ood/") for k in parent.data.metrics)
 
     space = search_spaces.load(method)
-    searched = [k for k in space.space({"T": 5, "N": 20}) if k in space.PAPER]
+    searched = [k for k in space.space({"T": 5, "N": 20, "L": 32, "D": 32}) if k in space.PAPER]
     assert sorted(c.data.tags["trial_number"] for c in children) == ["1", "2"]
     first = next(c for c in children if c.data.tags["trial_number"] == "1")
     for k in searched:  # the published configuration is evaluated first
@@ -51,18 +53,23 @@ def test_smoke_sweep_records_parent_children_curves_and_test_metrics(tmp_path, s
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert child.data.params["embed_dim"] == "32" or child.data.params["embed_dim"] == str(space.FIXED["embed_dim"])
+        for k, v in getattr(space, "FIXED", {}).items():  # the sweep's fixed values are recorded too
+            assert child.data.params[k] == str(v)
         for k in searched:
             assert k in child.data.params
         assert _steps(client, child, "train/loss") == [1, 2]
-        for m in WSVOG:
+        for m in task.metric_names:
             assert _steps(client, child, f"val/{m}") == [1, 2]
             for split in ("test_iid", "test_ood"):
                 assert _steps(client, child, f"{split}/{m}") == [2]  # fifo: tested at the last epoch
                 assert 0.0 <= child.data.metrics[f"{split}/{m}"] <= 1.0
+        assert child.data.metrics[f"val/{task.default_metric}"] == pytest.approx(
+            client.get_metric_history(child.info.run_id, f"val/{task.default_metric}")[-1].value)
         assert child.data.metrics["time/startup_s"] > 0
         if method == "causal":
             assert "train/loss_acl_spatial" in child.data.metrics and "train/loss_bda" in child.data.metrics
+        if method == "ccr":
+            assert any(k.startswith("train/") and "kl" in k for k in child.data.metrics), sorted(child.data.metrics)
     assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
     assert "best trial" in proc.stdout and "OOD" in proc.stdout
 
