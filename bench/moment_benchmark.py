@@ -30,6 +30,7 @@ import json
 import platform
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,31 @@ def table(results: dict, metric_names: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def run_one(root: str, method: str, seed: int, epochs: int, threads: int) -> dict:
+    """Train one (method, seed) for ``epochs`` epochs; evaluate the last model on val/IID/OOD."""
+    from grounding.data.shards import Dataset
+
+    torch.set_num_threads(threads)
+    data = tasks.load(Dataset.open(root), splits=("train", "val", *SPLITS))
+    optim = engine.OptimConfig(lr=LR, batch_size=BATCH)
+    engine.seed_everything(seed)
+    model = registry.build(method, {}, data.info)
+    opt = engine.make_optimizer(model, optim)
+    t0, epoch_s, epoch_cpu_s, last = time.time(), [], [], {}
+    for epoch in range(epochs):
+        t, c = time.time(), time.process_time()
+        last = engine.train_one_epoch(model, opt, data["train"], optim, epoch, seed)
+        epoch_s.append(time.time() - t)
+        epoch_cpu_s.append(time.process_time() - c)
+        print(f"{method} seed {seed} epoch {epoch + 1}/{epochs}: loss {last['loss']:.4f} "
+              f"({epoch_s[-1]:.0f} s wall, {epoch_cpu_s[-1]:.0f} s CPU)", flush=True)
+    metrics = {sp: engine.evaluate(model, data[sp], data.task, data.info) for sp in ("val", *SPLITS)}
+    print(f"{method} seed {seed}: " + ", ".join(f"{sp} r1_iou50 {metrics[sp]['r1_iou50']:.4f}" for sp in SPLITS),
+          flush=True)
+    return {"method": method, "seed": seed, "metrics": metrics, "train_loss": last.get("loss"),
+            "epoch_s": epoch_s, "epoch_cpu_s": epoch_cpu_s, "total_s": time.time() - t0}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default=str(REPO / "data" / "charades"), help="benchmark folder")
@@ -76,6 +102,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--jobs", type=int, default=2, help="(method, seed) runs in parallel processes")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "moment_benchmark.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -91,28 +118,12 @@ def main(argv=None) -> int:
     for sp in SPLITS:
         r = task.baselines(data[sp], data.info)["random"]
         results["random"][sp] = {k: {"mean": v, "std": 0.0} for k, v in r.items()}
-    runs: dict[str, list] = {}
-    optim = engine.OptimConfig(lr=LR, batch_size=BATCH)
+    jobs = [(m, seed) for m in args.methods for seed in args.seeds]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        done = list(pool.map(run_one, [root] * len(jobs), [m for m, _ in jobs], [s for _, s in jobs],
+                             [args.epochs] * len(jobs), [args.threads] * len(jobs)))
+    runs: dict[str, list] = {m: [r for r in done if r["method"] == m] for m in args.methods}
     for method in args.methods:
-        runs[method] = []
-        for seed in args.seeds:
-            engine.seed_everything(seed)
-            model = registry.build(method, {}, data.info)
-            opt = engine.make_optimizer(model, optim)
-            t0, epoch_s, epoch_cpu_s, last = time.time(), [], [], {}
-            for epoch in range(args.epochs):
-                t, c = time.time(), time.process_time()
-                last = engine.train_one_epoch(model, opt, data["train"], optim, epoch, seed)
-                epoch_s.append(time.time() - t)
-                epoch_cpu_s.append(time.process_time() - c)
-                print(f"{method} seed {seed} epoch {epoch + 1}/{args.epochs}: loss {last['loss']:.4f} "
-                      f"({epoch_s[-1]:.0f} s wall, {epoch_cpu_s[-1]:.0f} s CPU)", flush=True)
-            metrics = {sp: engine.evaluate(model, data[sp], task, data.info) for sp in ("val", *SPLITS)}
-            runs[method].append({"seed": seed, "metrics": metrics, "train_loss": last.get("loss"),
-                                 "epoch_s": epoch_s, "epoch_cpu_s": epoch_cpu_s,
-                                 "total_s": time.time() - t0})
-            print(f"{method} seed {seed}: " + ", ".join(
-                f"{sp} r1_iou50 {metrics[sp]['r1_iou50']:.4f}" for sp in SPLITS), flush=True)
         results[method] = {sp: summarise([r["metrics"][sp] for r in runs[method]]) for sp in SPLITS}
 
     out = {
