@@ -71,6 +71,7 @@ import pyarrow as pa
 
 from .. import __version__
 from .annotations import annotations_dir, file_digest
+from .planting import text_prototypes, unit
 from .moment import PAD_ID, UNK_WORD, is_content, tokenize
 from .schema import moment_schema, vocab_schema
 from .shards import DatasetWriter
@@ -162,19 +163,10 @@ class CharadesAnnotations:
 
 
 # ------------------------------------------------------------------------------- world
-def _unit(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-8)
-
-
 def word_prototypes(cfg: CharadesConfig, vectors: np.ndarray) -> np.ndarray:
     """``[V, D]`` unit prototypes from a fixed nonlinear map of the GloVe vectors (+ noise)."""
     rng = np.random.default_rng([cfg.seed, 7919])
-    V, E = vectors.shape
-    W1 = rng.standard_normal((E, cfg.proto_hidden)) / math.sqrt(E)
-    W2 = rng.standard_normal((cfg.proto_hidden, cfg.D)) / math.sqrt(cfg.proto_hidden)
-    text = _unit(vectors.astype(np.float64))
-    mapped = _unit(np.tanh(1.5 * math.sqrt(E) * (text @ W1)) @ W2)
-    protos = _unit(mapped + cfg.word_noise * _unit(rng.standard_normal((V, cfg.D))))
+    protos = text_prototypes(vectors, cfg.D, cfg.proto_hidden, cfg.word_noise, rng)
     protos[np.linalg.norm(vectors, axis=1) == 0] = 0.0  # <PAD>, <UNK>: nothing to show
     return protos
 
@@ -186,7 +178,7 @@ def render_video(cfg: CharadesConfig, protos: np.ndarray, content: np.ndarray, d
     already clipped) and ``word_ids``."""
     L, D = cfg.L, cfg.D
     t = (np.arange(L) + 0.5) * duration / L
-    scene = cfg.scene_strength * _unit(rng.standard_normal(D))
+    scene = cfg.scene_strength * unit(rng.standard_normal(D))
     drift = np.empty((L, D))
     z = rng.standard_normal(D)
     innov = rng.standard_normal((L, D))

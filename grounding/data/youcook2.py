@@ -59,6 +59,7 @@ import pyarrow as pa
 
 from .. import __version__
 from .annotations import annotations_dir, file_digest
+from .planting import text_prototypes, unit
 from .schema import classes_schema, wsvog_schema
 from .shards import DatasetWriter
 
@@ -165,21 +166,13 @@ class World:
     heldout: np.ndarray  # [K] bool
 
 
-def _unit(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-8)
-
-
 def build_world(cfg: YC2Config, ann: YC2Annotations) -> World:
     rng = np.random.default_rng([cfg.seed, 7919])
     K = ann.num_classes
-    W1 = rng.standard_normal((300, cfg.proto_hidden)) / math.sqrt(300)
-    W2 = rng.standard_normal((cfg.proto_hidden, cfg.D)) / math.sqrt(cfg.proto_hidden)
-    text = _unit(ann.glove.astype(np.float64))
-    mapped = _unit(np.tanh(1.5 * math.sqrt(300) * (text @ W1)) @ W2)
-    protos = _unit(mapped + cfg.class_noise * _unit(rng.standard_normal((K, cfg.D))))
+    protos = text_prototypes(ann.glove, cfg.D, cfg.proto_hidden, cfg.class_noise, rng)
 
     recipes = sorted({meta[1] for lst in ann.lists.values() for meta, _ in lst.values()})
-    style_vecs = _unit(rng.standard_normal((len(recipes), cfg.D)))
+    style_vecs = unit(rng.standard_normal((len(recipes), cfg.D)))
     styles = dict(zip(recipes, style_vecs))
 
     counts, co = ann.cooccurrence()
@@ -428,7 +421,7 @@ def generate(root: str | os.PathLike, cfg: YC2Config = YC2Config(), workers: int
     ann = YC2Annotations.load(annotations)
     world = build_world(cfg, ann)
     rng = np.random.default_rng([cfg.seed, 104729])
-    ood_styles = dict(zip(world.styles, _unit(rng.standard_normal((len(world.styles), cfg.D)))))
+    ood_styles = dict(zip(world.styles, unit(rng.standard_normal((len(world.styles), cfg.D)))))
     plan = split_plan(ann, world, cfg.limit)
 
     train_counts = np.zeros(ann.num_classes, np.int64)
