@@ -14,12 +14,14 @@ def sweep_env(tmp: Path, **extra: str) -> dict:
     env = dict(os.environ)
     for k in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "GROUNDING_DATA_ROOT", "GROUNDING_STORAGE_PATH"):
         env.pop(k, None)
-    env.update(GROUNDING_CACHE_DIR=str(tmp / "cache"), PYTHONUNBUFFERED="1", RAY_DEDUP_LOGS="0")
+    # a loaded 2-core CI box can take longer than Train's default 60 s to start a worker group
+    env.update(GROUNDING_CACHE_DIR=str(tmp / "cache"), PYTHONUNBUFFERED="1", RAY_DEDUP_LOGS="0",
+               RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="300")
     env.update(extra)
     return env
 
 
-def run_sweep(cwd: Path, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_sweep(cwd: Path, *args: str, timeout: int = 1200, env: dict | None = None) -> subprocess.CompletedProcess:
     """``python -m orchestration.sweep ARGS`` in ``cwd``; output is kept for the assertion messages."""
     return subprocess.run([sys.executable, "-m", "orchestration.sweep", *args], cwd=cwd,
                           env=env or sweep_env(cwd), capture_output=True, text=True, timeout=timeout)
