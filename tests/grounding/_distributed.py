@@ -11,6 +11,15 @@ SMALL = {"embed_dim": 32, "heads": 4}
 CAUSAL = {**SMALL, "J": 16, "W": 16}
 
 
+def _shutdown() -> None:
+    """Leave the process group together: a rank that tears gloo down while its peer still has the
+    connection open can abort the peer ("terminate called without an active exception")."""
+    try:
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
 def worker(rank: int, world: int, root: str, out_dir: str, port: int) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -46,7 +55,7 @@ def worker(rank: int, world: int, root: str, out_dir: str, port: int) -> None:
         result["causal_metrics"] = engine.evaluate(ddp, td["val"], td.task, td.info, batch_size=6)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
-        dist.destroy_process_group()
+        _shutdown()
 
 
 def trajectory(rank: int, world: int, root: str, out_dir: str, port: int, method: str,
@@ -77,4 +86,4 @@ def trajectory(rank: int, world: int, root: str, out_dir: str, port: int, method
             out["banks"] = {"region": model.region_bank.memory.clone(), "frame": model.frame_bank.memory.clone()}
         torch.save(out, os.path.join(out_dir, f"{method}-w{world}-rank{rank}.pt"))
     finally:
-        dist.destroy_process_group()
+        _shutdown()
