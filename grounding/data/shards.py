@@ -274,8 +274,13 @@ class Dataset:
 
     def _read_part(self, entry: FileEntry, a: int, b: int, columns: list[str] | None) -> pa.Table:
         """Rows ``[a, b)`` of one verified shard (fetched into the cache first if remote)."""
-        pf = pq.ParquetFile(self.local_file(entry))  # an open file survives a later cache eviction
-        try:
+        # An open file survives a later cache eviction (another worker's fetch may unlink it).
+        with pa.OSFile(self.local_file(entry)) as src:
+            if a == 0 and b == entry.rows:  # the whole shard: pyarrow decodes its row groups in parallel
+                t = pq.read_table(src, columns=columns)
+                self._check_schema(entry, pq.read_schema(src) if columns else t.schema)
+                return t
+            pf = pq.ParquetFile(src)
             self._check_schema(entry, pf.schema_arrow)
             groups, g0, offset = [], 0, None
             for gi, g in enumerate(entry.row_groups or [entry.rows]):
@@ -287,9 +292,6 @@ class Dataset:
             # the caller's single concatenation of the split is then the only copy.
             t = pa.concat_tables([pf.read_row_group(gi, columns=columns) for gi in groups])
             return t.slice(a - offset, b - a)
-        finally:
-            pf.close()
-
 
 def publish(src: str | os.PathLike, dest: str, storage_options: dict | None = None) -> Manifest:
     """Copy a local dataset to ``dest`` (any fsspec URL), manifest last, verifying the source."""
