@@ -293,6 +293,7 @@ class Dataset:
             t = pa.concat_tables([pf.read_row_group(gi, columns=columns) for gi in groups])
             return t.slice(a - offset, b - a)
 
+
 def publish(src: str | os.PathLike, dest: str, storage_options: dict | None = None) -> Manifest:
     """Copy a local dataset to ``dest`` (any fsspec URL), manifest last, verifying the source."""
     src_ds = Dataset.open(str(src))

@@ -11,15 +11,6 @@ SMALL = {"embed_dim": 32, "heads": 4}
 CAUSAL = {**SMALL, "J": 16, "W": 16}
 
 
-def _shutdown() -> None:
-    """Leave the process group together: a rank that tears gloo down while its peer still has the
-    connection open can abort the peer ("terminate called without an active exception")."""
-    try:
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
 def worker(rank: int, world: int, root: str, out_dir: str, port: int) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -54,8 +45,9 @@ def worker(rank: int, world: int, root: str, out_dir: str, port: int) -> None:
         result["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         result["causal_metrics"] = engine.evaluate(ddp, td["val"], td.task, td.info, batch_size=6)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # leave together: tearing gloo down under a connected peer can abort it
     finally:
-        _shutdown()
+        dist.destroy_process_group()
 
 
 def trajectory(rank: int, world: int, root: str, out_dir: str, port: int, method: str,
@@ -85,5 +77,6 @@ def trajectory(rank: int, world: int, root: str, out_dir: str, port: int, method
         if method == "causal":
             out["banks"] = {"region": model.region_bank.memory.clone(), "frame": model.frame_bank.memory.clone()}
         torch.save(out, os.path.join(out_dir, f"{method}-w{world}-rank{rank}.pt"))
+        dist.barrier()  # leave together: tearing gloo down under a connected peer can abort it
     finally:
-        _shutdown()
+        dist.destroy_process_group()
