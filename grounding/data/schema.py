@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+# v2: WSVOG shards may carry contextual text features (dims["D_text"], ``text_*`` columns, a
+# ``words`` table and the manifest's ``text`` block; grounding/data/text_features.py). v1
+# datasets are still read; methods that need the text columns name the command that adds them.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 TASKS = ("wsvog", "stvg", "moment")
 FEATURE_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
@@ -26,14 +30,24 @@ def _fixed(value_type: pa.DataType, size: int) -> pa.DataType:
     return pa.list_(value_type, size)
 
 
-def wsvog_schema(T: int, N: int, D: int, feature_dtype: str = "float16") -> pa.Schema:
+def wsvog_schema(T: int, N: int, D: int, feature_dtype: str = "float16", D_text: int | None = None) -> pa.Schema:
     """Weakly-supervised video object grounding: per-frame region proposals.
 
     ``gt_boxes`` holds, per instance in ``gt_class`` order, T boxes (x1, y1, x2, y2 in pixels);
     ``gt_valid`` holds T flags per instance (False where the object is absent, occluded or
-    outside the frame: such boxes are not scored).
+    outside the frame: such boxes are not scored). With ``D_text`` (schema v2) five text columns
+    follow (``grounding/data/text_features.py``): ``text_query`` (``D_text`` values per queried
+    class, in ``query_classes`` order), ``text_sentence`` ([CLS]), ``text_query_found``,
+    ``word_ids`` (ids into the ``words`` table) and ``query_word_pos``.
     """
     ft = FEATURE_DTYPES[feature_dtype]
+    text = [] if not D_text else [
+        pa.field("text_query", pa.list_(pa.float16()), nullable=False),
+        pa.field("text_sentence", _fixed(pa.float16(), int(D_text)), nullable=False),
+        pa.field("text_query_found", pa.list_(pa.bool_()), nullable=False),
+        pa.field("word_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("query_word_pos", pa.list_(pa.int16()), nullable=False),
+    ]
     return pa.schema(
         [
             pa.field("segment_id", pa.string(), nullable=False),
@@ -48,6 +62,7 @@ def wsvog_schema(T: int, N: int, D: int, feature_dtype: str = "float16") -> pa.S
             pa.field("gt_valid", pa.list_(pa.bool_()), nullable=False),
             pa.field("frame_width", pa.int16(), nullable=False),
             pa.field("frame_height", pa.int16(), nullable=False),
+            *text,
         ]
     )
 
@@ -106,6 +121,8 @@ def schema_for(task: str, dims: dict, feature_dtype: str) -> pa.Schema:
     if missing:
         raise ValueError(f"{task} dims need {', '.join(TASK_DIMS[task])}; missing {', '.join(missing)}")
     args = [int(dims[k]) for k in TASK_DIMS[task]]
+    if task == "wsvog" and dims.get("D_text"):
+        return wsvog_schema(*args, feature_dtype=feature_dtype, D_text=int(dims["D_text"]))
     return {"wsvog": wsvog_schema, "stvg": stvg_schema, "moment": moment_schema}[task](
         *args, feature_dtype=feature_dtype
     )

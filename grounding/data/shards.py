@@ -87,6 +87,7 @@ class DatasetWriter:
         self._shards: list[FileEntry] = []
         self._tables: dict[str, FileEntry] = {}
         self._staging: Path | None = None
+        self.text: dict | None = None  # the manifest's text block (schema v2 text columns)
 
     # --------------------------------------------------------------- context
     def __enter__(self) -> "DatasetWriter":
@@ -141,7 +142,7 @@ class DatasetWriter:
                 self._flush(split, n)
         manifest = Manifest(task=self.task, dims=self.dims, feature_dtype=self.feature_dtype,
                             shards=self._shards, tables=self._tables, producer=self.producer,
-                            extra=self.extra)
+                            extra=self.extra, text=self.text)
         (self._staging / MANIFEST_NAME).write_text(manifest.dumps())
         if self.root.exists():
             shutil.rmtree(self.root)

@@ -47,6 +47,11 @@ class WsvogArrays:
     gt_boxes: np.ndarray  # [n, I, T, 4] float32
     gt_valid: np.ndarray  # [n, I, T] bool
     segment_ids: list[str]
+    # schema v2 text columns (None where the dataset has none; grounding/data/text_features.py)
+    text_query: np.ndarray | None = None  # [n, Kq, D_text] float16
+    text_sentence: np.ndarray | None = None  # [n, D_text] float16
+    word_ids: np.ndarray | None = None  # [n, L] int64, -1 = padding
+    word_pos: np.ndarray | None = None  # [n, Kq] int64, -1 = not found / padding
 
     @classmethod
     def from_table(cls, table: pa.Table, T: int, N: int, D: int) -> "WsvogArrays":
@@ -64,6 +69,7 @@ class WsvogArrays:
             gt_boxes=boxes.astype(np.float32, copy=False),
             gt_valid=valid,
             segment_ids=table["segment_id"].to_pylist(),
+            **_text_arrays(table),
         )
 
     def __len__(self) -> int:
@@ -82,7 +88,17 @@ class WsvogArrays:
         g = self.gt_class[idx]
         ki = max(1, int((g >= 0).sum(1).max(initial=1)))
         dev = torch.device(device)
+        text = {}
+        if self.text_query is not None:
+            text["text_query"] = torch.from_numpy(self.text_query[idx][:, :kq]).to(dev, torch.float32)
+            text["text_sentence"] = torch.from_numpy(self.text_sentence[idx]).to(dev, torch.float32)
+        if self.word_ids is not None:
+            w = self.word_ids[idx]
+            kw = max(1, int((w >= 0).sum(1).max(initial=1)))
+            text["word_ids"] = torch.from_numpy(w[:, :kw]).to(dev)
+            text["word_pos"] = torch.from_numpy(self.word_pos[idx][:, :kq]).to(dev)
         return {
+            **text,
             "features": torch.from_numpy(self.features[idx]).to(dev, torch.float32),
             "proposals": torch.from_numpy(self.proposals[idx]).to(dev),
             "queries": torch.from_numpy(q[:, :kq]).to(dev),
@@ -90,3 +106,23 @@ class WsvogArrays:
             "gt_boxes": torch.from_numpy(self.gt_boxes[idx][:, :ki]).to(dev),
             "gt_valid": torch.from_numpy(self.gt_valid[idx][:, :ki]).to(dev),
         }
+
+
+def _text_arrays(table: pa.Table) -> dict:
+    if "text_query" not in table.column_names:
+        return {}
+    D = table.schema.field("text_sentence").type.list_size
+    n = table.num_rows
+    kq = ragged_to_padded(table["query_classes"], pad=-1).reshape(n, -1).shape[1]
+    tq = ragged_to_padded(table["text_query"], inner=D, pad=0.0) if n else np.zeros((0, 1, D), np.float16)
+    if tq.shape[1] < kq:  # rows without queries leave the width short
+        tq = np.concatenate([tq, np.zeros((n, kq - tq.shape[1], D), tq.dtype)], 1)
+    pos = ragged_to_padded(table["query_word_pos"], pad=-1, dtype=np.int64).reshape(n, -1)
+    if pos.shape[1] < kq:
+        pos = np.concatenate([pos, np.full((n, kq - pos.shape[1]), -1, np.int64)], 1)
+    return {
+        "text_query": tq.reshape(n, -1, D),
+        "text_sentence": fixed_list_to_numpy(table["text_sentence"], (D,)),
+        "word_ids": ragged_to_padded(table["word_ids"], pad=-1, dtype=np.int64).reshape(n, -1),
+        "word_pos": pos,
+    }

@@ -26,6 +26,7 @@ class DataInfo:
     word_vectors: np.ndarray | None = None  # [V, word_dim]
     train_features: np.ndarray | None = None
     seed: int = 0  # seeds anything a model draws at build time (e.g. memory-bank entries)
+    text: dict | None = None  # the manifest's text-feature block (encoder, digest, dim), if any
 
 
 @dataclasses.dataclass
@@ -50,6 +51,11 @@ class GroundingModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.info = info
+
+    @classmethod
+    def check_data(cls, manifest: Any, root: str, params: dict) -> None:
+        """Raise a one-line ``DataError`` if the dataset lacks what this configuration needs
+        (checked before a sweep starts). Most methods need nothing beyond their task family."""
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError

@@ -146,7 +146,7 @@ def test_youcook2_bb_rows_shapes_and_frames(yc2_converted, yc2_inputs):
     ds, (_, plan) = yc2_converted, yc2_inputs
     ds.verify()
     m = ds.manifest
-    assert (m.task, m.dims, m.feature_dtype) == ("wsvog", {"T": 5, "N": 20, "D": 4096}, "float16")
+    assert (m.task, m.dims, m.feature_dtype) == ("wsvog", {"T": 5, "N": 20, "D": 4096, "D_text": 384}, "float16")
     assert {sp: m.split_rows(sp) for sp in m.splits} == {"train": 3, "val": 3, "test": 3}
     assert m.extra["stats"]["segments_with_boxes"] == 5  # 2 val (ours) + 3 test (the real public file)
     assert m.producer["name"] == "grounding.data.converters.youcook2_bb" and m.producer["args"]["N"] == 20
@@ -157,6 +157,26 @@ def test_youcook2_bb_rows_shapes_and_frames(yc2_converted, yc2_inputs):
     np.testing.assert_array_equal(arr.features[0, :, 0, 0], [0, 2, 3, 4, 6])
     np.testing.assert_array_equal(arr.features[2, :, 0, 0], [0, 0, 1, 2, 2])
     np.testing.assert_array_equal(arr.features[0, 0, :, 1], np.arange(20))  # the first 20 of 25 proposals
+
+
+def test_youcook2_bb_text_features_come_with_the_conversion(yc2_converted):
+    from grounding.data import text_features
+
+    ds = yc2_converted
+    m = ds.manifest
+    assert m.text["encoder"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert m.text["digest"] == text_features.encoder_info("minilm")["digest"]
+    assert m.text["mentions"] == sum(len(q) for sp in m.splits for q in ds.read_split(sp)["query_classes"].to_pylist())
+    text_features.check_encoder(m, ds.root, "minilm", need_words=True)  # what method=scl checks
+    arr = WsvogArrays.from_table(ds.read_split("train"), 5, 20, 4096)
+    assert arr.text_query.shape[:2] == arr.queries.shape and arr.text_query.shape[2] == 384
+    assert arr.text_sentence.shape == (3, 384) and np.isfinite(arr.text_sentence.astype(np.float32)).all()
+    words = ds.read_table("words").sort_by("word_id")
+    sent = ds.read_split("train")["sentence"].to_pylist()[0]
+    vocab = dict(zip(words["word"].to_pylist(), words["word_id"].to_pylist()))
+    from grounding.data import text
+
+    assert arr.word_ids[0][arr.word_ids[0] >= 0].tolist() == [vocab.get(w, 0) for w in text.words(sent)]
 
 
 def test_youcook2_bb_proposals_are_rescaled_to_the_video_size(yc2_converted):

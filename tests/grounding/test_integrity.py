@@ -81,7 +81,7 @@ def test_another_schema_version_is_refused_when_opening(root):
     fs.pipe_file(f"{path}/manifest.json", json.dumps(manifest).encode())
     if hasattr(fs, "invalidate_cache"):
         fs.invalidate_cache()
-    with pytest.raises(DataError, match=r"manifest\.json: schema version 99 differs from the supported version 1"):
+    with pytest.raises(DataError, match=r"manifest\.json: schema version 99 differs from the supported versions 1, 2"):
         Dataset.open(url)
 
 

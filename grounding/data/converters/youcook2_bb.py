@@ -160,8 +160,14 @@ def _segment_file(folder: Path, split: str, seg: str) -> Path:
 def convert(root, annotations, features, proposals, sizes=(), boxes=(), splits=("train", "val", "test"),
             T: int = 5, N: int = 20, feature_dtype: str = "float16", limit: int | None = None,
             nafae=None, sentences: str = "causal", skip_missing: bool = False,
-            renames: dict[str, str] | None = None, overwrite: bool = False, log=print):
-    """Write the YouCook2-BB segments of ``splits`` to ``root``; return the manifest."""
+            renames: dict[str, str] | None = None, overwrite: bool = False, log=print,
+            text_encoder: str | None = "minilm", word_vectors=None):
+    """Write the YouCook2-BB segments of ``splits`` to ``root``; return the manifest.
+
+    ``text_encoder`` (default ``minilm``; None = without) adds the schema-v2 contextual text
+    columns (``grounding/data/text_features.py``) computed from the segments' sentences, with the
+    class names and plurals of ``class_file.csv``; ``word_vectors`` (default the annotation
+    folder's ``word_embedding_glove.json``) gives the GloVe vectors of the word ids."""
     ann = need_dir(annotations, "--annotations")
     feat_dir = need_dir(features, "--features")
     prop_dir = need_dir(proposals, "--proposals")
@@ -238,14 +244,34 @@ def convert(root, annotations, features, proposals, sizes=(), boxes=(), splits=(
     extra = {"source": "youcook2_bb", "layout": "causal-intervention (cvpr) region features",
              "num_classes": len(names), "proposal_scale": PROPOSAL_SCALE, "stats": stats,
              "splits_from": {rename(sp, renames): SPLIT_DIRS[sp] for sp in splits}}
-    with DatasetWriter(root, "wsvog", {"T": T, "N": N, "D": D}, feature_dtype,
+    feat = None
+    dims = {"T": T, "N": N, "D": D}
+    if text_encoder:
+        from .. import text_features
+
+        wv = Path(word_vectors) if word_vectors else ann / "word_embedding_glove.json"
+        need_file(wv, "word vectors for the text features (--word-vectors, or word_embedding_glove.json in --annotations)")
+        with open(class_csv) as f:
+            listed = {r[1]: r[2:] for r in csv.reader(f) if len(r) > 1}
+        feat = text_features.Featurizer(text_features.forms_from_names(names, [listed.get(n, []) for n in names]),
+                                        text_encoder, text_features.WordVocab.from_json(wv))
+        feat.prepare((sents[it[0]], list(dict.fromkeys(it[4]))) for items in plan.values() for it in items)
+        dims["D_text"] = feat.info["dim"]
+        args.update(text_encoder=text_encoder, word_vectors=str(wv))
+    with DatasetWriter(root, "wsvog", dims, feature_dtype,
                        producer(PRODUCER, args, sources), overwrite=overwrite, extra=extra) as w:
         w.add_table("classes", classes_tbl)
         for sp, items in plan.items():
             for part in chunks(items):
                 rows = [_row(it, T, N, D, size_of, gt, sents, stats) for it in part]
-                w.write(rename(sp, renames), wsvog_table(rows, T, N, D, feature_dtype))
+                table = wsvog_table(rows, T, N, D, feature_dtype)
+                w.write(rename(sp, renames), feat.attach(table) if feat else table)
             log(f"{sp}: {len(items)} segments")
+        if feat:
+            w.add_table("words", feat.words_table())
+            w.text = feat.manifest_block()
+            log(f"text features ({text_encoder}): {feat.mentions} mentions, {feat.fallback} by the sentence-mean "
+                f"fallback, encoder {feat.seconds:.1f}s")
         # stats are filled while writing; the manifest is written when the block closes
     return w.manifest
 
@@ -314,10 +340,16 @@ def add_arguments(p, fmt: str = NAME) -> None:
     p.add_argument("--sentences", choices=("causal", "nafae"), default="causal",
                    help="sentences from seg_sentence_dict.json (causal) or NAFAE's entities pkls")
     p.add_argument("--nafae", metavar="DIR", help="folder with NAFAE's {train,val,test}_entities.pkl")
+    p.add_argument("--text-encoder", choices=("minilm", "none"), default="minilm",
+                   help="contextual text features in the shards (default minilm: all-MiniLM-L6-v2; none = without)")
+    p.add_argument("--word-vectors", metavar="FILE",
+                   help="JSON {word: [300 floats]} for the word ids (default: word_embedding_glove.json in --annotations)")
 
 
 def run(args, root, common: dict, fmt: str = NAME):
     return convert(root, args.annotations, args.features, args.proposals, sizes=args.sizes, boxes=args.boxes,
                    splits=[s for s in args.splits.split(",") if s], T=args.T, N=args.N,
-                   sentences=args.sentences, nafae=args.nafae, **common)
+                   sentences=args.sentences, nafae=args.nafae,
+                   text_encoder=None if args.text_encoder == "none" else args.text_encoder,
+                   word_vectors=args.word_vectors, **common)
 
