@@ -81,6 +81,8 @@ KEYS: tuple[Key, ...] = (
     Key("failures", int, 1, "retries of a failed trial/worker from its last checkpoint", _at_least(0)),
     Key("eval_batch_size", int, 128, "evaluation batch size", _at_least(1)),
     Key("resume", str, "", "resume an interrupted sweep: its name or its experiment path"),
+    Key("backbone", str, "", "start from an existing backbone stage instead of training one: the stage's MLflow "
+        "run id or its folder (…/stages/backbone-<key>); must match the data digest and dims"),
 )
 KEY_INDEX = {k.name: k for k in KEYS}
 PREFIXES = ("model.", "optim.")
