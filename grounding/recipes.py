@@ -283,19 +283,18 @@ class StageRun:
         self.model = registry.build(rs.method, rs.params, data.info).to(self.device)
         self.init_loaded = load_matching(self.model, init_state) if init_state is not None else []
         self.optimizer = engine.make_optimizer(self.model, rs.optim)
-        self.scheduler = None
-        if hasattr(engine, "make_scheduler"):  # learning-rate schedules (engine.OptimConfig.schedule)
-            steps = engine.steps_per_epoch(data["train"], rs.optim)
-            if steps > 0:
-                self.scheduler = engine.make_scheduler(self.optimizer, rs.optim, steps, rs.epochs)
+        # the stage's learning-rate schedule over its own epochs (engine.OptimConfig.schedule)
+        steps = engine.steps_per_epoch(data["train"], rs.optim)
+        self.scheduler = engine.make_scheduler(self.optimizer, rs.optim, steps, rs.epochs) if steps > 0 else None
         self.net = wrap(self.model) if wrap is not None else self.model
         self.epoch = 0  # epochs trained
         self.best = Selection()
 
     def train_epoch(self, data, amp: bool = False) -> dict[str, float]:
-        kw = {"scheduler": self.scheduler} if self.scheduler is not None else {}
         logs = engine.train_one_epoch(self.net, self.optimizer, data["train"], self.rs.optim, self.epoch,
-                                      self.seed, self.device, amp=amp, **kw)
+                                      self.seed, self.device, amp=amp, scheduler=self.scheduler)
+        if hasattr(self.model, "epoch_end_logs"):  # per-epoch diagnostics a model offers (e.g. bank drift)
+            logs.update(self.model.epoch_end_logs())
         self.epoch += 1
         return logs
 
