@@ -339,13 +339,24 @@ class Causal(STVG):
         style = noise.topk(m, dim=-1).indices
         return content, style
 
-    def _pairs(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (video, query slot) pairs ACL intervenes for: every valid one, or one per video."""
+    def _pairs(self, parts) -> dict[str, torch.Tensor]:
+        """The (video ``pb``, query slot ``pk``) pairs ACL intervenes for, every valid one or one per
+        video, with each pair's query ``Q1 [P, 1, E]``, its mask ``m1`` and its sentence ``Qs1``."""
+        mask = parts["mask"]
         if self.cfg.acl_queries == "one":
-            k = self._pick_query(mask)
-            return torch.arange(len(k), device=k.device), k
-        pb, pk = mask.nonzero(as_tuple=True)
-        return pb, pk
+            pk = self._pick_query(mask)
+            pb = torch.arange(len(pk), device=pk.device)
+        else:
+            pb, pk = mask.nonzero(as_tuple=True)
+        return {"pb": pb, "pk": pk, "Q1": parts["Q"][pb, pk][:, None], "Qs1": self._select(pb)(parts["Qs"]),
+                "m1": torch.ones(len(pb), 1, dtype=torch.bool, device=mask.device)}
+
+    def _select(self, pb: torch.Tensor):
+        """``x -> x[pb]``; the identity under ``acl_queries=one`` (one pair per video, in order), which
+        keeps today's autograd graph and so its gradients bit for bit."""
+        if self.cfg.acl_queries == "one":
+            return lambda x: x
+        return lambda x: x[pb]
 
     def _per_video(self, p: torch.Tensor, pb: torch.Tensor, B: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean of the pair scores ``p [P]`` per video, and the videos that have a pair."""
@@ -373,12 +384,10 @@ class Causal(STVG):
             bank.update(torch.cat([xc, xs]), torch.cat([jc, js]))
 
     def _acl_spatial(self, parts, pairs, logs):
-        pb, pk = pairs
+        pb, pk, Q1, m1, Qs1 = (pairs[k] for k in ("pb", "pk", "Q1", "m1", "Qs1"))
         R = parts["R"]
         B, T, N, D = R.shape
-        Rp = R[pb]  # [P, T, N, D]
-        Q1, m1, Qs1 = parts["Q"][pb, pk][:, None], torch.ones(len(pb), 1, dtype=torch.bool, device=R.device), \
-            parts["Qs"][pb]
+        Rp = self._select(pb)(R)  # [P, T, N, D]
         Mq = parts["M"][pb, pk].detach()  # [P, T, N]
         content, style = self._content_style(Mq, self.cfg.B_r, self.cfg.style_draw == "replace")
         items = {}
@@ -400,13 +409,12 @@ class Causal(STVG):
         return loss
 
     def _acl_temporal(self, parts, pairs, logs):
-        pb, pk = pairs
+        pb, pk, Q1, m1, Qs1 = (pairs[k] for k in ("pb", "pk", "Q1", "m1", "Qs1"))
         R, V = parts["R"], parts["V"]
         B, T, N, D = R.shape
-        Rp, Vp = R[pb], V[pb]
+        sel = self._select(pb)
+        Rp, Vp = sel(R), sel(V)
         P = len(pb)
-        Q1, m1, Qs1 = parts["Q"][pb, pk][:, None], torch.ones(P, 1, dtype=torch.bool, device=R.device), \
-            parts["Qs"][pb]
         content, style = self._content_style(parts["G"][pb, pk].detach(), self.cfg.B_f,
                                              self.cfg.style_draw == "replace")  # [P, m]
         items = {}
@@ -437,14 +445,15 @@ class Causal(STVG):
 
     def _bda_loss(self, parts):
         Vd = self.deconfounded(parts["V"])
-        Q, mask, G, neg = parts["Q"].detach(), parts["mask"], parts["G"].detach(), parts["neg"]
+        Q, mask, G = parts["Q"].detach(), parts["mask"], parts["G"].detach()
+        take = self.negative_take(parts["neg"])
         p = self.video_score(self.similarity(Q, Vd), G, mask)
         # negatives: the negative video's embedding under this video's queries (and vice versa);
         # the temporal weights of a negative pair come from the pair's own query side.
-        p_nv = self.video_score(self.similarity(Q, Vd[neg]), G, mask)
-        p_nq = self.video_score(self.similarity(Q[neg], Vd), G[neg], mask[neg])
+        p_nv = self.video_score(self.similarity(Q, take(Vd)), G, mask)
+        p_nq = self.video_score(self.similarity(take(Q), Vd), take(G), take(mask))
         if self.cfg.mil_form == "code":
-            return symmetric_mil_loss(p, p[neg], p_nv, p_nq, self.cfg.eta)
+            return symmetric_mil_loss(p, take(p), p_nv, p_nq, self.cfg.eta)
         return mil_ranking_loss(p, p_nv, p_nq, self.cfg.eta)
 
     # -------------------------------------------------------------- interface
@@ -456,7 +465,7 @@ class Causal(STVG):
         logs["neg_shared"] = float(shared.float().mean())
         total = loss_mil
         if self.cfg.acl_spatial or self.cfg.acl_temporal:
-            pairs = self._pairs(parts["mask"])
+            pairs = self._pairs(parts)
             if self.cfg.acl_spatial:
                 l_s = self._acl_spatial(parts, pairs, logs)
                 logs["loss_acl_spatial"] = float(l_s.detach())

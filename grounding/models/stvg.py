@@ -165,14 +165,22 @@ class STVG(GroundingModel):
         Q, mask, Qs = self.embed_queries(batch["queries"])
         p, M, G = self.score(Q, mask, Qs, V)
         neg = self.negative_index(batch["queries"])
-        p_neg_video, _, _ = self.score(Q, mask, Qs, V[neg])
-        p_neg_query, _, _ = self.score(Q[neg], mask[neg], Qs[neg], V)
+        take = self.negative_take(neg)
+        p_neg_video, _, _ = self.score(Q, mask, Qs, take(V))
+        p_neg_query, _, _ = self.score(take(Q), take(mask), take(Qs), V)
         if self.cfg.mil_form == "code":
-            loss = symmetric_mil_loss(p, p[neg], p_neg_video, p_neg_query, self.cfg.eta)
+            loss = symmetric_mil_loss(p, take(p), p_neg_video, p_neg_query, self.cfg.eta)
         else:
             loss = mil_ranking_loss(p, p_neg_video, p_neg_query, self.cfg.eta)
         return loss, dict(R=R, V=V, Q=Q, mask=mask, Qs=Qs, p=p, M=M, G=G, neg=neg,
                           p_neg_video=p_neg_video, p_neg_query=p_neg_query)
+
+    def negative_take(self, neg: torch.Tensor):
+        """``x -> x[neg]`` along the batch; ``negatives=next`` rolls (same values and gradients as
+        before the option existed)."""
+        if self.cfg.negatives == "next":
+            return lambda x: torch.roll(x, shifts=-1, dims=0)
+        return lambda x: x[neg]
 
     def negative_index(self, queries: torch.Tensor) -> torch.Tensor:
         """``neg [B]``: the batch row that serves as video ``b``'s negative (see ``negatives``)."""

@@ -171,7 +171,7 @@ def _acl_parts(model, batch, slot=0):
     m1 = torch.ones(B, 1, dtype=torch.bool)
     parts["M_q"] = parts["M"][:, slot].detach()
     parts["G_q"] = parts["G"][:, slot]
-    parts["pairs"] = (torch.arange(B), torch.full((B,), slot))
+    parts["pairs"] = {"pb": torch.arange(B), "pk": torch.full((B,), slot), "Q1": Q1, "m1": m1, "Qs1": parts["Qs"]}
     return parts, Q1, m1
 
 
