@@ -101,16 +101,20 @@ def split_params(hp: dict, run: dict) -> tuple[dict, OptimConfig]:
     return model, OptimConfig(**optim)
 
 
-def _save(model, optimizer, epoch: int, directory: str) -> None:
+def _save(model, optimizer, epoch: int, directory: str, scheduler=None) -> None:
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                "torch_rng": torch.get_rng_state()}, os.path.join(directory, STATE_FILE))
+                "torch_rng": torch.get_rng_state(),
+                **({"scheduler": scheduler.state_dict()} if scheduler is not None else {})},
+               os.path.join(directory, STATE_FILE))
 
 
-def _restore(checkpoint, model, optimizer) -> int:
+def _restore(checkpoint, model, optimizer, scheduler=None) -> int:
     with checkpoint.as_directory() as d:
         state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and "scheduler" in state:  # the schedule continues where it stopped
+        scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     return int(state["epoch"])
 
@@ -141,10 +145,12 @@ def train_loop(hp: dict, run: dict, session: Session) -> None:
     engine.seed_everything(run["seed"])
     model = registry.build(run["method"], model_params, data.info).to(device)
     optimizer = engine.make_optimizer(model, optim)
+    scheduler = engine.make_scheduler(optimizer, optim, engine.steps_per_epoch(data["train"], optim),
+                                      run["epochs"])
     start = 0
     ckpt = session.checkpoint()
     if ckpt is not None:
-        start = _restore(ckpt, model, optimizer)
+        start = _restore(ckpt, model, optimizer, scheduler)
     net = model
     nodes = 1
     if session.world > 1:
@@ -157,7 +163,7 @@ def train_loop(hp: dict, run: dict, session: Session) -> None:
     for epoch in range(start, run["epochs"]):
         t0 = time.time()
         logs = engine.train_one_epoch(net, optimizer, data["train"], optim, epoch, run["seed"], device,
-                                      amp=use_cuda and run.get("amp", True))
+                                      amp=use_cuda and run.get("amp", True), scheduler=scheduler)
         t1 = time.time()
         metrics = {"epoch": epoch + 1, **_prefixed("train", logs)}
         evaluated = ("val", *(("test_iid", "test_ood") if epoch + 1 in run["test_epochs"] else ()))
@@ -175,7 +181,7 @@ def train_loop(hp: dict, run: dict, session: Session) -> None:
             metrics["cluster/nodes"] = nodes  # distinct Ray nodes the ranks run on
         with tempfile.TemporaryDirectory() as d:
             if session.rank == 0:
-                _save(model, optimizer, epoch + 1, d)
+                _save(model, optimizer, epoch + 1, d, scheduler)
             session.report(metrics, d if session.rank == 0 else None)
 
 
