@@ -449,3 +449,33 @@ def test_default_options_train_on_a_batch():
         loss.backward()
         opt.step()
     assert {"loss_mil", "loss_acl_spatial", "loss_acl_temporal"} <= set(logs) and "loss_bda" not in logs
+
+
+class _Rows:
+    """A handful of WSVOG rows with the ``len``/``batch`` interface the engine trains on."""
+
+    def __init__(self, n=8):
+        g = torch.Generator().manual_seed(5)
+        self.features = torch.randn(n, T, N, D, generator=g)
+        self.queries = torch.tensor([[0, 2], [1, -1], [3, 1], [2, 0]] * (n // 4))
+
+    def __len__(self):
+        return len(self.features)
+
+    def batch(self, idx, device="cpu"):
+        idx = torch.as_tensor(idx)
+        return {"features": self.features[idx], "queries": self.queries[idx]}
+
+
+def test_the_engine_logs_the_diagnostics_per_epoch():
+    from grounding import engine
+
+    model = model_for(bda=False)
+    cfg = engine.OptimConfig(lr=1e-2, batch_size=4)
+    opt = engine.make_optimizer(model, cfg)
+    logs = [engine.train_one_epoch(model, opt, _Rows(), cfg, epoch=e, seed=0) for e in range(2)]
+    for epoch in logs:
+        assert 0.0 < epoch["bank_drift_region"] < 1.0 and 0.0 < epoch["bank_drift_frame"] < 1.0
+        for term in ("spatial", "temporal"):
+            assert epoch[f"acl_{term}_cge_step"] in (0.0, 0.5, 1.0)  # 2 steps per epoch
+    assert model.epoch_end_logs()["bank_drift_region"] == pytest.approx(1.0)  # the engine reset the mark
