@@ -144,7 +144,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: An
     batch is dropped). ``model`` may be DDP-wrapped. ``amp`` runs the forward pass in bfloat16
     autocast on CUDA. ``scheduler`` (:func:`make_scheduler`) is stepped after every update.
     Returns the mean of each logged loss over all ranks' steps, plus ``steps`` and
-    ``samples_per_s``, and with a scheduler ``lr``, the learning rate the next update would use."""
+    ``samples_per_s``, and with a scheduler ``lr``, the learning rate the next update would use.
+    A model with ``epoch_end_logs()`` (``causal``'s bank drift) adds what it returns, once per epoch."""
     device = torch.device(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
     rank, world = distributed()
@@ -177,6 +178,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: An
     out = {k: float(v) / (steps * world) for k, v in zip(keys, summed)}
     out["steps"] = steps
     out["samples_per_s"] = steps * cfg.batch_size * world / max(elapsed, 1e-9)
+    if hasattr(unwrap(model), "epoch_end_logs"):
+        out.update(unwrap(model).epoch_end_logs())
     if scheduler is not None:
         out["lr"] = float(optimizer.param_groups[0]["lr"])
     return out

@@ -70,7 +70,7 @@ def test_smoke_sweep_records_parent_children_curves_and_test_metrics(tmp_path, s
             client.get_metric_history(child.info.run_id, f"val/{task.default_metric}")[-1].value)
         assert child.data.metrics["time/startup_s"] > 0
         if method == "causal":
-            assert "train/loss_acl_spatial" in child.data.metrics and "train/loss_bda" in child.data.metrics
+            assert "train/loss_acl_spatial" in child.data.metrics and "train/acl_spatial_cge_step" in child.data.metrics
         if method == "ccr":
             assert any(k.startswith("train/") and "kl" in k for k in child.data.metrics), sorted(child.data.metrics)
     assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
