@@ -271,7 +271,8 @@ def help_text(method: str | None = None) -> str:
         space = mod.space({"T": 5, "N": 20, "L": 64})
         for name, f in registry.config_fields(method).items():
             rng = space.get(name)
-            lines.append(f"  model.{name:<16} {f.default!s:<10} {_describe(rng):<36} {fixed.get(name, '')}")
+            lines.append(f"  model.{name:<16} {f.default!s:<10} {_describe(rng):<36} {fixed.get(name, '')}"
+                         + (f"  {f.metadata['help']}" if "help" in f.metadata else ""))
         for name in OPTIM_KEYS:
             rng = space.get(name)
             lines.append(f"  optim.{name:<16} {getattr(OptimConfig(), name)!s:<10} {_describe(rng):<36} {fixed.get(name, '')}")
@@ -290,7 +291,7 @@ def help_text(method: str | None = None) -> str:
 def _describe(param) -> str:
     if param is None:
         return "-"
-    d = {k: v for k, v in dataclasses.asdict(param).items() if k != "when" and v not in (False,)}
+    d = {k: v for k, v in dataclasses.asdict(param).items() if k != "when" and v is not False}
     when = f" if {param.when}" if param.when else ""
     return f"{type(param).__name__}({', '.join(f'{v}' for v in d.values())}){when}"
 
