@@ -29,6 +29,7 @@ VARIANTS: dict = {
     "paper_main": {"score": "paper", "rank": "main"},
     "paper_rectified": {"score": "paper", "rank": "rectified"},
     "project_v0": {"score": "paper", "rank": "rectified", "side_head": "copy", "rec_norm": "halves"},
+    "project_v0_main": {"score": "paper", "rank": "main", "side_head": "copy", "rec_norm": "halves"},
 }
 
 
