@@ -47,7 +47,7 @@ import json
 import platform
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -227,6 +227,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=2, help="trainings in parallel processes")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "moment_benchmark.json"))
+    ap.add_argument("--resume-partial", action="store_true",
+                    help="reuse the finished trainings of <out>.partial.jsonl and run only the rest")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -247,21 +249,39 @@ def main(argv=None) -> int:
 
     random = {sp: {k: {"mean": v, "std": 0.0} for k, v in task.baselines(data[sp], data.info)["random"].items()}
               for sp in SPLITS}
-    jobs = [(g, seed) for g in groups for seed in args.seeds]
+    jobs = [(g, seed) for seed in args.seeds for g in groups]  # seed-major: a partial run holds whole seeds
+    partial = Path(args.out + ".partial.jsonl")
+    if args.resume_partial and partial.exists():
+        done = [d for d in map(json.loads, filter(str.strip, partial.read_text().splitlines()))
+                if d["seed"] in args.seeds and d["run"] in {r["name"] for r in runs}]
+        finished = {(d["run"], d["seed"]) for d in done}
+        jobs = [(g, s) for g, s in jobs if not all((n, s) in finished for n in g["evals"])]
+        print(f"{len(done)} results read from {partial}; {len(jobs)} trainings left", flush=True)
+    else:
+        done = []
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text("")
     with ProcessPoolExecutor(args.jobs) as pool:
-        done = [r for rs in pool.map(run_one, [root] * len(jobs), [g for g, _ in jobs], [s for _, s in jobs],
-                                     [args.epochs] * len(jobs), [args.threads] * len(jobs),
-                                     [args.select] * len(jobs)) for r in rs]
-    per_run: dict[str, list] = {r["name"]: [d for d in done if d["run"] == r["name"]] for r in runs}
+        futures = [pool.submit(run_one, root, g, s, args.epochs, args.threads, args.select) for g, s in jobs]
+        for fut in as_completed(futures):
+            rs = fut.result()
+            done.extend(rs)
+            with partial.open("a") as f:  # every finished training survives an interrupted run
+                f.writelines(json.dumps(r) + "\n" for r in rs)
+    seeds = sorted({d["seed"] for d in done})
+    per_run: dict[str, list] = {r["name"]: sorted((d for d in done if d["run"] == r["name"]), key=lambda d: d["seed"])
+                                for r in runs}
     results = {sel: {"random": random} for sel in SELECTIONS}
     for sel in SELECTIONS:
         for name, rs in per_run.items():
-            results[sel][name] = {sp: summarise([r["metrics"][sel][sp] for r in rs]) for sp in SPLITS}
+            if rs:
+                results[sel][name] = {sp: summarise([r["metrics"][sel][sp] for r in rs]) for sp in SPLITS}
+
 
     out = {
         "benchmark": "charades", "root": root, "data_digest": ds.digest, "dims": ds.manifest.dims,
         "data_overrides": overrides, "limit": args.limit,
-        "queries": {sp: len(data[sp]) for sp in data.splits}, "epochs": args.epochs, "seeds": args.seeds,
+        "queries": {sp: len(data[sp]) for sp in data.splits}, "epochs": args.epochs, "seeds": seeds,
         "threads": args.threads, "select": args.select,
         "runs_spec": {r["name"]: {"method": r["method"], "model": r["model"], "optim": r["optim"]} for r in runs},
         "configs": {r["name"]: dataclasses.asdict(registry.make_config(r["method"], r["model"])) for r in runs},
