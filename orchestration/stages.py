@@ -134,7 +134,7 @@ def prerequisites(recipe: recipes.Recipe, resolved: dict, run: dict, data, devic
 def shared_stages(run: dict, searched: set[str]) -> list[tuple[str, recipes.ResolvedStage, str]]:
     """``(name, resolved stage, key)`` of every shared prerequisite of the sweep's recipe (the
     recipe as the sweep's fixed values and the method's defaults declare it)."""
-    recipe, resolved = recipes.plan(run["method"], {}, run["fixed"], run["epochs"], run["metric"])
+    recipe, resolved = recipes.plan(run["method"], run.get("plan_hp", {}), run["fixed"], run["epochs"], run["metric"])
     return [(n, resolved[n], recipes.stage_key(recipe, resolved, n, run["data_digest"], run["seed"]))
             for n in recipe.prerequisites() if recipes.is_shared(recipe, n, searched)]
 
@@ -148,7 +148,7 @@ def _build_task(run: dict, name: str, uri: str, key: str, mlflow_run_id: str) ->
     use_cuda = run["gpus_per_worker"] > 0 and torch.cuda.is_available()
     device = torch.device("cuda" if use_cuda else "cpu")
     data = load_data(run, 0, 1)
-    recipe, resolved = recipes.plan(run["method"], {}, run["fixed"], run["epochs"], run["metric"])
+    recipe, resolved = recipes.plan(run["method"], run.get("plan_hp", {}), run["fixed"], run["epochs"], run["metric"])
     rs = resolved[name]
     init = None
     if rs.init:
@@ -208,7 +208,7 @@ def resolve_backbone(value: str, run: dict, ds, client_factory) -> dict:
     """``backbone=`` as a stage reference, checked against the sweep (raises :class:`StageError`)."""
     from grounding.models import registry
 
-    recipe, resolved = recipes.plan(run["method"], {}, run["fixed"], run["epochs"], run["metric"])
+    recipe, resolved = recipes.plan(run["method"], run.get("plan_hp", {}), run["fixed"], run["epochs"], run["metric"])
     if "backbone" not in recipe.prerequisites():
         raise StageError(f"backbone={value}: method {run['method']} (with these settings) trains no backbone "
                          f"stage; allowed only where its recipe has one")
