@@ -93,8 +93,8 @@ Diagnostics. ``forward`` logs, per ACL term, ``acl_<term>_cge_step`` (1 when the
 constraint is violated) and ``acl_<term>_cge_video`` (the fraction of videos); ``neg_shared`` is the
 fraction of negatives sharing an object with their positive. ``epoch_end_logs()`` returns
 ``bank_drift_region``/``bank_drift_frame``: the mean cosine of every bank entry to its value at
-the previous call (call it once at every epoch end; the first call compares with the initial
-entries).
+the previous call (the first call compares with the initial entries); ``engine.train_one_epoch``
+calls it once at the end of every epoch and adds it to the epoch's logs.
 
 Choices where paper and code are silent (stated here):
 
