@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from grounding.losses import log_loss, mil_ranking_loss, symmetric_mil_loss
 from grounding.models import registry
 from grounding.models.base import DataInfo
-from grounding.models.causal import (COMPONENT_INIT, COMPONENTS, LEGACY, Causal, CausalConfig, CausalEnsemble,
+from grounding.models.causal import (COMPONENT_FIELDS, COMPONENT_INIT, COMPONENTS, LEGACY, Causal, CausalConfig, CausalEnsemble,
                                      component_config, ensemble_scores, staged_components)
 from grounding.models.memory import MemoryBank
 from grounding.models.stvg import STVG, STVGConfig
@@ -354,7 +354,14 @@ def test_component_configs_and_staged_members():
                 for c in [component_config(cfg, n)]}
     assert switches == {"backbone": (False, False, False), "spatial": (True, False, False),
                         "temporal": (False, True, False), "deconf": (False, False, True)}
-    assert component_config(cfg, "spatial").intervention == cfg.intervention  # the rest is kept
+    other = cfg.replace(intervention="paper", J=7, W=9, w_spatial=0.1, protocol="joint", bda_form="project")
+    assert component_config(other, "spatial").intervention == "paper" and component_config(other, "spatial").J == 7
+    # a component's config ignores what it does not depend on: one backbone for every trial
+    assert component_config(other, "backbone") == component_config(cfg, "backbone")
+    assert component_config(other.replace(eta=0.1), "backbone") != component_config(cfg, "backbone")
+    assert component_config(other, "temporal").W == 9 and component_config(other, "temporal").J == 100
+    assert component_config(other, "deconf").bda_form == "project" and component_config(other, "deconf").W == 1000
+    assert all(set(f) <= set(CausalConfig.__dataclass_fields__) for f in COMPONENT_FIELDS.values())
     assert COMPONENT_INIT == {"backbone": None, "spatial": "backbone", "temporal": "backbone", "deconf": None}
     assert staged_components(cfg) == ("spatial", "temporal", "deconf")
     assert staged_components(cfg.replace(bda=False)) == ("spatial", "temporal")  # "Baseline + ACL"
