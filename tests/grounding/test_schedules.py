@@ -118,33 +118,31 @@ def test_train_one_epoch_steps_the_schedule_once_per_update_and_clips(td):
     assert all(n <= 0.01 * (1 + 1e-4) for n in norms)
 
 
-def test_the_trial_checkpoint_carries_the_schedule(tmp_path):
-    """orchestration.trial saves the scheduler with the model; a restored run continues the
-    schedule at the update it stopped at instead of restarting the warm-up."""
+def test_the_trial_checkpoint_carries_the_schedule(tmp_path, yc2_tiny):
+    """orchestration.trial saves each stage's scheduler with its model; a restored run continues
+    the schedule at the update it stopped at instead of restarting the warm-up."""
     from ray.train import Checkpoint
 
+    from grounding import recipes, tasks
+    from grounding.data.shards import Dataset
     from orchestration import trial
 
-    cfg = engine.OptimConfig(lr=4e-4, schedule="warmup_rsqrt", warmup_steps=10)
+    td = tasks.load(Dataset.open(yc2_tiny), splits=("train", "val"))
+    fixed = {"embed_dim": 16, "heads": 4, "batch_size": 4, "lr": 4e-4, "schedule": "warmup_rsqrt", "warmup_steps": 50}
+    recipe, stages = recipes.plan("stvg", {}, fixed, 4, "box_micro")
 
     def build():
-        torch.manual_seed(0)
-        model = torch.nn.Linear(3, 1)
-        opt = engine.make_optimizer(model, cfg)
-        return model, opt, engine.make_scheduler(opt, cfg, 5, 4)
+        return recipes.build_group(recipe, stages, td, seed=0, device="cpu", eval_batch_size=16)
 
-    model, opt, sched = build()
-    for _ in range(7):
-        model(torch.ones(2, 3)).sum().backward()
-        opt.step()
-        sched.step()
-    trial._save(model, opt, 1, str(tmp_path), sched)
-    model2, opt2, sched2 = build()
-    assert opt2.param_groups[0]["lr"] == pytest.approx(1e-7)
-    assert trial._restore(Checkpoint.from_directory(str(tmp_path)), model2, opt2, sched2) == 1
-    assert opt2.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"])
-    for s in (opt, opt2):
-        s.step()
-    sched.step()
-    sched2.step()
-    assert opt2.param_groups[0]["lr"] == pytest.approx(1e-7 + 8 * (4e-4 - 1e-7) / 10) == opt.param_groups[0]["lr"]
+    g = build()
+    g.step(td)
+    steps = g.runs["stvg"].scheduler.last_epoch  # updates done in the first epoch
+    assert 0 < steps < 50
+    lr = g.runs["stvg"].optimizer.param_groups[0]["lr"]
+    assert lr == pytest.approx(1e-7 + steps * (4e-4 - 1e-7) / 50)
+    trial._save(g, {}, {"fixed": fixed, "method": "stvg"}, td, str(tmp_path))
+    g2 = build()
+    assert g2.runs["stvg"].optimizer.param_groups[0]["lr"] == pytest.approx(1e-7)
+    assert trial._restore(Checkpoint.from_directory(str(tmp_path)), g2) == 1
+    assert g2.runs["stvg"].optimizer.param_groups[0]["lr"] == pytest.approx(lr)
+    assert g2.runs["stvg"].scheduler.last_epoch == steps
