@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from grounding.losses import log_loss, mil_ranking_loss, symmetric_mil_loss
 from grounding.models import registry
 from grounding.models.base import DataInfo
-from grounding.models.causal import (COMPONENT_FIELDS, COMPONENT_INIT, COMPONENTS, LEGACY, Causal, CausalConfig, CausalEnsemble,
-                                     component_config, ensemble_scores, staged_components)
+from grounding.models.causal import (COMPONENT_FIELDS, COMPONENT_INIT, COMPONENTS, LEGACY, Causal, CausalConfig,
+                                     CausalEnsemble, component_config, ensemble_scores, staged_components)
 from grounding.models.memory import MemoryBank
 from grounding.models.stvg import STVG, STVGConfig
 
@@ -151,7 +151,8 @@ def test_temporal_intervention_semantics(intervention):
     mem = torch.stack([torch.stack([torch.eye(3)[j], -torch.eye(3)[j]]) for j in range(3)])  # [3, N=2, D=3]
     with torch.no_grad():
         model.frame_bank.memory.copy_(mem)
-    R = F.normalize(torch.stack([torch.stack([torch.eye(3)[t] + 0.1, -torch.eye(3)[t]]) for t in range(3)]), dim=-1)[None]
+    frames = [torch.stack([torch.eye(3)[t] + 0.1, -torch.eye(3)[t]]) for t in range(3)]
+    R = F.normalize(torch.stack(frames), dim=-1)[None]
     V = model.visual(R)
     Q = F.normalize(torch.randn(1, 1, 4), dim=-1)
     parts = {"R": R, "V": V, "Q": Q, "Qs": Q[:, 0], "G": torch.tensor([[[0.7, 0.2, 0.1]]]),
