@@ -71,7 +71,8 @@ loss.
 Components for staged training
 ------------------------------
 The authors train separate models and ensemble them (spec §6.1). A component is this class with
-one set of switches; ``component_config(cfg, name)`` returns it (every other field kept):
+one set of switches; ``component_config(cfg, name)`` returns it, with the fields the component
+depends on (``COMPONENT_FIELDS[name]``) from ``cfg`` and every other field at its default:
 
 * ``backbone`` -- ``acl_spatial=acl_temporal=bda=False``: plain MIL, the ``stvg`` model (same
   parameters and state-dict keys; an ``stvg`` checkpoint loads into it). Initialised from scratch.
@@ -93,8 +94,8 @@ Diagnostics. ``forward`` logs, per ACL term, ``acl_<term>_cge_step`` (1 when the
 constraint is violated) and ``acl_<term>_cge_video`` (the fraction of videos); ``neg_shared`` is the
 fraction of negatives sharing an object with their positive. ``epoch_end_logs()`` returns
 ``bank_drift_region``/``bank_drift_frame``: the mean cosine of every bank entry to its value at
-the previous call (call it once at every epoch end; the first call compares with the initial
-entries).
+the previous call (the first call compares with the initial entries); ``engine.train_one_epoch``
+calls it once at the end of every epoch and adds it to the epoch's logs.
 
 Choices where paper and code are silent (stated here):
 
@@ -183,12 +184,27 @@ class CausalConfig(STVGConfig):
         check_choice(self, CHOICES)
 
 
+_COMMON = ("embed_dim", "heads", "dropout", "eta", "negatives", "mil_form")
+_ACL = ("alpha", "acl_scale", "intervention", "style_draw", "acl_queries", "bank_update")
+# The fields each component's training depends on; component_config resets every other one.
+COMPONENT_FIELDS = {
+    "backbone": _COMMON,
+    "spatial": (*_COMMON, "J", "B_r", *_ACL),
+    "temporal": (*_COMMON, "W", "B_f", *_ACL, "frame_norm"),
+    "deconf": (*_COMMON, "bda_form", "fusion_coef", "bda_at_test"),
+}
+
+
 def component_config(cfg: CausalConfig, name: str) -> CausalConfig:
-    """The config of staged component ``name`` (``COMPONENTS``): ``cfg`` with its switches set."""
+    """The config of staged component ``name`` (``COMPONENTS``): its switches set, the fields it
+    depends on (``COMPONENT_FIELDS[name]``) taken from ``cfg``, every other field at its default,
+    so two trials that differ only in what a component ignores (the ensemble weights, another
+    component's bank size, ``protocol``) get the same component config."""
     if name not in _SWITCHES:
         raise KeyError(f"unknown causal component {name!r}; allowed: {', '.join(COMPONENTS)}")
     s, t, b = _SWITCHES[name]
-    return dataclasses.replace(cfg, acl_spatial=s, acl_temporal=t, bda=b)
+    keep = {k: getattr(cfg, k) for k in COMPONENT_FIELDS[name]}
+    return type(cfg)(**keep, acl_spatial=s, acl_temporal=t, bda=b)
 
 
 def staged_components(cfg: CausalConfig) -> tuple[str, ...]:

@@ -15,7 +15,8 @@ momentum updates, computed for all entries at once (``index_add_``; no loop over
 ``[D]`` row (each proposal of a frame entry); ``flat`` normalises the whole flattened entry (the
 authors' frame bank, whose proposals then have norm about ``1/sqrt(N)``). A region entry is the
 same under both. ``drift()`` is the mean cosine of each (flattened) entry to its value at the
-previous call (first call: the initial entries), the per-epoch bank-drift diagnostic. Under
+previous call (first call: the initial entries), the per-epoch bank-drift diagnostic; called
+again without an update in between it repeats its value. Under
 ``torch.distributed`` the sums and counts are all-reduced first, so every rank applies the same
 update and the banks stay identical. They also start identical: each rank draws its initial
 entries from its own share of the training data, so on first use every rank takes rank 0's
@@ -44,6 +45,8 @@ class MemoryBank(nn.Module):
         self.renormalise = renormalise
         self.norm = norm
         self._synced = False
+        self._updated = False  # since the last drift()
+        self._last_drift: float | None = None
 
     @property
     def num(self) -> int:
@@ -91,14 +94,20 @@ class MemoryBank(nn.Module):
             hit = counts > 0
             mean = self.normalise(sums[hit] / counts[hit, None])
             mem[hit] = self.normalise(self.alpha * mem[hit] + (1 - self.alpha) * mean)
+        self._updated = True
 
     @torch.no_grad()
     def drift(self) -> float:
-        """Mean cosine of each flattened entry to its value at the previous call; resets the mark."""
+        """Mean cosine of each flattened entry to its value at the previous call; resets the mark.
+        A repeated call with no update in between returns the same value again (so two callers at
+        one epoch end both see that epoch's drift)."""
         self._sync_once()
+        if not self._updated and self._last_drift is not None:
+            return self._last_drift
         cos = F.cosine_similarity(self.memory.view(self.num, -1), self.snapshot.view(self.num, -1), dim=-1)
         self.snapshot.copy_(self.memory)
-        return float(cos.mean())
+        self._updated, self._last_drift = False, float(cos.mean())
+        return self._last_drift
 
     @torch.no_grad()
     def nearest(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,3 +127,4 @@ class MemoryBank(nn.Module):
         if self.renormalise:
             new = self.normalise(new)
         mem[hit] = new
+        self._updated = True

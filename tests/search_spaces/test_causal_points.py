@@ -25,7 +25,7 @@ def test_paper_then_code_point():
     paper, code = points
     assert paper["lr"] == 1e-4 and code["lr"] == 8e-4
     assert {k: v for k, v in paper.items() if k != "lr"} == {k: v for k, v in code.items() if k != "lr"}
-    assert (paper["J"], paper["W"], paper["B_r"], paper["B_f"], paper["alpha"], paper["eta"]) == (100, 1000, 10, 1, 0.9, 0.2)
+    assert tuple(paper[k] for k in ("J", "W", "B_r", "B_f", "alpha", "eta")) == (100, 1000, 10, 1, 0.9, 0.2)
     assert (paper["w_spatial"], paper["w_temporal"], paper["w_deconf"]) == (0.5, 0.5, 1.0)
     for point in points:
         assert all(space[k].contains(v) for k, v in point.items())
