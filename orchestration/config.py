@@ -273,7 +273,8 @@ def help_text(method: str | None = None) -> str:
         space = mod.space({"T": 5, "N": 20, "L": 64})
         for name, f in registry.config_fields(method).items():
             rng = space.get(name)
-            lines.append(f"  model.{name:<16} {f.default!s:<10} {_describe(rng):<36} {fixed.get(name, '')}")
+            lines.append(f"  model.{name:<16} {f.default!s:<10} {_describe(rng):<36} {fixed.get(name, '')}"
+                         + (f"  {f.metadata['help']}" if "help" in f.metadata else ""))
         for name in OPTIM_KEYS:
             rng = space.get(name)
             lines.append(f"  optim.{name:<16} {getattr(OptimConfig(), name)!s:<10} {_describe(rng):<36} {fixed.get(name, '')}")
