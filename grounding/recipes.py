@@ -293,8 +293,6 @@ class StageRun:
     def train_epoch(self, data, amp: bool = False) -> dict[str, float]:
         logs = engine.train_one_epoch(self.net, self.optimizer, data["train"], self.rs.optim, self.epoch,
                                       self.seed, self.device, amp=amp, scheduler=self.scheduler)
-        if hasattr(self.model, "epoch_end_logs"):  # per-epoch diagnostics a model offers (e.g. bank drift)
-            logs.update(self.model.epoch_end_logs())
         self.epoch += 1
         return logs
 

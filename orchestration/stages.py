@@ -177,6 +177,8 @@ def ensure_shared(run: dict, searched: set[str], exp_path: str, client, exp_id: 
     shared = dict(run.get("shared") or {})
     for name, rs, key in shared_stages(run, searched):
         if name in shared:  # given on the command line (backbone=)
+            log(f"stage {name}: given, {shared[name]['uri']} (sha256 {shared[name]['sha256'][:12]})")
+            _link(client, exp_id, parent, name, shared[name].get("run_id", ""), shared[name]["uri"])
             continue
         uri = stage_uri(exp_path, name, key)
         man = read_manifest(uri)
@@ -196,9 +198,18 @@ def ensure_shared(run: dict, searched: set[str], exp_path: str, client, exp_id: 
             log(f"stage {name}: built in {time.time() - t0:.0f}s, selected epoch {man['selected_epoch']} "
                 f"(val/{run['metric']}={man['val'].get(run['metric'], float('nan')):.4f}), sha256 {man['sha256'][:12]}")
         shared[name] = {"uri": uri, "key": key, "explicit": False, "sha256": man["sha256"]}
-        client.set_tag(parent, f"stage.{name}.run_id", man.get("mlflow_run_id", ""))
-        client.set_tag(parent, f"stage.{name}.uri", uri)
+        _link(client, exp_id, parent, name, man.get("mlflow_run_id", ""), uri)
     return shared
+
+
+def _link(client, exp_id: str, parent: str, name: str, run_id: str, uri: str) -> None:
+    """Tags on the sweep's parent run, and a line in its description, pointing at the stage."""
+    client.set_tag(parent, f"stage.{name}.run_id", run_id)
+    client.set_tag(parent, f"stage.{name}.uri", uri)
+    note = client.get_run(parent).data.tags.get("mlflow.note.content", "")
+    line = f"Shared stage `{name}`: [its MLflow run](#/experiments/{exp_id}/runs/{run_id}), stored at `{uri}`."
+    if run_id and line not in note:
+        client.set_tag(parent, "mlflow.note.content", f"{note}\n\n{line}" if note else line)
 
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -243,7 +254,8 @@ def resolve_backbone(value: str, run: dict, ds, client_factory) -> dict:
         dims = ", ".join(f"{p}={man['params'][p]}" for p in ("embed_dim", "heads") if p in man["params"])
         raise StageError(f"backbone={value}: parameter {k} has shape {man['shapes'].get(k)}, this sweep's backbone "
                          f"needs {want.get(k)} (the given one has {dims or 'other dims'})")
-    return {"uri": uri, "key": man["key"], "explicit": True, "sha256": man["sha256"]}
+    return {"uri": uri, "key": man["key"], "explicit": True, "sha256": man["sha256"],
+            "run_id": man.get("mlflow_run_id", "")}
 
 
 # ------------------------------------------------------------------------------------ MLflow

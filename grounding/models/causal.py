@@ -519,3 +519,48 @@ class Causal(STVG):
         if self.cfg.acl_temporal:
             out["bank_drift_frame"] = self.frame_bank.drift()
         return out
+
+    # ------------------------------------------------------------------ recipe
+    @classmethod
+    def recipe(cls, params: dict):
+        """``protocol=staged``: the authors' training as a :mod:`grounding.recipes` recipe (the
+        "Components for staged training" above); ``protocol=joint``: None, the one-stage recipe.
+
+        The backbone takes no searched hyperparameter (``takes=()``), so a sweep trains it once
+        and every trial's spatial/temporal components start from its selected checkpoint; it
+        trains with the optimiser of the authors' code (``BACKBONE_OPTIM``). Every component keeps
+        its own best-validation epoch by the sum of the four val accuracies (as C does); the
+        predictor is ``sum_c w_c sigmoid(S_c)`` over ``staged_components`` (``ensemble_scores``).
+        """
+        from ..recipes import Recipe, Stage, sigmoid_ensemble
+
+        cfg = cls.Config(**params)
+        if cfg.protocol != "staged":
+            return None
+        members = staged_components(cfg)
+        select = ("box_macro", "box_micro", "query_macro", "query_micro")
+
+        def switches(name):
+            s, t, b = _SWITCHES[name]
+            return {"acl_spatial": s, "acl_temporal": t, "bda": b}
+
+        stages = []
+        if members == ("backbone",) or any(COMPONENT_INIT[m] == "backbone" for m in members):
+            backbone_is_output = members == ("backbone",)
+            stages.append(Stage("backbone", "causal", model=switches("backbone"), select=select,
+                                optim={} if backbone_is_output else BACKBONE_OPTIM,
+                                takes=None if backbone_is_output else ()))
+        for m in members:
+            if m != "backbone":
+                stages.append(Stage(m, "causal", model=switches(m), init=COMPONENT_INIT[m], select=select))
+        if members == ("backbone",):
+            return Recipe(stages=tuple(stages))
+        weights = {m: getattr(cfg, _WEIGHT[m]) for m in members}
+        return Recipe(stages=tuple(stages), output=members, combine=sigmoid_ensemble(weights))
+
+
+# The backbone's optimiser in the authors' code (train.py): Adam lr 8e-4, weight decay 1e-4, batch 48,
+# StepLR x0.1 every 40 epochs, gradient-norm clip 10 (the paper says lr 1e-4; pass backbone= to use
+# another backbone).
+BACKBONE_OPTIM = {"lr": 8e-4, "weight_decay": 1e-4, "batch_size": 48, "grad_clip": 10.0, "schedule": "step",
+                  "step_epochs": 40, "step_gamma": 0.1}

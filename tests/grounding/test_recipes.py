@@ -147,3 +147,34 @@ def test_init_from_another_architecture_is_refused(td):
     other = registry.build("stvg", {"embed_dim": 16, "heads": 4}, td.info)
     with pytest.raises(ValueError, match="does not fit"):
         recipes.load_matching(other, small)
+
+
+def test_causal_staged_recipe_is_the_authors_procedure():
+    from grounding.models import causal
+
+    r, st = recipes.plan("causal", {"lr": 2e-4, "J": 50, "w_deconf": 0.7}, {"embed_dim": 32, "heads": 4}, 3,
+                         "box_micro")
+    assert [s.name for s in r.stages] == ["backbone", "spatial", "temporal", "deconf"]
+    assert r.outputs == ("spatial", "temporal", "deconf") and r.prerequisites() == ["backbone"]
+    assert {n: st[n].init for n in st} == {"backbone": None, "spatial": "backbone", "temporal": "backbone",
+                                           "deconf": None}
+    switches = {n: (st[n].params["acl_spatial"], st[n].params["acl_temporal"], st[n].params["bda"]) for n in st}
+    assert switches == {"backbone": (False, False, False), "spatial": (True, False, False),
+                        "temporal": (False, True, False), "deconf": (False, False, True)}
+    # the backbone sees no searched value: the code's optimiser, the config's defaults
+    assert recipes.is_shared(r, "backbone", {"lr", "J", "w_deconf"})
+    assert st["backbone"].optim.lr == causal.BACKBONE_OPTIM["lr"] and st["backbone"].optim.grad_clip == 10.0
+    assert st["spatial"].optim.lr == 2e-4 and st["spatial"].params["J"] == 50
+    assert all(st[n].select == ("box_macro", "box_micro", "query_macro", "query_micro") for n in st)
+    # the combination is the model file's ensemble score
+    scores = {n: torch.randn(2, 3, 5, 4) for n in r.outputs}
+    cfg = causal.CausalConfig(w_deconf=0.7)
+    assert torch.allclose(r.combine(scores), causal.ensemble_scores(scores, cfg))
+    # ablation rows: fewer members; every term off is the backbone alone; joint is one model
+    assert recipes.plan("causal", {}, {"acl_spatial": False}, 3, "box_micro")[0].outputs == ("temporal", "deconf")
+    assert recipes.plan("causal", {}, {"acl_spatial": False, "acl_temporal": False}, 3, "box_micro")[0] \
+        .prerequisites() == []
+    alone, _ = recipes.plan("causal", {}, {"acl_spatial": False, "acl_temporal": False, "bda": False}, 3, "box_micro")
+    assert alone.outputs == ("backbone",) and alone.combine is None
+    joint, _ = recipes.plan("causal", {}, {"protocol": "joint"}, 3, "box_micro")
+    assert joint.trivial and joint.outputs == ("causal",)
