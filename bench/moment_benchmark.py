@@ -72,7 +72,7 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, dict]:
     out = {}
     for k in runs[0]:
         v = np.array([r[k] for r in runs], dtype=np.float64)
-        out[k] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+        out[k] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}
     return out
 
 
@@ -229,6 +229,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "moment_benchmark.json"))
     ap.add_argument("--resume-partial", action="store_true",
                     help="reuse the finished trainings of <out>.partial.jsonl and run only the rest")
+    ap.add_argument("--summarise-only", action="store_true",
+                    help="train nothing: summarise the finished trainings of <out>.partial.jsonl")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -251,11 +253,13 @@ def main(argv=None) -> int:
               for sp in SPLITS}
     jobs = [(g, seed) for seed in args.seeds for g in groups]  # seed-major: a partial run holds whole seeds
     partial = Path(args.out + ".partial.jsonl")
-    if args.resume_partial and partial.exists():
+    if (args.resume_partial or args.summarise_only) and partial.exists():
         done = [d for d in map(json.loads, filter(str.strip, partial.read_text().splitlines()))
                 if d["seed"] in args.seeds and d["run"] in {r["name"] for r in runs}]
         finished = {(d["run"], d["seed"]) for d in done}
         jobs = [(g, s) for g, s in jobs if not all((n, s) in finished for n in g["evals"])]
+        if args.summarise_only:
+            jobs = []
         print(f"{len(done)} results read from {partial}; {len(jobs)} trainings left", flush=True)
     else:
         done = []

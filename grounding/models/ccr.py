@@ -79,8 +79,11 @@ Choices where both references are silent or where this project departs (exposed 
 * The separate side heads are initialised as copies of ``pi`` (the code deep-copies ``pi`` at
   construction); the ``V x V`` layers get torch's default initialisation, as in the code. The
   side CE is taken on the valid words only (the same loss, less work at ``V = 1147``).
-* ``score=paper``: the KL is taken at ``k*`` only (Eq. 16 sums it over the four kinds; with
-  ``mu`` the only parameter it moves, that is a change of its step size, which Adam removes).
+* ``score=paper``: the KL is taken at ``k*`` only (Eq. 16 sums it over the four kinds, whose
+  targets ``q*`` differ); kept as before the options existed.
+* CPL's own terms on ``phi`` stay in the loss under every option, as in the code (the paper's
+  Eq. 15 lists only ``ell_c``, ``ell_q`` and ``ell_div``; "embedded in CPL" is read as keeping
+  CPL's objective).
 * ``psi`` depends on the query only, so every kind shares one ``psi`` unless the heads are
   separate, and the reference uses the same ``q_c`` as every proposal.
 * The hard negatives are decoded at ``k*`` only (as in :mod:`cpl`); the code scores all ``K``

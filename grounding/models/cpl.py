@@ -43,7 +43,12 @@ Equations.
 Published values (Charades-STA config of the authors' code): ``K = 8``, ``sigma = 9``,
 ``gamma = 0.5``, ``alpha_p`` (their ``margin_1``, beta_1 in the paper) ``= 0.1``, ``alpha_n``
 (``margin_2``, beta_2) ``= 0.15``, ``lambda = 0.146``, ``div_weight = 5``, ``ivc_weight = 1``,
-``mask_ratio = 1/3``, label smoothing 0.1, dropout 0.1, Adam ``lr = 4e-4``, batch 32.
+``mask_ratio = 1/3``, label smoothing 0.1, dropout 0.1, Adam ``lr = 4e-4``, batch 32; the
+authors' runner warms the rate up linearly from 1e-7 over 400 updates, then decays it as
+``lr sqrt(400 / step)`` (fairseq ``inverse_sqrt``), and clips the gradient norm at 10: the
+engine's ``optim.schedule=warmup_rsqrt``, which ``search_spaces/cpl.py`` fixes for the sweep.
+Both reference runners pick their checkpoint on the test split; the project never does
+(``bench/moment_benchmark.py`` reports the last and the best-validation epoch).
 
 Choices where the paper is silent, or made for this project (all exposed unless stated):
 
