@@ -13,9 +13,8 @@ import pyarrow as pa
 SCHEMA_VERSION = 1
 
 # ``tube`` is spatio-temporal video grounding (a segment plus one box per frame; WINNER, VCMA).
-# ``stvg`` is the legacy per-sentence tube layout the VidSTG converter wrote before ``tube``;
-# the *method* ``stvg`` (the WSVOG MIL baseline) is unrelated to either.
-TASKS = ("wsvog", "tube", "stvg", "moment")
+# It was called ``stvg`` before; the *method* ``stvg`` (the WSVOG MIL baseline) is unrelated.
+TASKS = ("wsvog", "tube", "moment")
 FEATURE_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
 
 # Required dims per task family.
@@ -23,7 +22,6 @@ TASK_DIMS = {
     "wsvog": ("T", "N", "D"),  # frames, proposals per frame, feature size
     "tube": ("T", "N", "Df", "Dr", "L", "R", "P", "M"),  # frames, proposals, frame/region feature
     # sizes, tokens per sentence, relations per sentence, words per predicate, linked tubes
-    "stvg": ("T", "N", "D"),
     "moment": ("L", "D"),  # clips, feature size
 }
 
@@ -52,27 +50,6 @@ def wsvog_schema(T: int, N: int, D: int, feature_dtype: str = "float16") -> pa.S
             pa.field("gt_class", pa.list_(pa.int16()), nullable=False),
             pa.field("gt_boxes", pa.list_(pa.float32()), nullable=False),
             pa.field("gt_valid", pa.list_(pa.bool_()), nullable=False),
-            pa.field("frame_width", pa.int16(), nullable=False),
-            pa.field("frame_height", pa.int16(), nullable=False),
-        ]
-    )
-
-
-def stvg_schema(T: int, N: int, D: int, feature_dtype: str = "float16") -> pa.Schema:
-    """Spatio-temporal video grounding: one tube per sentence.
-
-    ``tube`` holds T boxes, ``tube_valid`` T flags (the temporal extent of the tube).
-    """
-    ft = FEATURE_DTYPES[feature_dtype]
-    return pa.schema(
-        [
-            pa.field("segment_id", pa.string(), nullable=False),
-            pa.field("video_id", pa.string(), nullable=False),
-            pa.field("sentence", pa.string(), nullable=False),
-            pa.field("features", _fixed(ft, T * N * D), nullable=False),
-            pa.field("proposals", _fixed(pa.float32(), T * N * 4), nullable=False),
-            pa.field("tube", _fixed(pa.float32(), T * 4), nullable=False),
-            pa.field("tube_valid", _fixed(pa.bool_(), T), nullable=False),
             pa.field("frame_width", pa.int16(), nullable=False),
             pa.field("frame_height", pa.int16(), nullable=False),
         ]
@@ -162,7 +139,7 @@ def schema_for(task: str, dims: dict, feature_dtype: str) -> pa.Schema:
     if missing:
         raise ValueError(f"{task} dims need {', '.join(TASK_DIMS[task])}; missing {', '.join(missing)}")
     args = [int(dims[k]) for k in TASK_DIMS[task]]
-    return {"wsvog": wsvog_schema, "tube": tube_schema, "stvg": stvg_schema, "moment": moment_schema}[task](
+    return {"wsvog": wsvog_schema, "tube": tube_schema, "moment": moment_schema}[task](
         *args, feature_dtype=feature_dtype
     )
 

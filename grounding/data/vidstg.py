@@ -41,13 +41,15 @@ What a video looks like (every knob is a field of :class:`VidSTGConfig`, default
   every object. The slots are shuffled per frame (linking is needed to follow an object).
 * Region features: an object's proposal carries ``sqrt(IoU) * signal * exp(signal_jitter * z) *
   proto_category`` [1.0, 0.3] plus an identity vector of the object (norm ``identity`` [0.5], what
-  the linking's cosine follows), and, for the relation's subject and object inside the GT span,
-  ``relation * sqrt(IoU) * proto_predicate`` [0.8]. Every proposal carries the video's scene style
-  (weight ``style_strength`` [0.8] for objects, 1 for background) and isotropic noise of norm
+  the linking's cosine follows), and, for the relation's subject and object,
+  ``relation * sqrt(IoU) * profile_t * proto_predicate`` [0.8] with the relation's profile over
+  frames ``profile_t`` = 1 inside the GT span, ``relation_leak`` [0.3] outside it where subject and
+  object are both visible (they are around each other), 0 elsewhere. Every proposal carries the video's scene style, a unit
+  vector times ``scene_strength`` [1.0] (times ``style_strength`` [0.8] for objects, 1 for background) and isotropic noise of norm
   ``feature_noise`` [0.8].
-* Frame features: the scene style, ``frame_object`` [0.3] times the mean prototype of the visible
-  objects, ``frame_relation`` [1.0] times the predicate's prototype inside the GT span, and noise
-  of norm ``feature_noise``.
+* Frame features: the scene style (times ``scene_strength``), ``frame_object`` [0.3] times the mean prototype of the visible
+  objects, ``frame_relation`` [1.0] times ``profile_t`` times the predicate's prototype, and noise of
+  norm ``feature_noise``.
 * Tubes: ``M = N`` tubes per video linked by VCMA Eq. 4 (:func:`grounding.data.tube.link_tubes`,
   ``alpha`` [0.5]) on the planted region features and boxes.
 
@@ -136,7 +138,9 @@ class VidSTGConfig:
     relation: float = 0.8
     frame_object: float = 0.3
     frame_relation: float = 1.0
+    relation_leak: float = 0.3
     style_strength: float = 0.8
+    scene_strength: float = 1.0
     feature_noise: float = 0.8
     styles: int = 32
     ood_styles: int = 32
@@ -157,8 +161,8 @@ class VidSTGConfig:
             (0 < self.val_fraction < 1, "val_fraction must be in (0, 1)"),
             (self.styles >= 1 and self.ood_styles >= 1, "styles and ood_styles must be >= 1"),
             (min(self.class_noise, self.word_noise, self.motion, self.signal, self.signal_jitter, self.identity,
-                 self.relation, self.frame_object, self.frame_relation, self.style_strength, self.feature_noise,
-                 self.alpha) >= 0, "noise levels and strengths must be >= 0"),
+                 self.relation, self.relation_leak, self.frame_object, self.frame_relation, self.style_strength,
+                 self.scene_strength, self.feature_noise, self.alpha) >= 0, "noise levels and strengths must be >= 0"),
             (self.heldout_classes >= 0, "heldout_classes must be >= 0"),
             (self.limit is None or self.limit >= 1, "limit must be >= 1 or None"),
         ]
@@ -462,18 +466,21 @@ def render_item(cfg: VidSTGConfig, world: World, ann: VidSTGAnnotations, it: dic
     amp = cfg.signal * np.exp(cfg.signal_jitter * rng.standard_normal(len(r_t)))
     reg = np.zeros((T, N, cfg.Dr))
     feat = (s * amp)[:, None] * world.cls_r[obj_cls[r_o]] + (s * cfg.identity)[:, None] * ident_r[r_o]
-    in_rel = (r_o < n_core) & gmask[r_t]
-    feat += (cfg.relation * s * in_rel)[:, None] * world.pred_r[pred_id]
+    # the relation's profile over frames: 1 inside the GT span, relation_leak where the subject and
+    # the object are both visible outside it (they are around each other), 0 elsewhere
+    together = visible[:n_core].all(0)
+    rel_prof = np.where(gmask, 1.0, np.where(together, cfg.relation_leak, 0.0))
+    feat += (cfg.relation * s * (r_o < n_core) * rel_prof[r_t])[:, None] * world.pred_r[pred_id]
     reg[r_t, slot] = feat
     objw = np.zeros((T, N))
     objw[r_t, slot] = 1
     sr, sf = (world.ood_styles_r, world.ood_styles_f) if ood else (world.styles_r, world.styles_f)
     st_r, st_f = sr[style % len(sr)], sf[style % len(sf)]
-    reg += np.where(objw > 0, cfg.style_strength, 1.0)[..., None] * st_r
+    reg += cfg.scene_strength * np.where(objw > 0, cfg.style_strength, 1.0)[..., None] * st_r
     reg += rng.standard_normal(reg.shape) * (cfg.feature_noise / math.sqrt(cfg.Dr))
     nvis = visible.sum(0)
     frame_obj = (visible.T.astype(np.float64) @ world.cls_f[obj_cls]) / np.maximum(nvis, 1)[:, None]
-    frame = st_f + cfg.frame_object * frame_obj + cfg.frame_relation * gmask[:, None] * world.pred_f[pred_id]
+    frame = cfg.scene_strength * st_f + cfg.frame_object * frame_obj + cfg.frame_relation * rel_prof[:, None] * world.pred_f[pred_id]
     frame = frame + rng.standard_normal(frame.shape) * (cfg.feature_noise / math.sqrt(cfg.Df))
     reg[~fvalid] = 0
     frame[~fvalid] = 0

@@ -36,6 +36,8 @@ Baseline rows (``update_mode``):
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -74,6 +76,12 @@ def sample_viou(segment, proposal, boxes, gt_boxes, gt_box_valid, frame_valid):
     iou = box_iou(chosen, torch.as_tensor(gt_boxes, dtype=torch.float64))
     inter, union = pred & gt, (pred | gt).sum(1).clamp(min=1).double()
     return (iou * inter).sum(1) / union, inter.sum(1).double() / union
+
+
+@functools.lru_cache(maxsize=None)
+def _segments(Tv: int) -> np.ndarray:
+    """``[Tv (Tv + 1) / 2, 2]`` every half-open segment ``[s, e)`` of ``Tv`` frames."""
+    return np.array([(a, z) for z in range(1, Tv + 1) for a in range(z)], np.int64)
 
 
 class TubeMetrics:
@@ -116,8 +124,6 @@ class TubeMetrics:
         c_iou = np.concatenate([np.zeros((B, 1)), np.cumsum(mean_iou, 1)], 1)  # [B, T+1]
         c_g = np.concatenate([np.zeros((B, 1)), np.cumsum(g, 1)], 1)
         n_g = g.sum(1)
-        s = np.arange(T + 1)[:, None]
-        e = np.arange(T + 1)[None, :]
         viou = np.zeros(B)
         tiou = np.zeros(B)
         for b in range(B):
@@ -125,10 +131,9 @@ class TubeMetrics:
             if Tv == 0:
                 continue
             if mode == "whole_video":
-                pairs = (np.array([0]), np.array([Tv]))
+                ss, ee = np.array([0]), np.array([Tv])
             else:
-                pairs = np.nonzero((s < e) & (e <= Tv))
-            ss, ee = pairs
+                ss, ee = _segments(Tv).T
             inter_iou = c_iou[b, ee] - c_iou[b, ss]
             inter_n = c_g[b, ee] - c_g[b, ss]
             union = np.maximum((ee - ss) + n_g[b] - inter_n, 1)
@@ -153,8 +158,8 @@ class TubeMetrics:
             if mode == "whole_video":
                 ss, ee = np.zeros(K, np.int64), np.full(K, Tv)
             else:  # uniform over the Tv(Tv+1)/2 segments
-                pick = rng.integers(0, Tv * (Tv + 1) // 2, K)
-                allpairs = np.array([(a, z) for z in range(1, Tv + 1) for a in range(z)])
+                allpairs = _segments(Tv)
+                pick = rng.integers(0, len(allpairs), K)
                 ss, ee = allpairs[pick, 0], allpairs[pick, 1]
             props = rng.integers(0, N, (K, T))
             pred = (t[None] >= ss[:, None]) & (t[None] < ee[:, None]) & (t[None] < Tv)
