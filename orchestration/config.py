@@ -290,7 +290,7 @@ def help_text(method: str | None = None) -> str:
 def _describe(param) -> str:
     if param is None:
         return "-"
-    d = {k: v for k, v in dataclasses.asdict(param).items() if k != "when" and v not in (False,)}
+    d = {k: v for k, v in dataclasses.asdict(param).items() if k != "when" and v is not False}
     when = f" if {param.when}" if param.when else ""
     return f"{type(param).__name__}({', '.join(f'{v}' for v in d.values())}){when}"
 
