@@ -352,9 +352,11 @@ class Winner(GroundingModel):
         self.root = nn.Parameter(torch.randn(D))
         self.tube_proj = nn.Linear(Dr, D)
         self.rec_proj = nn.Linear(Dw, D, bias=False)
-        self.frame_proj = nn.Sequential(nn.Linear(Df, D), nn.LayerNorm(D))
+        # built only where used, so that every parameter gets a gradient (DDP)
+        if cfg.temporal == "tl1":
+            self.frame_proj = nn.Sequential(nn.Linear(Df, D), nn.LayerNorm(D))
         self.att_drop = nn.Dropout(cfg.att_dropout)
-        if cfg.learn_alpha_beta:
+        if cfg.learn_alpha_beta and cfg.svhu:
             self.alpha = nn.Parameter(torch.tensor(float(cfg.alpha)))
             self.beta = nn.Parameter(torch.tensor(float(cfg.beta)))
         else:

@@ -352,3 +352,14 @@ def test_bad_options_name_what_is_allowed():
         WinnerConfig(temporal="cpl")
     with pytest.raises(ValueError, match="delta"):
         WinnerConfig(delta=2.0)
+
+
+@pytest.mark.parametrize("kw", [{}, {"temporal": "full"}, {"temporal": "oracle"}, {"svhu": False, "learn_alpha_beta": True},
+                                {"learn_alpha_beta": True, "share_inside_outside": False}, {"linking": "greedy"}])
+def test_every_parameter_gets_a_gradient(kw):
+    """What DDP needs: no parameter is left out of the graph in any configuration."""
+    m = model(**kw).train()
+    loss, _ = m(make_batch(B=3, lengths=[6, 4, 2]))
+    loss.backward()
+    missing = [n for n, p in m.named_parameters() if p.grad is None]
+    assert not missing
