@@ -472,11 +472,11 @@ class Winner(GroundingModel):
         clip_sum = P[:, ce + 1] - P[:, cs]  # [B, K, D]
         h = l2norm(clip_sum)
         clip_ok = ce[None] < nf[:, None]  # [B, K] (valid frames are a prefix)
-        sig = torch.einsum("bkd,ad->abk", h, q).masked_fill(~clip_ok[None], NEG)  # [B_s, B_v, K]
-        own = sig.diagonal(dim1=0, dim2=1).transpose(0, 1)  # [B, K]
+        own = torch.einsum("bkd,bd->bk", h, q).masked_fill(~clip_ok, NEG)  # [B, K]: sigma(V, S)
         best = own.argmax(-1)
         if not self.training:
             return cs[best], ce[best], None
+        sig = torch.einsum("bkd,ad->abk", h, q).masked_fill(~clip_ok[None], NEG)  # [B_s, B_v, K]
         sig_star = sig.max(-1).values  # [B_s, B_v]
         logits = (sig_star / self.cfg.tau_t).masked_fill(same & ~torch.eye(B, dtype=torch.bool, device=q.device), NEG)
         inter = F.cross_entropy(logits, torch.arange(B, device=q.device))
