@@ -130,15 +130,17 @@ def link_tubes(feats: np.ndarray, boxes: np.ndarray, frame_valid: np.ndarray | N
     v = v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-8)
     b = boxes[frames].astype(np.float64)
     Tv = len(frames)
-    links = [v[t] @ v[t + 1].T + alpha * box_iou(b[t][:, None], b[t + 1][None]) for t in range(Tv - 1)]
+    links = np.einsum("tid,tjd->tij", v[:-1], v[1:]) + alpha * box_iou(b[:-1, :, None], b[1:, None])
     used = np.zeros((Tv, N), bool)
+    cols = np.arange(N)
     for k in range(min(M, N)):
         score = np.where(used[0], -np.inf, 0.0)
         back = np.zeros((Tv, N), np.int64)
         for t in range(1, Tv):
             cand = score[:, None] + links[t - 1]  # [from, to]
-            back[t] = np.argmax(cand, axis=0)
-            score = np.where(used[t], -np.inf, cand[back[t], np.arange(N)])
+            back[t] = cand.argmax(0)
+            score = cand[back[t], cols]
+            score[used[t]] = -np.inf
         j = int(np.argmax(score))
         path = np.empty(Tv, np.int64)
         for t in range(Tv - 1, -1, -1):

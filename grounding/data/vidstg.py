@@ -85,6 +85,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -207,9 +208,17 @@ class VidSTGAnnotations:
         digests = {f: file_digest(folder / f) for f in SOURCE_FILES}
         return cls(items, categories, predicates, words, counts, vectors, sources, digests)
 
-    @property
+    @functools.cached_property
     def w2id(self) -> dict[str, int]:
         return {w: i for i, w in enumerate(self.words)}
+
+    @functools.cached_property
+    def cat_id(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.categories)}
+
+    @functools.cached_property
+    def lexicon(self) -> frozenset[str]:
+        return noun_lexicon(self.categories)
 
     def class_vectors(self) -> np.ndarray:
         w2id = self.w2id
@@ -312,24 +321,28 @@ def gt_on_grid(fids: np.ndarray, valid: np.ndarray, begin: int, end: int) -> np.
     return g
 
 
-def trajectory(rng: np.random.Generator, T: int, motion: float) -> np.ndarray:
-    """``[T, 4]`` normalised smooth box track."""
-    w, h = rng.uniform(0.12, 0.4), rng.uniform(0.2, 0.6)
-    c = np.array([rng.uniform(w / 2, 1 - w / 2), rng.uniform(h / 2, 1 - h / 2)])
-    v = rng.normal(0, 2 * motion, 2)
-    out = np.empty((T, 4))
-    size = np.array([w, h])
+def _fold(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Reflect ``x`` into ``[lo, hi]`` (a path bouncing off the borders)."""
+    span = np.maximum(hi - lo, 1e-9)
+    y = np.mod(x - lo, 2 * span)
+    return lo + np.where(y > span, 2 * span - y, y)
+
+
+def trajectories(rng: np.random.Generator, O: int, T: int, motion: float) -> np.ndarray:
+    """``[O, T, 4]`` normalised smooth box tracks: size ``U(0.12, 0.4) x U(0.2, 0.6)`` drifting by
+    2% per frame, centre driven by a velocity ``v_t = 0.9 v_{t-1} + N(0, motion)``, reflected at the
+    frame border."""
+    size0 = np.stack([rng.uniform(0.12, 0.4, O), rng.uniform(0.2, 0.6, O)], 1)  # [O, 2]
+    size = np.clip(size0[:, None] * np.exp(np.cumsum(rng.normal(0, 0.02, (O, T, 2)), 1)), 0.05, 0.9)
+    c0 = rng.uniform(0, 1, (O, 2)) * (1 - size0) + size0 / 2
+    v = np.empty((O, T, 2))
+    acc = rng.normal(0, 2 * motion, (O, 2))
+    noise = rng.normal(0, motion, (O, T, 2))
     for t in range(T):
-        v = 0.9 * v + rng.normal(0, motion, 2)
-        c = c + v
-        for k in range(2):  # reflect at the border
-            lo, hi = size[k] / 2, 1 - size[k] / 2
-            if c[k] < lo or c[k] > hi:
-                v[k] = -v[k]
-                c[k] = np.clip(c[k], lo, hi)
-        size = np.clip(size * np.exp(rng.normal(0, 0.02, 2)), 0.05, 0.9)
-        out[t] = [c[0] - size[0] / 2, c[1] - size[1] / 2, c[0] + size[0] / 2, c[1] + size[1] / 2]
-    return np.clip(out, 0, 1)
+        acc = 0.9 * acc + noise[:, t]
+        v[:, t] = acc
+    c = _fold(c0[:, None] + np.cumsum(v, 1), size / 2, 1 - size / 2)
+    return np.clip(np.concatenate([c - size / 2, c + size / 2], -1), 0, 1)
 
 
 def scaled(box: np.ndarray, iou: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -340,11 +353,9 @@ def scaled(box: np.ndarray, iou: np.ndarray, rng: np.random.Generator) -> np.nda
     area = np.where(rng.random(len(box)) < 0.5, 1 / iou, iou)
     aspect = np.exp(rng.uniform(-0.5, 0.5, len(box)) * np.abs(np.log(area)))  # sx/sy
     sx = np.sqrt(area * aspect)
+    small = area < 1  # a shrunk box must fit inside: sx, sy <= 1
+    sx = np.where(small, np.clip(sx, area, 1), sx)
     sy = area / sx
-    if (area < 1).any():  # a shrunk box must fit inside: sx, sy <= 1
-        small = area < 1
-        sx[small] = np.clip(sx[small], area[small], 1)
-        sy[small] = area[small] / sx[small]
     return np.clip(np.stack([cx - sx * w / 2, cy - sy * h / 2, cx + sx * w / 2, cy + sy * h / 2], 1), 0, 1)
 
 
@@ -360,24 +371,24 @@ def shifted(box: np.ndarray, iou: np.ndarray, rng: np.random.Generator) -> np.nd
     return np.clip(out, 0, 1)
 
 
-def background(rng: np.random.Generator, k: int, objects: np.ndarray) -> np.ndarray:
-    """``k`` random boxes with IoU < 0.3 to each of ``objects [m, 4]`` (small corner boxes if crowded)."""
-    cand = rng.uniform(0, 1, (8 * k + 8, 4))
-    wh = np.stack([rng.uniform(0.08, 0.45, len(cand)), rng.uniform(0.1, 0.5, len(cand))], 1)
-    xy = cand[:, :2] * (1 - wh)
-    cand = np.concatenate([xy, xy + wh], 1)
-    if len(objects):
-        cand = cand[box_iou(cand[:, None], objects[None]).max(1) < 0.3]
-    out = np.zeros((k, 4))
-    out[:, 2:] = 0.02
-    out[: min(k, len(cand))] = cand[:k]
-    return out
+def background(rng: np.random.Generator, tracks: np.ndarray, visible: np.ndarray, C: int = 24) -> np.ndarray:
+    """``[T, C, 4]`` random boxes per frame, the ones with IoU < 0.3 to every visible object
+    first (``tracks [O, T, 4]``, ``visible [O, T]``)."""
+    T = tracks.shape[1]
+    wh = np.stack([rng.uniform(0.08, 0.45, (T, C)), rng.uniform(0.1, 0.5, (T, C))], -1)
+    xy = rng.uniform(0, 1, (T, C, 2)) * (1 - wh)
+    cand = np.concatenate([xy, xy + wh], -1)
+    if len(tracks):
+        iou = box_iou(cand[:, :, None], tracks.transpose(1, 0, 2)[:, None])  # [T, C, O]
+        bad = (np.where(visible.T[:, None], iou, 0.0) >= 0.3).any(-1)
+        cand = np.take_along_axis(cand, np.argsort(bad, axis=1, kind="stable")[..., None], 1)
+    return cand
 
 
 def render_item(cfg: VidSTGConfig, world: World, ann: VidSTGAnnotations, it: dict, rng: np.random.Generator,
                 ood: bool, style: int) -> dict:
     T, N = cfg.T, cfg.N
-    cat_id = {c: i for i, c in enumerate(ann.categories)}
+    cat_id = ann.cat_id
     pred_id = ann.predicates.index(it["used_relation"]["predicate"])
     fids, fvalid = frame_grid(int(it["used_segment"]["begin_fid"]), int(it["used_segment"]["end_fid"]), T)
     Tv = int(fvalid.sum())
@@ -390,80 +401,91 @@ def render_item(cfg: VidSTGConfig, world: World, ann: VidSTGAnnotations, it: dic
     cat = {o["tid"]: cat_id[o["category"]] for o in it["subject/objects"]}
     core = [rel["subject_tid"]] + ([rel["object_tid"]] if rel["object_tid"] != rel["subject_tid"] else [])
     others = [t for t in sorted(cat) if t not in core and (ood or not world.heldout[cat[t]])]
-    # objects: (tid or None, class, presence [T])
-    objs: list[tuple] = []
+    obj_tid: list = []
+    obj_cls: list[int] = []
+    pres = []
     for tid in core:
         a = int(rng.uniform(0, cfg.extend) * gs)
         b = int(rng.uniform(0, cfg.extend) * (Tv - ge))
-        pres = np.zeros(T, bool)
-        pres[gs - a: ge + b] = True
-        objs.append((tid, cat[tid], pres))
+        p = np.zeros(T, bool)
+        p[gs - a: ge + b] = True
+        obj_tid.append(tid), obj_cls.append(cat[tid]), pres.append(p)
     K = len(ann.categories)
     co = world.co[cat[rel["subject_tid"]]]
-    p = 1.0 / (1.0 + co) ** 2 if ood else co.copy()
-    allow = np.ones(K, bool) if ood else ~world.heldout
-    p = p * allow
+    prob = (1.0 / (1.0 + co) ** 2 if ood else co.copy()) * (np.ones(K, bool) if ood else ~world.heldout)
     extra = []
     n_extra = int(rng.integers(cfg.distractor_min, cfg.distractor_max + 1))
-    if n_extra and p.sum() > 0:
-        extra = list(rng.choice(K, size=n_extra, p=p / p.sum()))
-    for tid, c in [(t, cat[t]) for t in others] + [(None, int(c)) for c in extra]:
+    if n_extra and prob.sum() > 0:
+        extra = [int(c) for c in rng.choice(K, size=n_extra, p=prob / prob.sum())]
+    for tid, c in [(t, cat[t]) for t in others] + [(None, c) for c in extra]:
         length = max(1, int(round(rng.uniform(0.3, 1.0) * Tv)))
         start = int(rng.integers(0, Tv - length + 1))
-        pres = np.zeros(T, bool)
-        pres[start:start + length] = True
-        objs.append((tid, c, pres))
-    objs = objs[: N - 3] if len(objs) > N - 3 else objs
-    tracks = np.stack([trajectory(rng, T, cfg.motion) for _ in objs])  # [O, T, 4]
-    ident_r = unit(rng.standard_normal((len(objs), cfg.Dr)))
+        p = np.zeros(T, bool)
+        p[start:start + length] = True
+        obj_tid.append(tid), obj_cls.append(c), pres.append(p)
+    O = min(len(obj_tid), N - 3)
+    obj_tid, obj_cls = obj_tid[:O], np.array(obj_cls[:O], np.int64)
+    visible = np.stack(pres[:O]) & fvalid[None]  # [O, T]
+    tracks = trajectories(rng, O, T, cfg.motion)  # [O, T, 4]
+    ident_r = unit(rng.standard_normal((O, cfg.Dr)))
+    n_core = len(core)
 
-    boxes = np.zeros((T, N, 4))
+    # proposals of the objects: (frame, object, box, IoU); the core objects get a second, shifted one
+    vo, vt = np.nonzero(visible)
+    good = rng.random(len(vo)) < cfg.p_good
+    iou = np.where(good, rng.uniform(0.55, 0.95, len(vo)), rng.uniform(0.3, 0.5, len(vo)))
+    pb = scaled(tracks[vo, vt], iou, rng)
+    second = vo < n_core
+    sb = shifted(tracks[vo[second], vt[second]], rng.uniform(0.1, 0.45, int(second.sum())), rng)
+    r_t = np.concatenate([vt, vt[second]])
+    r_o = np.concatenate([vo, vo[second]])
+    r_box = np.concatenate([pb, sb])
+    r_iou = box_iou(r_box, tracks[r_o, r_t])
+    order = np.lexsort((np.arange(len(r_t)), r_t))  # by frame, first proposals first
+    r_t, r_o, r_box, r_iou = r_t[order], r_o[order], r_box[order], r_iou[order]
+    rank = np.arange(len(r_t)) - np.searchsorted(r_t, r_t)  # position within its frame
+    keep = rank < N
+    r_t, r_o, r_box, r_iou, rank = r_t[keep], r_o[keep], r_box[keep], r_iou[keep], rank[keep]
+    perm = np.argsort(rng.random((T, N)), 1)  # slot of the k-th row of a frame
+    slot = perm[r_t, rank]
+
+    count = np.bincount(r_t, minlength=T)
+    bg = background(rng, tracks, visible, C=max(N, 16))
+    boxes = np.empty((T, N, 4))
+    bg_rank = np.arange(N)[None, :] - count[:, None]  # k-th background of the frame at slot position k
+    fill = bg_rank >= 0
+    tt, kk = np.nonzero(fill)
+    boxes[tt, perm[tt, kk]] = bg[tt, bg_rank[tt, kk]]
+    boxes[r_t, slot] = r_box
+
+    s = np.sqrt(np.clip(r_iou, 0, None))
+    amp = cfg.signal * np.exp(cfg.signal_jitter * rng.standard_normal(len(r_t)))
     reg = np.zeros((T, N, cfg.Dr))
-    objw = np.zeros((T, N))  # 1 where the slot shows an object (style weight)
-    frame_obj = np.zeros((T, cfg.Df))
-    for t in range(Tv):
-        vis = [o for o in range(len(objs)) if objs[o][2][t]]
-        rows = []  # (box, object, iou)
-        if vis:
-            tb = tracks[vis, t]
-            good = rng.random(len(vis)) < cfg.p_good
-            iou = np.where(good, rng.uniform(0.55, 0.95, len(vis)), rng.uniform(0.3, 0.5, len(vis)))
-            pb = scaled(tb, iou, rng)
-            real = box_iou(pb, tb)
-            rows += [(pb[j], o, real[j]) for j, o in enumerate(vis)]
-            second = [j for j, o in enumerate(vis) if o < len(core)]
-            if second:
-                sb = shifted(tb[second], rng.uniform(0.1, 0.45, len(second)), rng)
-                sr = box_iou(sb, tb[second])
-                rows += [(sb[k], vis[j], sr[k]) for k, j in enumerate(second)]
-            frame_obj[t] = world.cls_f[[objs[o][1] for o in vis]].mean(0)
-        rows = rows[:N]
-        bg = background(rng, N - len(rows), tracks[vis, t] if vis else np.zeros((0, 4)))
-        perm = rng.permutation(N)
-        for slot, (b, o, u) in zip(perm[: len(rows)], rows):
-            boxes[t, slot] = b
-            s = math.sqrt(max(float(u), 0.0))
-            amp = cfg.signal * math.exp(cfg.signal_jitter * rng.standard_normal())
-            reg[t, slot] = s * amp * world.cls_r[objs[o][1]] + s * cfg.identity * ident_r[o]
-            if o < len(core) and gmask[t]:
-                reg[t, slot] += cfg.relation * s * world.pred_r[pred_id]
-            objw[t, slot] = 1
-        boxes[t, perm[len(rows):]] = bg
+    feat = (s * amp)[:, None] * world.cls_r[obj_cls[r_o]] + (s * cfg.identity)[:, None] * ident_r[r_o]
+    in_rel = (r_o < n_core) & gmask[r_t]
+    feat += (cfg.relation * s * in_rel)[:, None] * world.pred_r[pred_id]
+    reg[r_t, slot] = feat
+    objw = np.zeros((T, N))
+    objw[r_t, slot] = 1
     sr, sf = (world.ood_styles_r, world.ood_styles_f) if ood else (world.styles_r, world.styles_f)
     st_r, st_f = sr[style % len(sr)], sf[style % len(sf)]
     reg += np.where(objw > 0, cfg.style_strength, 1.0)[..., None] * st_r
     reg += rng.standard_normal(reg.shape) * (cfg.feature_noise / math.sqrt(cfg.Dr))
+    nvis = visible.sum(0)
+    frame_obj = (visible.T.astype(np.float64) @ world.cls_f[obj_cls]) / np.maximum(nvis, 1)[:, None]
     frame = st_f + cfg.frame_object * frame_obj + cfg.frame_relation * gmask[:, None] * world.pred_f[pred_id]
     frame = frame + rng.standard_normal(frame.shape) * (cfg.feature_noise / math.sqrt(cfg.Df))
     reg[~fvalid] = 0
     frame[~fvalid] = 0
+    boxes[~fvalid] = 0
     tubes = link_tubes(reg, boxes, fvalid, alpha=cfg.alpha)
+    objs = list(zip(obj_tid, obj_cls, visible))
 
     # sentences
     W, H = int(it["width"]), int(it["height"])
     scale = np.array([W, H, W, H], np.float64)
     w2id = ann.w2id
-    lexicon = noun_lexicon(ann.categories)
+    lexicon = ann.lexicon
     pred_ids = [w2id.get(w, UNK_ID) for w in predicate_words(rel["predicate"])][: cfg.P]
     out = {k: [] for k in ("sample_ids", "sentences", "word_ids", "sentence_form", "subject_pos", "subject_class",
                            "rel_subj", "rel_obj", "rel_pred", "rel_valid", "gt_segment", "gt_fids", "gt_boxes",
