@@ -330,7 +330,7 @@ class ComposeMLP(nn.Module):
         self.W = nn.Parameter(torch.randn(D, D))  # N(0, 1) as DIORA
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.mlp(torch.cat([a, b], -1)), torch.einsum("...d,de,...e->...", a, self.W, b)
+        return self.mlp(torch.cat([a, b], -1)), ((a @ self.W) * b).sum(-1)
 
 
 @register("winner")
