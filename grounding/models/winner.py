@@ -51,7 +51,13 @@ Equations.
   r^U) / sum pi)``; ``sigma_se = h_se . q``; ``L_tmp = -log softmax_{V'}(max_se sigma(V', S) /
   tau_t) + [gamma_t - sigma_best + sigma_complement]_+``; prediction ``argmax_se sigma``.
   ``temporal=full`` (whole video) and ``temporal=oracle`` (GT segment; diagnostic only: it reads
-  the GT at training too) replace it, without L_tmp.
+  the GT at training too) replace it, without L_tmp. ``tl1_select=above_mean`` (this project's
+  addition, not the spec's) picks instead the clip that maximises ``sum_{t in clip} (sigma_t -
+  mean_t sigma_t)`` with ``sigma_t = L2norm(u_t) . q`` the single-frame scores: the argmax of a
+  clip *mean* prefers the shortest clip inside the relevant frames (a 2-frame clip of
+  above-average frames beats any clip that also covers weaker ones), so TL-1 as specified
+  predicts near-minimal segments (measured: m_tIoU about 0.04 on the generated VidSTG, against
+  0.40 for the whole video).
 * Matching (Eqs. 15-17): tubes cropped to each video's own predicted clip [D] (A4, A17),
   ``f^_m = W_v mean_{t in clip} X[t, tube_m(t)] + b_v``; ``s_x(V, n_ij) = max_m f^_m^T (r~_ij +
   r^U_ij)`` for every sentence x video pair of the batch (node features of S are not recomputed
@@ -140,6 +146,7 @@ class WinnerConfig(ModelConfig):
     tau_t: float = 0.1  # TL-1 temperature
     gamma_t: float = 0.1  # TL-1 best clip vs complement margin
     min_clip: float = 0.05  # shortest clip, as a fraction of T (at least 2 frames)
+    tl1_select: str = "argmax"  # argmax (spec TL-1) | above_mean (max-sum run of above-average frames)
     linking: str = "batch"  # batch (precomputed tubes) | greedy (seeded greedy IoU tracking, here)
     question_node: str = "wh"  # wh (first word) | subject_pos, the subject leaf of a question (A27)
     subject_node: str = "leaf"  # leaf | root, the node whose best tube is predicted
@@ -153,7 +160,8 @@ class WinnerConfig(ModelConfig):
                             "min_clip": (0, 1), "max_words": (0, None)})
         for name, allowed in (("att_context", ("inv_dist", "mean", "literal")), ("parents", ("all", "literal")),
                               ("span_weight", ("marginal", "literal")), ("phrase_negatives", ("mean", "hardest")),
-                              ("temporal", ("tl1", "full", "oracle")), ("linking", ("batch", "greedy")),
+                              ("temporal", ("tl1", "full", "oracle")),
+                              ("tl1_select", ("argmax", "above_mean")), ("linking", ("batch", "greedy")),
                               ("question_node", ("wh", "subject_pos")), ("subject_node", ("leaf", "root"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; allowed: {', '.join(allowed)}")
@@ -473,7 +481,14 @@ class Winner(GroundingModel):
         h = l2norm(clip_sum)
         clip_ok = ce[None] < nf[:, None]  # [B, K] (valid frames are a prefix)
         own = torch.einsum("bkd,bd->bk", h, q).masked_fill(~clip_ok, NEG)  # [B, K]: sigma(V, S)
-        best = own.argmax(-1)
+        if self.cfg.tl1_select == "argmax":
+            best = own.argmax(-1)
+        else:  # above_mean: the clip with the largest sum of above-average frame scores
+            with torch.no_grad():
+                sf = (l2norm(u) * q[:, None]).sum(-1)  # [B, T] sigma of single frames
+                c = (sf - (sf * fv).sum(1, keepdim=True) / nf[:, None]) * fv
+                Pc = F.pad(c.cumsum(1), (1, 0))
+                best = (Pc[:, ce + 1] - Pc[:, cs]).masked_fill(~clip_ok, NEG).argmax(-1)
         if not self.training:
             return cs[best], ce[best], None
         sig = torch.einsum("bkd,ad->abk", h, q).masked_fill(~clip_ok[None], NEG)  # [B_s, B_v, K]

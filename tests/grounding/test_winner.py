@@ -363,3 +363,25 @@ def test_every_parameter_gets_a_gradient(kw):
     loss.backward()
     missing = [n for n, p in m.named_parameters() if p.grad is None]
     assert not missing
+
+
+def test_above_mean_selection_covers_the_relevant_run():
+    """tl1_select=above_mean returns the run of frames whose scores are above the video's mean."""
+    m = model(tl1_select="above_mean").eval()
+    batch = make_batch(B=2, T=8)
+    q = torch.nn.functional.normalize(torch.randn(2, 32), dim=-1)
+    # frame features whose projection aligns with q on frames 2..5 only: set them through the
+    # projection's bias, with zero inputs elsewhere
+    with torch.no_grad():
+        lin, ln = m.frame_proj
+        lin.weight.zero_()
+        lin.bias.zero_()
+        ln.weight.fill_(1.0)
+        ln.bias.zero_()
+        frames = torch.zeros(2, 8, DF)
+        frames[:, 2:6, 0] = 1.0
+        lin.weight[:, 0] = q[0] * 5  # frames 2..5 point along q[0]
+    batch["frame_feats"] = frames
+    s, e, _ = m.temporal(batch, q[:1].expand(2, 32), torch.eye(2, dtype=torch.bool))
+    assert s.tolist() == [2, 2] and e.tolist() == [5, 5]
+    assert model().eval().temporal(batch, q[:1].expand(2, 32), torch.eye(2, dtype=torch.bool))[0].shape == (2,)
