@@ -17,12 +17,15 @@ PAPER = {"alpha": 1.0, "beta": 0.5, "gamma": 0.5, "lam": 1.0, "mu": 1.0, "delta"
 # restores the spec's CLIORA size on a GPU); gradient clipping at 5 as CLIORA (A25).
 FIXED = {"hidden_dim": 32, "grad_clip": 5.0}
 
-# Named ablations and diagnostics, {name: overrides} (Table 3's switches, spec §6.3 / A36).
+# Ablations and diagnostics for ``python -m orchestration.compare methods=winner variants=...``
+# (``base``, the point itself, is reserved): Table 3's switches (spec §6.3 / A36) and the temporal
+# module's alternatives.
 VARIANTS = {
     "no_dsa": {"dsa": False},  # word-level contrastive loss only
     "no_svhu": {"svhu": False},  # no structural attention, no fusion (lambda = 0)
-    "base": {"dsa": False, "svhu": False},  # both off
+    "no_dsa_no_svhu": {"dsa": False, "svhu": False},  # Table 3's base model
     "no_interference": {"delta": -1.01},  # every related node in Eq. 8's context
+    "tl1_above_mean": {"tl1_select": "above_mean"},  # TL-1 scores, max-sum run of above-average frames
     "temporal_full": {"temporal": "full"},  # the whole video as the segment
     "temporal_oracle": {"temporal": "oracle"},  # the GT segment: spatial grounding alone (diagnostic)
 }
