@@ -21,7 +21,8 @@ Shapes per batch: B videos, Kq queried objects (``mask [B, Kq]``), T frames, N p
   (A8); ``Û = normalise(U)``. ``M^f = cos(F, V)``, ``M^c = cos(Û, V)`` ``[B, Kq, T, N]``; the
   c-branch uses stvg's temporal module with ``Û`` and ``Qs^c = max_k Û`` (A13).
 * MIL, Eq. (16): ``L^f_MIL`` is stvg's loss; ``L^c_MIL`` the same ranking loss on the c-branch
-  scores (negatives: the in-batch roll by one, A15). Switch: ``contextual_mil``.
+  scores with the same negatives and form (stvg's ``negatives`` / ``mil_form`` options; default the
+  in-batch roll by one, A15). Switch: ``contextual_mil``.
 * CAOS, Eq. (5)-(6): concepts ``z = C_o - C_s`` of every real (b, k) of the batch; per distinct
   class c of the batch ``P_c = E_f(glove_c)``, ``d+_c`` = mean cosine of ``P_c`` with the concepts
   of class c, ``d-_c`` = mean cosine with the concepts of every other class (pooled, A5; option
@@ -31,8 +32,9 @@ Shapes per batch: B videos, Kq queried objects (``mask [B, Kq]``), T frames, N p
   ``clust_detach_concepts``). Switch: ``caos``.
 * Spatial transfer, Eq. (10)-(13): ``A+ = mean_{k,t,n} |softmax_n(M^f/tau) - softmax_n(M^c/tau)|``
   per sample over its K_b real objects (A11); the negative uses ``U- = (C_o[b',k'] + C_s[b']) *
-  (g(F) + 1)`` with ``b' = b+1 mod B`` and ``k'`` a random real object of ``b'`` of another
-  class where one exists (A10, drawn with a generator seeded from the data seed), against the
+  (g(F) + 1)`` with ``b'`` the MIL negative of ``b`` (default ``b+1 mod B``) and ``k'`` a random
+  real object of ``b'`` of another class where one exists (A10, drawn with a generator seeded
+  from the data seed), against the
   positive video; ``L_STran = mean_b l(A+ - A-)``, ``l(x) = log(1 + exp(x / eta))``. Eq. (12)'s
   ``g(E_f(o_k) + 1)`` is read as ``g(E_f(o_k)) + 1`` (A9). Switch: ``spatial_transfer``.
 * Temporal transfer, Eq. (14)-(15): the same on the temporal weights, softened as
@@ -64,7 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.manifest import DataError
-from ..losses import log_loss, mil_ranking_loss
+from ..losses import log_loss, mil_ranking_loss, symmetric_mil_loss
 from .base import DataInfo, check_config
 from .registry import register
 from .stvg import STVG, STVGConfig
@@ -186,10 +188,12 @@ class SCL(STVG):
         U = X * (self.gate(Fq) + 1.0)
         return F.normalize(U, dim=-1) * mask[..., None]
 
-    def negative_contexts(self, X: torch.Tensor, queries: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Per (b, k): ``X[b', k']`` with ``b' = b+1 mod B`` and ``k'`` a random real object of ``b'``
-        whose class differs from ``queries[b, k]`` (any real object of ``b'`` if none does)."""
-        Xn, qn, mn = (torch.roll(t, -1, 0) for t in (X, queries, mask))
+    def negative_contexts(self, X: torch.Tensor, queries: torch.Tensor, mask: torch.Tensor, take=None) -> torch.Tensor:
+        """Per (b, k): ``X[b', k']`` with ``b'`` the MIL negative of ``b`` (``take``; default
+        ``b+1 mod B``) and ``k'`` a random real object of ``b'`` whose class differs from
+        ``queries[b, k]`` (any real object of ``b'`` if none does)."""
+        take = take or (lambda t: torch.roll(t, -1, 0))
+        Xn, qn, mn = (take(t) for t in (X, queries, mask))
         cand = mn[:, None, :] & (qn[:, None, :] != queries[..., None])  # [B, Kq, Kq']
         cand = torch.where(cand.any(-1, keepdim=True), cand, mn[:, None, :].expand_as(cand))
         r = torch.rand(cand.shape, generator=self._neg_gen).to(X.device)
@@ -259,11 +263,14 @@ class SCL(STVG):
         Qs_c = _masked_max(Uh, mask)
         p_c, Mc, Gc = self.score(Uh, mask, Qs_c, V)
         loss = loss_f
+        take = self.negative_take(parts["neg"])  # the f-branch's negatives (stvg's ``negatives`` option)
         if cfg.contextual_mil:
-            roll = lambda x: torch.roll(x, shifts=-1, dims=0)  # noqa: E731
-            p_c_neg_video, _, _ = self.score(Uh, mask, Qs_c, roll(V))
-            p_c_neg_query, _, _ = self.score(roll(Uh), roll(mask), roll(Qs_c), V)
-            loss_c = mil_ranking_loss(p_c, p_c_neg_video, p_c_neg_query, cfg.eta)
+            p_c_neg_video, _, _ = self.score(Uh, mask, Qs_c, take(V))
+            p_c_neg_query, _, _ = self.score(take(Uh), take(mask), take(Qs_c), V)
+            if cfg.mil_form == "code":
+                loss_c = symmetric_mil_loss(p_c, take(p_c), p_c_neg_video, p_c_neg_query, cfg.eta)
+            else:
+                loss_c = mil_ranking_loss(p_c, p_c_neg_video, p_c_neg_query, cfg.eta)
             loss = loss + loss_c
             logs["loss_mil_c"] = float(loss_c.detach())
         if use_clust:
@@ -271,7 +278,7 @@ class SCL(STVG):
             loss = loss + cfg.lambda1 * clust
             logs["loss_clust"] = float(clust.detach())
         if use_st or use_tt:
-            Un = self.selector(self.negative_contexts(X, queries, mask), Fq, mask)
+            Un = self.selector(self.negative_contexts(X, queries, mask, take), Fq, mask)
             if cfg.detach_teacher:
                 Mc, Gc = Mc.detach(), Gc.detach()
             transfer = 0.0

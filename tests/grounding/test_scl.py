@@ -64,6 +64,16 @@ def test_loss_equals_stvg_exactly_with_the_extra_terms_off():
     torch.manual_seed(5)
     b, logs = scl(batch)
     assert torch.equal(a, b) and set(logs) == {"loss_mil_f"}
+    # stvg's negative and MIL-form options carry over (to both branches)
+    for opts in ({"negatives": "disjoint"}, {"mil_form": "code"}):
+        a_model, b_model = _build("stvg", **opts), _build("scl", lambda1=0.0, lambda2=0.0, contextual_mil=False, **opts)
+        torch.manual_seed(5)
+        a2, _ = a_model(batch)
+        torch.manual_seed(5)
+        b2, _ = b_model(batch)
+        assert torch.equal(a2, b2), opts
+        full, logs = _build("scl", **opts)(batch)
+        assert torch.isfinite(full) and "loss_mil_c" in logs
     # and the whole loss differs as soon as one term is on
     on = _build("scl", lambda1=0.0, lambda2=0.0, contextual_mil=True)
     torch.manual_seed(5)
