@@ -29,6 +29,13 @@ VARIANTS = {
     "causal w/o temporal ACL": ("causal", {"acl_temporal": False}),
     "causal w/o BDA": ("causal", {"bda": False}),
     "causal, frozen banks (alpha=1)": ("causal", {"alpha": 1.0}),
+    # scl at the paper's SCL weights with stvg's optimiser settings (search_spaces/scl.py POINTS
+    # "stvg_optim"), so that the comparison with stvg differs in the method only
+    "scl": ("scl", {"lr": 1e-3, "weight_decay": 1e-6, "batch_size": 32}),
+    "scl w/o CAOS": ("scl", {"lr": 1e-3, "weight_decay": 1e-6, "batch_size": 32, "caos": False}),
+    "scl w/o spatial transfer": ("scl", {"lr": 1e-3, "weight_decay": 1e-6, "batch_size": 32, "spatial_transfer": False}),
+    "scl w/o temporal transfer": ("scl", {"lr": 1e-3, "weight_decay": 1e-6, "batch_size": 32, "temporal_transfer": False}),
+    "scl, bi-LSTM context": ("scl", {"lr": 1e-3, "weight_decay": 1e-6, "batch_size": 32, "context": "bilstm"}),
 }
 METRICS = ("box_macro", "box_micro", "query_macro", "query_micro")
 
