@@ -147,13 +147,24 @@ def run_sweep(cfg: SweepConfig) -> int:
         "gpus_per_worker": cfg["gpus_per_worker"], "threads": threads,
         "eval_batch_size": cfg["eval_batch_size"], "storage_path": storage_path,
         "checkpoints_keep": cfg["checkpoints.keep"], "failures": cfg["failures"],
-        "test_epochs": tuner_mod.final_eval_epochs(cfg["epochs"], cfg["scheduler"], cfg["asha.grace_period"],
-                                             cfg["asha.reduction_factor"]),
+        "metric": metric.split("/", 1)[1],
+        # the first point the sweep evaluates: lets the driver resolve a recipe whose non-shared
+        # stages take searched values (shared stages take none, so any point resolves them alike)
+        "plan_hp": dict(points[0]) if points else {},
         "placement": "SPREAD" if cfg["workers"] > 1 else "PACK",
     }
 
-    import ray
     from mlflow.tracking import MlflowClient
+
+    from . import stages
+
+    if cfg["backbone"]:  # checked before Ray starts
+        try:
+            run["shared"] = {"backbone": stages.resolve_backbone(cfg["backbone"], run, ds,
+                                                                 lambda: MlflowClient(tracking_uri))}
+        except stages.StageError as e:
+            fail(str(e))
+    import ray
 
     t0 = time.time()
     address = cfg["ray.address"] or None
@@ -190,8 +201,11 @@ def run_sweep(cfg: SweepConfig) -> int:
     logger = tracking.MlflowTrialLogger(tracking_uri, exp_id, parent, name, method, fixed, cfg["epochs"])
     from ray import tune
 
+    from .final_test import FinalTest, catch_up
+
     status = "FAILED"
     try:
+        run["shared"] = stages.ensure_shared(run, set(space), exp_path, client, exp_id, parent, log=_log)
         if state is not None:
             if not tune.Tuner.can_restore(exp_path):
                 status = "KILLED"
@@ -206,9 +220,10 @@ def run_sweep(cfg: SweepConfig) -> int:
                                                 cfg["asha.reduction_factor"])
             tuner = tuner_mod.build(run, name=name, storage_path=storage_path, trials=cfg["trials"],
                                     concurrent=cfg["concurrent"], metric=metric, searcher=searcher,
-                                    scheduler=scheduler, callbacks=[logger])
+                                    scheduler=scheduler, callbacks=[logger, FinalTest(run, logger)])
         t_fit = time.time()
         results = tuner.fit()
+        catch_up(results, run, client, exp_id, parent, log=_log)
         errors = [r for r in results if r.error]
         status = "FINISHED" if not errors else "FAILED"
         _log(f"tune finished in {time.time() - t_fit:.0f}s; {len(results)} trials, {len(errors)} failed")
