@@ -97,6 +97,14 @@ def train_eval(td, method: str, seed: int, epochs: int, params: dict) -> dict:
     return out
 
 
+def _seed_job(job) -> dict:
+    """One (method, seed) run in a worker process that loads the dataset itself."""
+    root, method, seed, epochs, params = job
+    from grounding.data.shards import Dataset
+
+    return train_eval(tasks.load(Dataset.open(root)), method, seed, epochs, params)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", default=str(REPO / "data" / "vidstg-bench"))
@@ -106,6 +114,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", action="append", default=[], metavar="NAME=VALUE", help="a model hyperparameter")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel processes (one thread each)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "tube_benchmark.json"))
     args = ap.parse_args(argv)
 
@@ -123,13 +132,18 @@ def main(argv=None) -> int:
             results.setdefault(mode, {})[split] = {k: {"mean": v, "std": 0.0} for k, v in vals.items()}
     runs: dict = {}
     for method in args.methods:
-        runs[method] = []
-        for seed in args.seeds:
-            r = train_eval(td, method, seed, args.epochs, parse_set(args.model))
-            print(f"{method} seed {seed}: train {r['train_cpu_s']:.0f}s CPU, loss {r['losses']}, "
+        jobs = [(str(ds.root), method, seed, args.epochs, parse_set(args.model)) for seed in args.seeds]
+        if args.jobs > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(min(args.jobs, len(jobs))) as pool:
+                runs[method] = list(pool.map(_seed_job, jobs))
+        else:
+            runs[method] = [train_eval(td, method, seed, args.epochs, parse_set(args.model)) for seed in args.seeds]
+        for r in runs[method]:
+            print(f"{method} seed {r['seed']}: train {r['train_cpu_s']:.0f}s CPU, loss {r['losses']}, "
                   f"val m_viou {r['val']['m_viou']:.4f} iid {r['test_iid']['m_viou']:.4f} "
                   f"ood {r['test_ood']['m_viou']:.4f} m_tiou {r['test_iid']['m_tiou']:.4f}", flush=True)
-            runs[method].append(r)
         results[method] = {sp: summarise([r[sp] for r in runs[method]]) for sp in ("val", *SPLITS)}
     doc = {"benchmark": "vidstg", "root": str(ds.root), "digest": ds.digest, "generator_args": ds.manifest.producer.get("args"),
            "epochs": args.epochs, "seeds": args.seeds, "model_overrides": parse_set(args.model),

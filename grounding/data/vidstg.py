@@ -22,7 +22,7 @@ What a video looks like (every knob is a field of :class:`VidSTGConfig`, default
 * ``N`` proposals per frame [10], region features of ``Dr`` dims [64] and frame features of ``Df``
   dims [64], stored as ``feature_dtype`` [float16]; boxes in the item's real ``width x height``.
 * Prototypes (``grounding.data.planting.text_prototypes``): per category from its words' GloVe
-  vectors (``class_noise`` [0.5]) and per predicate from its words' vectors (``word_noise``
+  vectors (``class_noise`` [1.0]) and per predicate from its words' vectors (``word_noise``
   [0.5]), separately for the region and the frame feature spaces (hidden width ``proto_hidden``
   [256]).
 * Trajectories: every object of the item moves smoothly: size ``U(0.12, 0.4)`` of the frame width
@@ -44,12 +44,12 @@ What a video looks like (every knob is a field of :class:`VidSTGConfig`, default
   the linking's cosine follows), and, for the relation's subject and object,
   ``relation * sqrt(IoU) * profile_t * proto_predicate`` [0.8] with the relation's profile over
   frames ``profile_t`` = 1 inside the GT span, ``relation_leak`` [0.3] outside it where subject and
-  object are both visible (they are around each other), 0 elsewhere. Every proposal carries the video's scene style, a unit
-  vector times ``scene_strength`` [1.0] (times ``style_strength`` [0.8] for objects, 1 for background) and isotropic noise of norm
-  ``feature_noise`` [0.8].
-* Frame features: the scene style (times ``scene_strength``), ``frame_object`` [0.3] times the mean prototype of the visible
-  objects, ``frame_relation`` [1.0] times ``profile_t`` times the predicate's prototype, and noise of
-  norm ``feature_noise``.
+  object are both visible (they are around each other), 0 elsewhere. Every proposal carries the
+  video's scene style, a unit vector times ``scene_strength`` [1.5] (times ``style_strength``
+  [0.8] for objects, 1 for background), and isotropic noise of norm ``feature_noise`` [0.8].
+* Frame features: the scene style (times ``scene_strength``), ``frame_object`` [0.3] times the
+  mean prototype of the visible objects, ``frame_relation`` [0.6] times ``profile_t`` times the
+  predicate's prototype, and noise of norm ``feature_noise``.
 * Tubes: ``M = N`` tubes per video linked by VCMA Eq. 4 (:func:`grounding.data.tube.link_tubes`,
   ``alpha`` [0.5]) on the planted region features and boxes.
 
@@ -72,11 +72,36 @@ as in the youcook2 benchmark: ``heldout_classes`` [6] categories, drawn from the
 frequency ranking (ranks K/8..K/2 by relation count), never appear in train/val/test_iid (items
 whose relation subject, object or any sentence target is of such a category are moved to
 ``test_ood``, other objects of those categories are not rendered); the OOD items are rendered in
-``ood_styles`` [32] unseen scene styles (fresh vectors instead of the ``styles`` [32] training
+``ood_styles`` [32] unseen scene styles (fresh vectors instead of the ``styles`` [8] training
 pool) with distractors drawn *against* the training co-occurrence (``1/(1+co)^2``).
 ``limit`` [None] caps the items per split (tests and smoke runs).
 
-Calibration: see the end of this docstring (filled in from the ``tubemil`` baseline alone).
+The held-out categories are drawn from ``[seed, 7919]`` after the prototypes and styles, so they
+depend on ``seed`` and on ``styles``/``ood_styles`` (the manifest's ``extra.heldout_classes`` names
+them; at the defaults: car, cellphone, cup, guitar, horse, stool).
+
+Calibration (on the ``tubemil`` baseline alone, one seed, 4 epochs, the full splits; no other
+method was run on this generator while choosing the knobs). Random is about 3% m_vIoU and the
+Upper Bound about 71% (the IoU profile of the best proposals), so the target was a baseline well
+inside that range, an OOD split that costs the baseline something, and a temporal task that is not
+solved by the frame features alone:
+
+1. first setting (``class_noise`` 0.5, ``frame_relation`` 1.0, ``styles`` 32, ``scene_strength`` 1,
+   no ``relation_leak``): tubemil 19.4 IID / 25.1 OOD m_vIoU, m_tIoU 0.70: the segment was too
+   easy, and the OOD split was *easier* than IID (its targets are less often persons, 52% against
+   68%; person targets share the video with more same-category objects and are named by other
+   words, "man", than their category, "adult");
+2. ``relation_leak`` 0.3, ``class_noise`` 1.0 and ``frame_relation`` 0.6: 14.4 IID / 19.3 OOD,
+   m_tIoU 0.55 (held-out categories less predictable from their word vectors did not close the
+   OOD gap);
+3. ``styles`` 8 and ``scene_strength`` 1.5 in addition (the defaults): 16.0 IID / 16.3 OOD m_vIoU,
+   m_tIoU 0.56 IID / 0.53 OOD: the unseen scene styles now cost the OOD split about what its easier
+   composition gains (the held-out draw also changed with ``styles``, to the categories above).
+   Whole-video with the best proposal per frame: 27.4 IID / 33.7 OOD; Upper Bound 70.7 / 70.6.
+
+Cost: about 5 ms of CPU per item; the default benchmark (8,566 items, 19,259 sentences, ~450 MB)
+took 63 s of CPU in all (user + system, 2 worker processes; 5 min wall on the shared, loaded 2-core
+machine), the smoke instance a few seconds.
 
 Every item draws from its own generator seeded by ``[seed, split, index]``, so the data does
 not depend on ``limit`` or on the order of generation; prototypes and styles come from
@@ -125,7 +150,7 @@ class VidSTGConfig:
     P: int = 4
     feature_dtype: str = "float16"
     proto_hidden: int = 256
-    class_noise: float = 0.5
+    class_noise: float = 1.0
     word_noise: float = 0.5
     motion: float = 0.01
     extend: float = 0.5
@@ -137,12 +162,12 @@ class VidSTGConfig:
     identity: float = 0.5
     relation: float = 0.8
     frame_object: float = 0.3
-    frame_relation: float = 1.0
+    frame_relation: float = 0.6
     relation_leak: float = 0.3
     style_strength: float = 0.8
-    scene_strength: float = 1.0
+    scene_strength: float = 1.5
     feature_noise: float = 0.8
-    styles: int = 32
+    styles: int = 8
     ood_styles: int = 32
     alpha: float = 0.5
     val_fraction: float = 0.15
@@ -480,7 +505,8 @@ def render_item(cfg: VidSTGConfig, world: World, ann: VidSTGAnnotations, it: dic
     reg += rng.standard_normal(reg.shape) * (cfg.feature_noise / math.sqrt(cfg.Dr))
     nvis = visible.sum(0)
     frame_obj = (visible.T.astype(np.float64) @ world.cls_f[obj_cls]) / np.maximum(nvis, 1)[:, None]
-    frame = cfg.scene_strength * st_f + cfg.frame_object * frame_obj + cfg.frame_relation * rel_prof[:, None] * world.pred_f[pred_id]
+    frame = (cfg.scene_strength * st_f + cfg.frame_object * frame_obj
+             + cfg.frame_relation * rel_prof[:, None] * world.pred_f[pred_id])
     frame = frame + rng.standard_normal(frame.shape) * (cfg.feature_noise / math.sqrt(cfg.Df))
     reg[~fvalid] = 0
     frame[~fvalid] = 0
