@@ -190,9 +190,10 @@ def is_shared(recipe: Recipe, name: str, searched: set[str]) -> bool:
 
 
 def resolve(recipe: Recipe, method: str, hp: dict[str, Any], fixed: dict[str, Any], epochs: int,
-            metric: str) -> dict[str, ResolvedStage]:
+            metric: str, only: set[str] | None = None) -> dict[str, ResolvedStage]:
     """Each stage's model params, optimiser and epochs from the trial's sampled ``hp``, the
-    sweep's ``fixed`` values and the stage's own overrides (which win)."""
+    sweep's ``fixed`` values and the stage's own overrides (which win); ``only``: these stages
+    (e.g. the shared ones, which the driver resolves before any value is sampled)."""
     merged = {**fixed, **hp}
     allowed = set(registry.config_fields(method)) | set(OPTIM_KEYS)
     for s in recipe.stages:
@@ -202,6 +203,8 @@ def resolve(recipe: Recipe, method: str, hp: dict[str, Any], fixed: dict[str, An
         raise KeyError(f"hyperparameters {sorted(unknown)} belong to neither {method} nor the optimiser")
     out = {}
     for s in recipe.stages:
+        if only is not None and s.name not in only:
+            continue
         base = {**fixed, **{k: v for k, v in hp.items() if s.takes is None or k in s.takes}}
         fields = registry.config_fields(s.method)
         params = {k: v for k, v in base.items() if k in fields}
@@ -214,13 +217,17 @@ def resolve(recipe: Recipe, method: str, hp: dict[str, Any], fixed: dict[str, An
 
 
 def plan(method: str, hp: dict[str, Any], fixed: dict[str, Any], epochs: int,
-         metric: str) -> tuple[Recipe, dict[str, ResolvedStage]]:
-    """The recipe of a trial and its resolved stages."""
+         metric: str, searched: set[str] | None = None) -> tuple[Recipe, dict[str, ResolvedStage]]:
+    """The recipe of a trial and its resolved stages. With ``searched`` (the sweep's searched
+    names, before any value is sampled): only the shared prerequisites are resolved."""
     merged = {**fixed, **hp}
     fields = registry.config_fields(method)
     defaults = dataclasses.asdict(registry.get(method).Config())
     recipe = for_method(method, {**defaults, **{k: v for k, v in merged.items() if k in fields}})
-    return recipe, resolve(recipe, method, hp, fixed, epochs, metric)
+    only = None
+    if searched is not None:
+        only = {n for n in recipe.prerequisites() if is_shared(recipe, n, searched)}
+    return recipe, resolve(recipe, method, hp, fixed, epochs, metric, only)
 
 
 # --------------------------------------------------------------------------------- evaluation

@@ -152,9 +152,6 @@ def run_sweep(cfg: SweepConfig) -> int:
         "eval_batch_size": cfg["eval_batch_size"], "storage_path": storage_path,
         "checkpoints_keep": cfg["checkpoints.keep"], "failures": cfg["failures"],
         "metric": metric.split("/", 1)[1],
-        # the first point the sweep evaluates: lets the driver resolve a recipe whose non-shared
-        # stages take searched values (shared stages take none, so any point resolves them alike)
-        "plan_hp": dict(points[0]) if points else {},
         "placement": "SPREAD" if cfg["workers"] > 1 else "PACK",
     }
 

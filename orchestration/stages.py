@@ -134,9 +134,9 @@ def prerequisites(recipe: recipes.Recipe, resolved: dict, run: dict, data, devic
 def shared_stages(run: dict, searched: set[str]) -> list[tuple[str, recipes.ResolvedStage, str]]:
     """``(name, resolved stage, key)`` of every shared prerequisite of the sweep's recipe (the
     recipe as the sweep's fixed values and the method's defaults declare it)."""
-    recipe, resolved = recipes.plan(run["method"], run.get("plan_hp", {}), run["fixed"], run["epochs"], run["metric"])
+    recipe, resolved = recipes.plan(run["method"], {}, run["fixed"], run["epochs"], run["metric"], searched)
     return [(n, resolved[n], recipes.stage_key(recipe, resolved, n, run["data_digest"], run["seed"]))
-            for n in recipe.prerequisites() if recipes.is_shared(recipe, n, searched)]
+            for n in recipe.prerequisites() if n in resolved]
 
 
 def _build_task(run: dict, name: str, uri: str, key: str, mlflow_run_id: str) -> dict:
@@ -148,7 +148,8 @@ def _build_task(run: dict, name: str, uri: str, key: str, mlflow_run_id: str) ->
     use_cuda = run["gpus_per_worker"] > 0 and torch.cuda.is_available()
     device = torch.device("cuda" if use_cuda else "cpu")
     data = load_data(run, 0, 1)
-    recipe, resolved = recipes.plan(run["method"], run.get("plan_hp", {}), run["fixed"], run["epochs"], run["metric"])
+    recipe, resolved = recipes.plan(run["method"], {}, run["fixed"], run["epochs"], run["metric"],
+                                    set(run["searched"]))
     rs = resolved[name]
     init = None
     if rs.init:
@@ -192,7 +193,7 @@ def ensure_shared(run: dict, searched: set[str], exp_path: str, client, exp_id: 
             t0 = time.time()
             task = ray.remote(_build_task).options(
                 num_cpus=run["cpus_per_worker"], num_gpus=run["gpus_per_worker"], max_retries=run["failures"])
-            out = ray.get(task.remote({**run, "shared": shared}, name, uri, key, run_id))
+            out = ray.get(task.remote({**run, "shared": shared, "searched": sorted(searched)}, name, uri, key, run_id))
             man = out["manifest"]
             log_stage_run(client, run_id, out["history"], man)
             log(f"stage {name}: built in {time.time() - t0:.0f}s, selected epoch {man['selected_epoch']} "
@@ -219,7 +220,7 @@ def resolve_backbone(value: str, run: dict, ds, client_factory) -> dict:
     """``backbone=`` as a stage reference, checked against the sweep (raises :class:`StageError`)."""
     from grounding.models import registry
 
-    recipe, resolved = recipes.plan(run["method"], run.get("plan_hp", {}), run["fixed"], run["epochs"], run["metric"])
+    recipe = recipes.plan(run["method"], {}, run["fixed"], run["epochs"], run["metric"], set())[0]
     if "backbone" not in recipe.prerequisites():
         raise StageError(f"backbone={value}: method {run['method']} (with these settings) trains no backbone "
                          f"stage; allowed only where its recipe has one")
@@ -238,7 +239,8 @@ def resolve_backbone(value: str, run: dict, ds, client_factory) -> dict:
     man = read_manifest(uri)
     if man is None:
         raise StageError(f"backbone={value}: no stage manifest ({MANIFEST}) at {uri}")
-    rs = resolved["backbone"]
+    rs = recipes.resolve(recipe, run["method"], {}, run["fixed"], run["epochs"], run["metric"],
+                         set(recipe.chain("backbone")))["backbone"]
     if man["data_digest"] != ds.digest:
         raise StageError(f"backbone={value}: trained on dataset {man['data_digest'][:12]}, this sweep's is "
                          f"{ds.digest[:12]}; allowed: a backbone of the same dataset")

@@ -20,6 +20,14 @@ def _runs(tmp_path):
     return client, parents, children
 
 
+def parent_stage_sha(tmp_path) -> str:
+    """The sha256 of the one backbone the staged causal sweep built."""
+    import hashlib
+
+    (folder,) = (tmp_path / "ray_results" / "smoke-causal" / "stages").iterdir()
+    return hashlib.sha256((folder / "stage.pt").read_bytes()).hexdigest()
+
+
 def _steps(client, run, key):
     return sorted(int(m.step) for m in client.get_metric_history(run.info.run_id, key))
 
@@ -69,8 +77,11 @@ def test_smoke_sweep_records_parent_children_curves_and_test_metrics(tmp_path, s
         assert child.data.metrics[f"val/{task.default_metric}"] == pytest.approx(
             client.get_metric_history(child.info.run_id, f"val/{task.default_metric}")[-1].value)
         assert child.data.metrics["time/startup_s"] > 0
-        if method == "causal":
-            assert "train/loss_acl_spatial" in child.data.metrics and "train/acl_spatial_cge_step" in child.data.metrics
+        if method == "causal":  # staged (the default): each component's own curves and diagnostics
+            m = child.data.metrics
+            assert "stage/spatial/train/loss_acl_spatial" in m and "stage/spatial/train/acl_spatial_cge_step" in m
+            assert "stage/temporal/train/bank_drift_frame" in m and "stage/deconf/val/box_micro" in m
+            assert child.data.tags["stage.backbone.sha256"] == parent_stage_sha(tmp_path)
         if method == "ccr":
             # the counterfactual branch's terms are trained and logged (ccr's score/rank options)
             assert {"train/loss_cf_rec", "train/loss_cf_ivc"} <= set(child.data.metrics), sorted(child.data.metrics)
