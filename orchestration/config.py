@@ -81,7 +81,8 @@ KEYS: tuple[Key, ...] = (
     Key("checkpoints.keep", int, 2, "checkpoints kept per trial", _at_least(1)),
     Key("failures", int, 1, "retries of a failed trial/worker from its last checkpoint", _at_least(0)),
     Key("eval_batch_size", int, 128, "evaluation batch size", _at_least(1)),
-    Key("resume", str, "", "resume an interrupted sweep: its name or its experiment path"),
+    Key("resume", str, "", "resume an interrupted sweep: its name or its experiment path (only "
+        "mlflow.tracking_uri, ray.address, data.cache_dir may be given with it)"),
 )
 KEY_INDEX = {k.name: k for k in KEYS}
 PREFIXES = ("model.", "optim.")
@@ -293,6 +294,15 @@ def help_text(method: str | None = None) -> str:
         "",
         "Sweep a grounding method's hyperparameters with Ray Tune + Optuna (ASHA), training each",
         "trial with Ray Train and recording the sweep in MLflow (parent run + one child per trial).",
+        "",
+        "Bad input is one line on stderr and exit code 2, before Ray starts and before anything is",
+        "written: an unknown key, a wrong type or range, a value the data cannot take (the first point",
+        "is built on the driver with the dataset; searched ranges are clipped to what the data allow),",
+        "an MLflow server or object store that does not answer within 10 s or refuses the credentials,",
+        "a given data.root without a dataset (unless data.generate=true), Hydra sweep syntax",
+        "(key=a,b, key=range(...): the searched ranges are in search_spaces/<method>.py; fixed",
+        "configurations side by side: python -m orchestration.compare). SIGINT/SIGTERM stop the",
+        "sweep (parent run KILLED, summary so far, exit 130/143); resume=<name> continues it.",
         "",
         "keys (default):",
     ]

@@ -95,9 +95,9 @@ class _Interrupt:
         self._previous: dict = {}
 
     def install(self) -> None:
-        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Tune's would print a traceback per process
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # this handler calls Tune's graceful stop itself
         for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.getsignal(sig)
+            self._previous.setdefault(sig, signal.getsignal(sig))
             signal.signal(sig, self._handle)
 
     def restore(self) -> None:
@@ -206,6 +206,7 @@ def run_sweep(cfg: SweepConfig) -> int:
         ray.shutdown()
         interrupt.restore()
         return interrupt.exit_code
+    interrupt.install()  # again: ray.init installs native SIGTERM handlers that dump stacks and exit
     _log(f"ray {'joined ' + address if address else 'started locally'} in {time.time() - t0:.1f}s: "
          f"{ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs")
 

@@ -304,16 +304,17 @@ class Sender:
         return text
 
 
-_SENDERS: dict[tuple[str, str], Sender] = {}
+_SENDERS: dict[str, Sender] = {}
 
 
 def sender(tracking_uri: str, experiment_id: str, parent_run_id: str, epochs: int,
            pending_path: str | None = None) -> Sender:
-    """The one :class:`Sender` of a sweep in this process (every copy of the callback shares it)."""
-    key = (tracking_uri, parent_run_id)
-    if key not in _SENDERS:
-        _SENDERS[key] = Sender(tracking_uri, experiment_id, parent_run_id, epochs, pending_path)
-    return _SENDERS[key]
+    """The one :class:`Sender` of a sweep (its parent run) in this process; every copy of the
+    callback shares it. The sweep creates it first, with the real tracking URI: the callback that
+    Tune pickles into its experiment state holds the URI without credentials."""
+    if parent_run_id not in _SENDERS:
+        _SENDERS[parent_run_id] = Sender(tracking_uri, experiment_id, parent_run_id, epochs, pending_path)
+    return _SENDERS[parent_run_id]
 
 
 class MlflowTrialLogger(Callback):
@@ -336,6 +337,11 @@ class MlflowTrialLogger(Callback):
         self.pending_path = pending_path
         self._last_epoch: dict[str, int] = {}
         self._started: dict[str, float] = {}
+
+    def __getstate__(self):  # Tune pickles callbacks into its experiment state: no credential there
+        state = dict(self.__dict__)
+        state["tracking_uri"] = scrub(self.tracking_uri)
+        return state
 
     @property
     def sender(self) -> Sender:
