@@ -56,12 +56,48 @@ def secret_values() -> list[str]:
     return sorted({v for v in values if v and len(v) >= _MIN_LEN}, key=len, reverse=True)
 
 
-def scrub(text: Any, extra: tuple[str, ...] | list[str] = ()) -> str:
-    """``text`` as a string with every known credential replaced by ``***``."""
-    text = _USERINFO.sub(r"\1" + MASK + "@", str(text))
-    for value in [*secret_values(), *(e for e in extra if e and len(e) >= _MIN_LEN)]:
+def _scrub_with(text: str, values: list[str]) -> str:
+    text = _USERINFO.sub(r"\1" + MASK + "@", text)
+    for value in values:
         text = text.replace(value, MASK)
     return text
+
+
+def scrub(text: Any, extra: tuple[str, ...] | list[str] = ()) -> str:
+    """``text`` as a string with every known credential replaced by ``***``."""
+    return _scrub_with(str(text), [*secret_values(), *(e for e in extra if e and len(e) >= _MIN_LEN)])
+
+
+class ScrubbedStream:
+    """A text stream (``sys.stdout``) that scrubs what is written to it; the credential values are
+    read once, when it is made. Everything else is the wrapped stream's."""
+
+    def __init__(self, stream, extra: tuple[str, ...] | list[str] = ()):
+        self._stream = stream
+        self._values = sorted({*secret_values(), *(e for e in extra if e and len(e) >= _MIN_LEN)},
+                              key=len, reverse=True)
+
+    def write(self, text: str) -> int:
+        self._stream.write(_scrub_with(text, self._values))
+        return len(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def scrub_output() -> None:
+    """Scrub everything this process writes through ``sys.stdout``/``sys.stderr`` (its own
+    lines, library prints, the worker logs Ray forwards to the driver)."""
+    import sys
+
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if not isinstance(stream, ScrubbedStream):
+            setattr(sys, name, ScrubbedStream(stream))
 
 
 def scrub_tree(obj: Any) -> Any:

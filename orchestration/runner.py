@@ -17,7 +17,7 @@ from grounding import tasks
 import search_spaces
 
 from . import preflight as pre
-from .config import ConfigError, SweepConfig, absolute_uri, fail, parse
+from .config import KEY_INDEX, ConfigError, SweepConfig, absolute_uri, fail, parse
 
 STATE_FILE = "sweep.json"
 PENDING_FILE = "mlflow_pending.json"  # trial records the tracking server has not taken yet
@@ -68,6 +68,12 @@ def _resolve_resume(cfg: SweepConfig, cwd: Path) -> tuple[SweepConfig, dict, str
     again = [a for a in cfg.argv if a.startswith(tuple(k + "=" for k in RESUME_KEYS))]
     keys = {a.split("=", 1)[0] for a in again}
     # a saved value whose credentials were scrubbed comes from the environment or the command line
+    for a in state["argv"]:
+        key = a.split("=", 1)[0]
+        spec = KEY_INDEX.get(key)
+        if "***" in a and key not in keys and not (spec and spec.env and os.environ.get(spec.env)):
+            fail(f"resume={target}: the sweep's {key} held credentials, which are never stored; give it again: "
+                 f"resume={target} {key}=..." + (f" (or set {spec.env})" if spec and spec.env else ""))
     argv = [a for a in state["argv"] if a.split("=", 1)[0] not in keys and "***" not in a] + again
     try:
         saved = parse(argv)
@@ -132,6 +138,10 @@ def _local_summary(name: str, method: str, metric: str, sender, results) -> str:
 
 
 def run_sweep(cfg: SweepConfig) -> int:
+    from grounding.credentials import scrub_output
+
+    scrub_output()  # every line the driver prints, Ray's forwarded worker logs included
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # a run URL per trial, with its user:password@
     cwd = Path.cwd()
     state = None
     exp_path = None
@@ -305,7 +315,11 @@ def _finish(cfg, client, exp_id, parent, name, method, metric, task, space, trac
     """Write what is left, then the summary and the parent's end (or say why they must wait)."""
     from .report import summary
 
-    sent = sender.close(MLFLOW_END_WAIT_S) if sender is not None else True
+    try:
+        sent = sender.close(MLFLOW_END_WAIT_S) if sender is not None else True
+    except KeyboardInterrupt:  # a signal while waiting for the tracking server: keep the rest for resume=
+        sender._spill(force=True)
+        sent = False
     note = sender.report() if sender is not None else ""
     if not sent:
         text = _local_summary(name, method, metric, sender, results) + "\n\n" + note

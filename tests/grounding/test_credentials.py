@@ -37,3 +37,17 @@ def test_the_data_cli_uses_the_shared_scrubber():
     from grounding.data import cli
 
     assert cli.scrub is credentials.scrub
+
+
+def test_scrubbed_stream_scrubs_what_is_written(monkeypatch):
+    import io
+
+    from grounding.credentials import ScrubbedStream
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "stream-secret-1")
+    buf = io.StringIO()
+    s = ScrubbedStream(buf)
+    s.write("a stream-secret-1 b http://u:p@h/\n")
+    s.writelines(["stream-secret-1\n"])
+    s.flush()
+    assert buf.getvalue() == "a *** b http://***@h/\n***\n"

@@ -259,3 +259,14 @@ def test_bounded_gives_up_after_the_timeout():
     never = threading.Event()
     with pytest.raises(TimeoutError, match="no answer within 0.2 s"):
         pre._bounded(never.wait, 0.2, "test")
+
+
+def test_resume_asks_again_for_a_uri_whose_credentials_were_not_stored(sweep, tmp_path):
+    import json
+
+    exp = tmp_path / "runs" / "old"
+    exp.mkdir(parents=True)
+    (exp / "sweep.json").write_text(json.dumps({"name": "old", "argv": ["method=stvg", "mlflow.tracking_uri=http://***@h:1"],
+                                                "parent_run_id": "x", "data_digest": "y"}))
+    _one_line(*sweep(f"resume={exp}"), f"resume={exp}: the sweep's mlflow.tracking_uri held credentials, which are "
+                                       f"never stored; give it again: resume={exp} mlflow.tracking_uri=...")
