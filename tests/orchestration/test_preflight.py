@@ -270,3 +270,38 @@ def test_resume_asks_again_for_a_uri_whose_credentials_were_not_stored(sweep, tm
                                                 "parent_run_id": "x", "data_digest": "y"}))
     _one_line(*sweep(f"resume={exp}"), f"resume={exp}: the sweep's mlflow.tracking_uri held credentials, which are "
                                        f"never stored; give it again: resume={exp} mlflow.tracking_uri=...")
+
+
+def test_access_denied_by_the_object_store(sweep, tmp_path, monkeypatch):
+    """moto with its IAM checks on: keys it does not know are refused (HTTP 403)."""
+    pytest.importorskip("moto.server")
+    import time
+    import urllib.request
+
+    import s3fs
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              env={**sweep_env(tmp_path), "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIANOTKNOWN0000")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        s3fs.S3FileSystem.clear_instance_cache()
+        line = _one_line(*sweep("data.root=s3://lab/yc2"), "data.root=s3://lab/yc2: access denied")
+        assert SECRET not in line and "AKIANOTKNOWN0000" not in line
+    finally:
+        server.terminate()
+        server.wait(30)
+        s3fs.S3FileSystem.clear_instance_cache()
