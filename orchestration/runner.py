@@ -198,13 +198,25 @@ def run_sweep(cfg: SweepConfig) -> int:
         "gpus_per_worker": cfg["gpus_per_worker"], "threads": threads,
         "eval_batch_size": cfg["eval_batch_size"], "storage_path": storage_path,
         "checkpoints_keep": cfg["checkpoints.keep"], "failures": cfg["failures"],
-        "test_epochs": tuner_mod.final_eval_epochs(cfg["epochs"], cfg["scheduler"], cfg["asha.grace_period"],
-                                             cfg["asha.reduction_factor"]),
+        "metric": metric.split("/", 1)[1],
+        # the first point the sweep evaluates: lets the driver resolve a recipe whose non-shared
+        # stages take searched values (shared stages take none, so any point resolves them alike)
+        "plan_hp": dict(points[0]) if points else {},
         "placement": "SPREAD" if cfg["workers"] > 1 else "PACK",
     }
 
-    import ray
     from mlflow.tracking import MlflowClient
+
+    from . import stages
+
+    if cfg["backbone"]:  # checked before Ray starts
+        try:
+            run["shared"] = {"backbone": stages.resolve_backbone(cfg["backbone"], run, ds,
+                                                                 lambda: MlflowClient(tracking_uri))}
+        except stages.StageError as e:
+            fail(str(e))
+    import ray
+
 
     interrupt = _Interrupt()
     interrupt.install()
@@ -262,6 +274,10 @@ def run_sweep(cfg: SweepConfig) -> int:
                                             pending_path=pending)
         from ray import tune
 
+        from .final_test import FinalTest, catch_up
+
+
+        run["shared"] = stages.ensure_shared(run, set(space), exp_path, client, exp_id, parent, log=_log)
         if state is not None:
             if not tune.Tuner.can_restore(exp_path):
                 status = "KILLED"
@@ -276,11 +292,17 @@ def run_sweep(cfg: SweepConfig) -> int:
                                                 cfg["asha.reduction_factor"])
             tuner = tuner_mod.build(run, name=name, storage_path=storage_path, trials=cfg["trials"],
                                     concurrent=cfg["concurrent"], metric=metric, searcher=searcher,
-                                    scheduler=scheduler, callbacks=[logger])
+                                    scheduler=scheduler, callbacks=[logger, FinalTest(run, logger)])
         t_fit = time.time()
         interrupt.in_fit = True
         results = tuner.fit()
         interrupt.in_fit = False
+        try:  # after the records queued so far are written: catch_up reads test_evaluated from MLflow
+            if not sender.drain(MLFLOW_END_WAIT_S):
+                raise ConnectionError("MLflow unreachable")
+            catch_up(results, run, client, exp_id, parent, log=_log)
+        except Exception as e:  # noqa: BLE001 - MLflow away at the end: resume= evaluates them
+            _log(f"test evaluation of interrupted trials deferred to resume= ({type(e).__name__})")
         errors = [r for r in results if r.error]
         if interrupt.signum is not None:
             status = "KILLED"

@@ -272,9 +272,17 @@ class Sender:
                 self._verify = False
                 return
             metrics = [Metric(k, v, ts, epoch) for k, v, ts in op["metrics"]]
+            tags = [RunTag(k, v) for k, v in (op.get("tags") or {}).items()]
             for i in range(0, len(metrics), METRIC_LIMIT):
-                self.client.log_batch(run_id, metrics=metrics[i:i + METRIC_LIMIT])
+                self.client.log_batch(run_id, metrics=metrics[i:i + METRIC_LIMIT], tags=tags if i == 0 else [])
             self._sent_epoch[tid] = epoch
+        elif kind == "batch":  # metrics at their own steps and tags (the final test evaluation)
+            metrics = [Metric(k, v, ts, step) for k, v, ts, step in op["metrics"]]
+            if self._verify and metrics and any(
+                    int(m.step) == metrics[0].step for m in self.client.get_metric_history(run_id, metrics[0].key)):
+                self._verify = False
+                return  # sent before; its answer was lost
+            self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in op["tags"].items()])
         elif kind == "end":
             done = self._sent_epoch.get(tid, 0)
             tags = [RunTag("epochs_completed", str(done))]
@@ -289,7 +297,8 @@ class Sender:
         left = self.pending()
         if not self.outages and not left and not self.delayed:
             return ""
-        names = {"metrics": "epoch results", "start": "run starts", "end": "run ends", "sweep_end": "sweep end"}
+        names = {"metrics": "epoch results", "start": "run starts", "end": "run ends", "sweep_end": "sweep end",
+                 "batch": "test evaluations"}
         waited = ", ".join(f"{n} {names.get(k, k)}" for k, n in sorted(self.delayed.items()))
         down = self.down_s + (time.time() - self._down_since if self._down_since else 0.0)
         text = (f"MLflow at {scrub(self.tracking_uri)} was unreachable {self.outages} time(s), {down:.0f} s in all "
@@ -327,7 +336,8 @@ class MlflowTrialLogger(Callback):
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, sweep: str,
                  method: str, fixed: dict[str, Any], epochs: int,
-                 metric_prefixes=("train/", "val/", "test_iid/", "test_ood/", "time/", "cluster/"),
+                 metric_prefixes=("train/", "val/", "epoch_val/", "stage/", "selected_epoch", "test_iid/",
+                                  "test_ood/", "time/", "cluster/"),
                  pending_path: str | None = None):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -379,7 +389,18 @@ class MlflowTrialLogger(Callback):
             # Tune's trial start -> the trial's first training step, both on this machine's clock
             metrics.append(("time/startup_s", float(result["time/first_step_unix"]) - self._started[tid], now))
         metrics.append(("epoch", float(epoch), now))
-        self.sender.put({"op": "metrics", "tid": tid, "epoch": epoch, "metrics": metrics})
+        tags = {k[4:]: str(v) for k, v in result.items() if k.startswith("tag/")}  # e.g. the backbone used
+        self.sender.put({"op": "metrics", "tid": tid, "epoch": epoch, "metrics": metrics, "tags": tags})
+
+    def log_final(self, trial, result: dict) -> None:
+        """The test evaluation of a trial's selected checkpoint (``final_test``), through the sender."""
+        now = int(time.time() * 1000)
+        step = int(result["selected_epoch"])
+        metrics = [(k, float(v), now, step) for k, v in result.items()
+                   if k.startswith(("test_iid/", "test_ood/", "time/")) and _numeric(v)]
+        tags = {"selected_epoch": str(step), "test_evaluated": "true",
+                **{f"stage.{n}.selected_epoch": str(e) for n, e in result.get("stages", {}).items()}}
+        self.sender.put({"op": "batch", "tid": trial.trial_id, "metrics": metrics, "tags": tags})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.sender.put({"op": "end", "tid": trial.trial_id, "status": "FINISHED", "stopped_early_check": True})

@@ -26,6 +26,26 @@ What a sample looks like (every knob is a field of :class:`YC2Config`, default i
   queried classes.
 * Every object proposal leaks its class's frequent training partners (top ``leak_partners`` [3]
   by P(b|a)) into its feature with strength ``leak`` [0.5] (the confounder).
+* **Context (state words).** An object instance's appearance also depends on what its real
+  sentence says about it: the state of a queried class is the state word (a fixed lexicon of 13
+  groups of cooking verbs and adjectives, ``grounding.data.text.STATES``: chopped, sliced, fried,
+  boiled, baked, mixed, mashed, grated, melted, peeled, rolled, soaked, fresh) nearest to the
+  class's first mention, within ``state_window`` [3] words either side (40% of the real training
+  mentions have one). An instance of class ``c`` in state ``s`` carries
+  ``appearance(c, s) = normalise(proto_c + state_strength * d(c, s))`` instead of ``proto_c``, with
+  ``d(c, s) = normalise(a_s + normalise(A_s proto_c))``: a direction shared by the state (fixed
+  random ``a_s``) plus one specific to the class in that state (fixed random matrix ``A_s``), so a
+  chopped onion differs from a whole onion and from a chopped carrot, and the shift is predictable
+  from (state word, class) but not from the class word alone. ``state_strength`` [1.0] sets how far
+  a stated instance is from its class prototype (1.0: cosine ~0.7). Instances without a state word
+  keep ``proto_c``; distractors get a random state drawn with the training states' frequencies, so
+  carrying a state does not mark an object as queried. **Decoys:** in each frame where a stated
+  queried instance is visible, with probability ``state_decoys`` [0.5] one more proposal (away
+  from every ground-truth box) shows the *same class in another state* (drawn uniformly from the
+  other states and "no state"; strength ``U(distractor_low, distractor_high)``): the whole onion
+  next to the chopped one, which the class word alone cannot tell apart and the sentence can.
+  These draws use their own random stream, so ``state_strength=0`` and ``heldout_states=0``
+  reproduce the generator without the effect byte for byte.
 * Remaining proposals are scene background: the recipe's style vector. Object proposals carry
   the style too, with weight ``style_strength`` [0.8]. All proposals get isotropic noise of norm
   ``feature_noise`` [0.9].
@@ -35,12 +55,41 @@ signal_jitter) were calibrated once on the ``stvg`` baseline alone, so that it l
 Random and the Upper Bound (see docs/benchmark.md); no method other than the baseline was looked
 at while choosing them.
 
+**Calibration of the context knobs** (``bench/yc2_state_calibration.py``, results in
+``bench/results/yc2_state_calibration.json``), on ``stvg`` alone as for the other knobs, every
+other knob at its default, one seed, 3 epochs, box micro accuracy in %; the planted-template
+diagnostic needs no training: per query object and frame it picks the proposal most similar to
+the planted class prototype (all a class word can know) or to the planted (class, state)
+appearance (what the sentence adds), on val (first 300 segments of each split for the decoy rows):
+
+| state_strength | state_decoys | template: class word | template: class + state | stvg val / IID / OOD |
+|---|---|---|---|---|
+| 0 (no effect) | – | 74.0 | 74.0 | 71.4 / 71.7 / 68.4 |
+| 1.0 | 0 | 72.5 | 74.1 | 70.1 / 70.3 / 68.2 |
+| 1.0 | 0.5 (default) | 65.7 | 73.5 | see the results file |
+| 1.0 | 1.0 | 58.8 | 73.4 | see the results file |
+
+The appearance shift alone (strength 1, no decoys) costs the class word little (1.6 points):
+the right object is still the most class-like proposal of its frame. The decoys are what make
+the sentence necessary: at the default 0.5 a class-word-only scorer loses 8 points that the
+sentence's state recovers, at 1.0 it loses 15. The default (1.0, 0.5) was chosen from the
+template diagnostic so that the sentence carries a clear but minority part of the signal and
+``stvg`` stays well between Random (4.5) and the Upper Bound (89.6); Random and the Upper Bound do
+not move (decoys lie away from every ground-truth box). No method other than ``stvg`` was run
+while choosing.
+
 Splits: ``train``, ``val`` and ``test_iid`` are the real lists minus every segment that mentions a
 held-out class. ``test_ood`` shifts the distribution as RoboWatch does: every segment of the real
 test list plus the validation segments that mention a held-out class, rendered with unseen scene
 styles (fresh style vectors) and distractors drawn *against* the training co-occurrence
 (probability proportional to ``1/(1+co-occurrence)^2``); ``heldout_classes`` [6] classes of
 middling frequency are held out of training entirely (not queried, not even as distractors).
+``heldout_states`` [8] (class, state) pairs are held out the same way: pairs seen in 10..40 real
+training segments and in at least 3 val/test segments, drawn at random; a segment mentioning one
+goes to ``test_ood`` only. So ``test_ood`` contains (object, state) combinations that training never
+shows: with the defaults, 398 of its 1,573 stated mentions (the held-out pairs, the held-out
+classes' states, and pairs the real test list has that training lacks; the manifest's
+``extra.state_combos`` records the counts per split).
 ``limit`` [None] caps the number of segments per split (tests and smoke runs).
 """
 
@@ -59,12 +108,15 @@ import pyarrow as pa
 
 from .. import __version__
 from .annotations import annotations_dir, file_digest
+from . import text
 from .planting import text_prototypes, unit
 from .schema import classes_schema, wsvog_schema
 from .shards import DatasetWriter
 
 PRODUCER = "grounding.data.youcook2"
 SPLITS = ("train", "val", "test_iid", "test_ood")
+STATE_STRENGTH_DEFAULT = 1.0  # calibrated on stvg alone, see the module docstring
+STATE_DECOYS_DEFAULT = 0.5
 SOURCE_FILES = ("class_file.csv", "YC2_glove_dict_68x300_float32.npy", "train_dict.json",
                 "val_dict.json", "test_dict.json", "seg_sentence_dict.json")
 
@@ -95,6 +147,10 @@ class YC2Config:
     leak: float = 0.5
     leak_partners: int = 3
     heldout_classes: int = 6
+    state_strength: float = STATE_STRENGTH_DEFAULT
+    state_window: int = 3
+    state_decoys: float = STATE_DECOYS_DEFAULT
+    heldout_states: int = 8
     limit: int | None = None
 
     def __post_init__(self):
@@ -109,6 +165,10 @@ class YC2Config:
             (self.max_visible * self.overlap_max + self.distractor_max <= self.N,
              "N must hold max_visible*overlap_max + distractor_max proposals"),
             (self.limit is None or self.limit >= 1, "limit must be >= 1 or None"),
+            (self.state_strength >= 0, "state_strength must be >= 0"),
+            (self.state_window >= 0, "state_window must be >= 0"),
+            (0 <= self.state_decoys <= 1, "state_decoys must be in [0, 1]"),
+            (self.heldout_states >= 0, "heldout_states must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -119,6 +179,7 @@ class YC2Config:
 @dataclasses.dataclass
 class YC2Annotations:
     names: list[str]  # 67 class names
+    forms: list[frozenset]  # per class: the word forms that count as its mention (grounding.data.text)
     glove: np.ndarray  # [67, 300] float32, row k = class k
     lists: dict[str, dict]  # train/val/test -> segment -> [[subset, recipe, video, idx], classes]
     sentences: dict[str, str]
@@ -128,14 +189,16 @@ class YC2Annotations:
     def load(cls, folder: Path | None = None) -> "YC2Annotations":
         folder = Path(folder) if folder else annotations_dir() / "youcook2_bb" / "causal_repo"
         with open(folder / "class_file.csv") as f:
-            names = [row[1] for row in csv.reader(f) if row]
+            rows = [row for row in csv.reader(f) if row]
+        names = [row[1] for row in rows]
+        forms = [text.class_forms(row[1], row[2:]) for row in rows]
         glove = np.load(folder / "YC2_glove_dict_68x300_float32.npy")[1:].astype(np.float32)
         if glove.shape != (len(names), 300):
             raise ValueError(f"{folder}: GloVe table {glove.shape} does not match {len(names)} classes")
         lists = {s: json.loads((folder / f"{s}_dict.json").read_text()) for s in ("train", "val", "test")}
         sentences = json.loads((folder / "seg_sentence_dict.json").read_text())
         digests = {f: file_digest(folder / f) for f in SOURCE_FILES}
-        return cls(names, glove, lists, sentences, digests)
+        return cls(names, forms, glove, lists, sentences, digests)
 
     @property
     def num_classes(self) -> int:
@@ -153,6 +216,14 @@ class YC2Annotations:
         np.fill_diagonal(co, 0)
         return counts, co
 
+    def states(self, seg: str, classes: list[int], window: int) -> list[int]:
+        """State (index into ``text.STATE_NAMES`` or ``text.NO_STATE``) of each queried class of
+        segment ``seg``: the state word nearest to the class's first mention in the real sentence."""
+        queried = list(dict.fromkeys(int(c) for c in classes))
+        w = text.words(self.sentences.get(seg, ""))
+        pos = text.find_mentions(w, [self.forms[c] for c in queried])
+        return [text.state_of(w, p, window) for p in pos]
+
 
 # ------------------------------------------------------------------------------- world
 @dataclasses.dataclass
@@ -164,6 +235,10 @@ class World:
     leak_matrix: np.ndarray  # [K, K]: row a = leak weights of a's partners
     co: np.ndarray  # [K, K] training co-occurrence (real train list)
     heldout: np.ndarray  # [K] bool
+    state_delta: np.ndarray  # [K, S, D]: appearance of class c in state s minus proto_c
+    state_probs: np.ndarray  # [S + 1]: training frequency of each state (last = no state), for distractors
+    heldout_states: frozenset  # (class, state) pairs that only test_ood shows
+    state_window: int  # words either side of a mention searched for its state word
 
 
 def build_world(cfg: YC2Config, ann: YC2Annotations) -> World:
@@ -190,7 +265,45 @@ def build_world(cfg: YC2Config, ann: YC2Annotations) -> World:
     heldout = np.zeros(K, bool)
     if cfg.heldout_classes:
         heldout[rng.choice(middle, size=min(cfg.heldout_classes, len(middle)), replace=False)] = True
-    return World(protos=protos, styles=styles, leak_matrix=leak, co=co.astype(np.float64), heldout=heldout)
+    delta, probs, held_states = _state_world(cfg, ann, protos, heldout)
+    return World(protos=protos, styles=styles, leak_matrix=leak, co=co.astype(np.float64), heldout=heldout,
+                 state_delta=delta, state_probs=probs, heldout_states=held_states,
+                 state_window=cfg.state_window)
+
+
+def _state_world(cfg: YC2Config, ann: YC2Annotations, protos: np.ndarray, heldout: np.ndarray):
+    """State appearance offsets, the training state frequencies and the held-out (class, state)
+    pairs. Drawn from their own random stream, so the other knobs' draws do not move."""
+    rng = np.random.default_rng([cfg.seed, 7927])
+    K, D = protos.shape
+    S = len(text.STATE_NAMES)
+    shared = unit(rng.standard_normal((S, D)))
+    A = rng.standard_normal((S, D, D)) / math.sqrt(D)
+    specific = unit(np.einsum("sed,kd->kse", A, protos))  # [K, S, D]
+    direction = unit(shared[None] + specific)
+    appearance = unit(protos[:, None] + cfg.state_strength * direction)
+    delta = appearance - protos[:, None]
+
+    train_combo: dict[tuple[int, int], int] = {}
+    other_combo: dict[tuple[int, int], int] = {}
+    counts = np.zeros(S + 1)
+    for name in ("train", "val", "test"):
+        for seg, (_, classes) in ann.lists[name].items():
+            q = list(dict.fromkeys(int(c) for c in classes))
+            for c, st in zip(q, ann.states(seg, q, cfg.state_window)):
+                if name == "train":
+                    counts[st] += 1  # NO_STATE = -1 -> last slot
+                if st == text.NO_STATE or heldout[c]:
+                    continue
+                bucket = train_combo if name == "train" else other_combo
+                bucket[(c, st)] = bucket.get((c, st), 0) + 1
+    # Held-out pairs: seen in 10..40 training segments (middling) and in at least 3 val/test segments.
+    candidates = sorted(p for p, n in train_combo.items() if 10 <= n <= 40 and other_combo.get(p, 0) >= 3)
+    held: frozenset = frozenset()
+    if cfg.heldout_states and cfg.state_window and candidates:
+        idx = rng.choice(len(candidates), size=min(cfg.heldout_states, len(candidates)), replace=False)
+        held = frozenset(candidates[i] for i in sorted(idx))
+    return delta, counts / max(counts.sum(), 1), held
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -291,9 +404,15 @@ def _distractor_probs(world: World, queried: list[int], ood: bool, allow: np.nda
 
 
 def render_segment(cfg: YC2Config, world: World, classes: list[int], recipe: str,
-                   rng: np.random.Generator, ood: bool, style: np.ndarray) -> dict:
-    """Plant one segment's proposals and features. Returns the per-row arrays of the schema."""
+                   rng: np.random.Generator, ood: bool, style: np.ndarray,
+                   states: dict[int, int] | None = None, state_rng: np.random.Generator | None = None) -> dict:
+    """Plant one segment's proposals and features. Returns the per-row arrays of the schema.
+    ``states`` maps a queried class to its sentence state (absent or ``NO_STATE``: its plain
+    prototype); ``state_rng`` draws the distractors' states (no draw when state_strength is 0)."""
     T, N, D = cfg.T, cfg.N, cfg.D
+    states = states or {}
+    use_states = cfg.state_strength > 0 and state_rng is not None
+    S = world.state_delta.shape[1]
     K = world.protos.shape[0]
     sampler = _Sampler(rng, cfg.frame_width, cfg.frame_height)
     n_inst = len(classes)
@@ -316,6 +435,9 @@ def render_segment(cfg: YC2Config, world: World, classes: list[int], recipe: str
 
     boxes = np.zeros((T, N, 4))
     coef = np.zeros((T, N, K))  # class coefficients per proposal
+    delta = np.zeros((T, N, D))  # state-dependent appearance offsets per proposal
+    decoy_sampler = _Sampler(state_rng, cfg.frame_width, cfg.frame_height) if use_states else None
+    n_decoys = 0
     style_w = np.ones((T, N))
     for t in range(T):
         vis = np.flatnonzero(visible[:, t])
@@ -329,25 +451,41 @@ def render_segment(cfg: YC2Config, world: World, classes: list[int], recipe: str
                 lo, hi, spread = (0.55, 0.95, 0.08) if (good and o == 0) else (0.1, 0.45, 0.35)
                 b, u = sampler.around(tracks[i, t], lo, hi, others, spread)
                 jitter = math.exp(rng.normal(0.0, cfg.signal_jitter)) if cfg.signal_jitter else 1.0
-                rows.append((b, classes[i], math.sqrt(max(u, 0.0)) * jitter))
+                rows.append((b, classes[i], math.sqrt(max(u, 0.0)) * jitter, states.get(classes[i], -1)))
         n_d = int(rng.integers(cfg.distractor_min, cfg.distractor_max + 1))
         n_d = min(n_d, N - len(rows))
         if n_d and dprobs.sum() > 0:
             dcls = rng.choice(K, size=n_d, p=dprobs)
-            for b, c in zip(sampler.away(n_d, gts, 0.3), dcls):
-                rows.append((b, int(c), float(rng.uniform(cfg.distractor_low, cfg.distractor_high))))
+            dst = (state_rng.choice(S + 1, size=n_d, p=world.state_probs) if use_states
+                   else np.full(n_d, S))  # index S = no state
+            for b, c, st in zip(sampler.away(n_d, gts, 0.3), dcls, dst):
+                rows.append((b, int(c), float(rng.uniform(cfg.distractor_low, cfg.distractor_high)),
+                             int(st) if st < S else -1))
+        if use_states and cfg.state_decoys > 0:  # same class, another state: only the sentence tells them apart
+            want = [classes[i] for i in vis if states.get(classes[i], -1) >= 0 and state_rng.random() < cfg.state_decoys]
+            want = want[: N - len(rows)]
+            if want:
+                for b, c in zip(decoy_sampler.away(len(want), gts, 0.3), want):
+                    other = [x for x in range(-1, S) if x != states[c]]
+                    rows.append((b, c, float(state_rng.uniform(cfg.distractor_low, cfg.distractor_high)),
+                                 int(other[state_rng.integers(len(other))])))
+                    n_decoys += 1
         n_bg = N - len(rows)
         bg = sampler.away(n_bg, gts, 0.5) if n_bg else np.zeros((0, 4))
         perm = rng.permutation(N)
-        for slot, (b, c, s) in zip(perm[: len(rows)], rows):
+        for slot, (b, c, s, st) in zip(perm[: len(rows)], rows):
             boxes[t, slot] = b
             coef[t, slot, c] += s
+            if use_states and st >= 0:
+                delta[t, slot] += s * world.state_delta[c, st]
             coef[t, slot] += cfg.leak * s * world.leak_matrix[c]
             style_w[t, slot] = cfg.style_strength
         boxes[t, perm[len(rows):]] = bg
 
     noise = rng.standard_normal((T, N, D)) * (cfg.feature_noise / math.sqrt(D))
     feats = coef @ world.protos + style_w[..., None] * style + noise
+    if use_states:
+        feats = feats + delta
     return {
         "features": feats.astype(np.float16 if cfg.feature_dtype == "float16" else np.float32).reshape(-1),
         "proposals": boxes.astype(np.float32).reshape(-1),
@@ -355,6 +493,7 @@ def render_segment(cfg: YC2Config, world: World, classes: list[int], recipe: str
         "gt_class": list(classes),
         "gt_boxes": tracks.astype(np.float32).reshape(-1),
         "gt_valid": visible.reshape(-1),
+        "n_decoys": n_decoys,  # not a column: for tests and diagnostics
     }
 
 
@@ -362,9 +501,15 @@ def render_segment(cfg: YC2Config, world: World, classes: list[int], recipe: str
 def split_plan(ann: YC2Annotations, world: World, limit: int | None) -> dict[str, list[tuple[str, str]]]:
     """Segment ids per output split, each with the source list it came from."""
     held = set(np.flatnonzero(world.heldout).tolist())
+    window = world.state_window
 
     def mentions_held(lst, seg):
-        return bool(held.intersection(lst[seg][1]))
+        if held.intersection(lst[seg][1]):
+            return True
+        if not world.heldout_states:
+            return False
+        q = list(dict.fromkeys(int(c) for c in lst[seg][1]))
+        return any((c, st) in world.heldout_states for c, st in zip(q, ann.states(seg, q, window)))
 
     plan = {
         "train": [("train", s) for s in ann.lists["train"] if not mentions_held(ann.lists["train"], s)],
@@ -396,7 +541,10 @@ def _render_chunk(args) -> pa.Table:
         recipe, video = str(meta[1]), str(meta[2])
         rng = np.random.default_rng([cfg.seed, split_code, offset + j])
         style = ood_styles[recipe] if ood else world.styles[recipe]
-        row = render_segment(cfg, world, [int(c) for c in classes], recipe, rng, ood, style)
+        q = list(dict.fromkeys(int(c) for c in classes))
+        states = dict(zip(q, ann.states(seg, q, cfg.state_window)))
+        state_rng = np.random.default_rng([cfg.seed, split_code, offset + j, 7927])
+        row = render_segment(cfg, world, [int(c) for c in classes], recipe, rng, ood, style, states, state_rng)
         row.update(segment_id=seg, video_id=video, recipe=recipe,
                    sentence=ann.sentences.get(seg, ""), frame_width=cfg.frame_width,
                    frame_height=cfg.frame_height)
@@ -413,6 +561,21 @@ def _render_chunk(args) -> pa.Table:
         else:
             arrays.append(pa.array(v, type=field.type))
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _combo_stats(ann: YC2Annotations, plan: dict, window: int) -> dict:
+    """Per split: mentions with a state word, and (class, state) mentions whose pair training never shows."""
+    def combos(split):
+        for src, seg in plan[split]:
+            q = list(dict.fromkeys(int(c) for c in ann.lists[src][seg][1]))
+            yield from ((c, st) for c, st in zip(q, ann.states(seg, q, window)) if st != text.NO_STATE)
+
+    seen = set(combos("train"))
+    out = {}
+    for split in plan:
+        pairs = list(combos(split))
+        out[split] = {"stated_mentions": len(pairs), "unseen_in_train": sum(p not in seen for p in pairs)}
+    return out
 
 
 def generate(root: str | os.PathLike, cfg: YC2Config = YC2Config(), workers: int | None = None,
@@ -441,7 +604,10 @@ def generate(root: str | os.PathLike, cfg: YC2Config = YC2Config(), workers: int
                 "annotations": ann.digests}
     extra = {"benchmark": "youcook2_bb_generated", "num_classes": ann.num_classes,
              "heldout_classes": [ann.names[i] for i in np.flatnonzero(world.heldout)],
-             "frame_size": [cfg.frame_width, cfg.frame_height]}
+             "frame_size": [cfg.frame_width, cfg.frame_height],
+             "states": list(text.STATE_NAMES), "state_strength": cfg.state_strength,
+             "heldout_states": [f"{ann.names[c]}:{text.STATE_NAMES[st]}" for c, st in sorted(world.heldout_states)],
+             "state_combos": _combo_stats(ann, plan, cfg.state_window)}
     jobs = [(sp, items[i:i + chunk], i) for sp, items in plan.items() for i in range(0, len(items), chunk)]
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     with DatasetWriter(root, "wsvog", {"T": cfg.T, "N": cfg.N, "D": cfg.D}, cfg.feature_dtype,

@@ -43,7 +43,12 @@ Equations.
 Published values (Charades-STA config of the authors' code): ``K = 8``, ``sigma = 9``,
 ``gamma = 0.5``, ``alpha_p`` (their ``margin_1``, beta_1 in the paper) ``= 0.1``, ``alpha_n``
 (``margin_2``, beta_2) ``= 0.15``, ``lambda = 0.146``, ``div_weight = 5``, ``ivc_weight = 1``,
-``mask_ratio = 1/3``, label smoothing 0.1, dropout 0.1, Adam ``lr = 4e-4``, batch 32.
+``mask_ratio = 1/3``, label smoothing 0.1, dropout 0.1, Adam ``lr = 4e-4``, batch 32; the
+authors' runner warms the rate up linearly from 1e-7 over 400 updates, then decays it as
+``lr sqrt(400 / step)`` (fairseq ``inverse_sqrt``), and clips the gradient norm at 10: the
+engine's ``optim.schedule=warmup_rsqrt``, which ``search_spaces/cpl.py`` fixes for the sweep.
+Both reference runners pick their checkpoint on the test split; the project never does
+(``bench/moment_benchmark.py`` reports the last and the best-validation epoch).
 
 Choices where the paper is silent, or made for this project (all exposed unless stated):
 
@@ -400,7 +405,8 @@ class CPL(GroundingModel):
                + hinge(pos, neg2, self.cfg.alpha_n)).mean()
         return rec, ivc
 
-    def cpl_loss(self, out: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def cpl_terms(self, out: dict) -> dict[str, torch.Tensor]:
+        """``L_rec``, ``L_ivc`` and ``L_div`` (scalars) of a :meth:`score_all` output."""
         cfg = self.cfg
         B, K = out["center"].shape
         q = out["rest_query"]
@@ -408,9 +414,13 @@ class CPL(GroundingModel):
         best = out["best"]
         rec, ivc = self.contrastive(out["nll_pos"][torch.arange(B, device=best.device), best], neg1, neg2, ref)
         g = gaussian_mask(out["center"], out["width"], self.div_positions, cfg.sigma)
-        div = diversity_penalty(g, cfg.div_lambda).mean()
-        loss = rec + cfg.ivc_weight * ivc + cfg.div_weight * div
-        logs = {"loss_rec": float(rec.detach()), "loss_ivc": float(ivc.detach()), "loss_div": float(div.detach())}
+        return {"rec": rec, "ivc": ivc, "div": diversity_penalty(g, cfg.div_lambda).mean()}
+
+    def cpl_loss(self, out: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.cfg
+        t = self.cpl_terms(out)
+        loss = t["rec"] + cfg.ivc_weight * t["ivc"] + cfg.div_weight * t["div"]
+        logs = {f"loss_{k}": float(v.detach()) for k, v in t.items()}
         return loss, logs
 
     # -------------------------------------------------------------- interface

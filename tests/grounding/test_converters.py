@@ -491,48 +491,7 @@ def test_anet_captions_and_cd_with_c3d_features(tmp_path):
     assert len(rows[0]["sample_ids"]) == len(ann[cd_val[0]]["sentences"])
 
 
-# ================================================================================= VidSTG
-def test_vidstg_tubes_from_vidor_boxes(tmp_path):
-    from grounding.data.converters import vidstg
-
-    items = json.loads((DATA / "vidstg" / "val_annotations.json").read_text())[:2]
-    (tmp_path / "feat").mkdir()
-    for it in items:
-        n = it["frame_count"]
-        fids = np.arange(0, n, 3)
-        feats = np.zeros((len(fids), 25, 16), np.float16)
-        feats[:, :, 0] = (fids % 2048)[:, None]
-        boxes = np.tile(np.arange(4, dtype=np.float32), (len(fids), 25, 1))
-        np.savez(tmp_path / "feat" / f"{it['vid']}.npz", features=feats, boxes=boxes, frame_ids=fids)
-        traj = [[{"tid": 99, "bbox": {"xmin": 0, "ymin": 0, "xmax": 1, "ymax": 1}}] for _ in range(n)]
-        for f in range(n):
-            for tid in {c["target_id"] for c in it["captions"] + it["questions"]}:
-                traj[f].append({"tid": tid, "bbox": {"xmin": f, "ymin": tid, "xmax": f + 10, "ymax": tid + 10}})
-        d = tmp_path / "vidor" / "annotation" / "validation" / "0001"
-        d.mkdir(parents=True, exist_ok=True)
-        (d / f"{it['vid']}.json").write_text(json.dumps({"video_id": it["vid"], "trajectories": traj}))
-    vidstg.convert(tmp_path / "ds", {"val": DATA / "vidstg" / "val_annotations.json"}, tmp_path / "vidor",
-                   tmp_path / "feat", limit=2, **QUIET)
-    ds = Dataset.open(tmp_path / "ds")
-    ds.verify()
-    assert (ds.manifest.task, ds.manifest.dims) == ("stvg", {"T": 10, "N": 20, "D": 16})
-    rows = _rows(ds, "val")
-    assert [r["segment_id"] for r in rows] == ["10712559773_0_c0", "10712559773_0_q0", "3783730077_1_c0",
-                                               "3783730077_1_q0", "3783730077_1_q1"]
-    r = rows[0]
-    assert r["sentence"] == "the child in red clothes and black pants is watching the ball."
-    assert (r["frame_width"], r["frame_height"]) == (640, 360)
-    # targets 496 + 5 + 10t over used_segment 496..595, nearest of every 3rd frame
-    frames = [501, 510, 522, 531, 540, 552, 561, 570, 582, 591]
-    np.testing.assert_array_equal(np.asarray(r["features"], np.float32).reshape(10, 20, 16)[:, 0, 0], frames)
-    # temporal_gt 510..556: valid where the frame lies inside, box = the target's (tid 2) VidOR box
-    assert r["tube_valid"] == [False, True, True, True, True, True, False, False, False, False]
-    tube = np.asarray(r["tube"]).reshape(10, 4)
-    np.testing.assert_allclose(tube[1], [510, 2, 520, 12])
-    assert not tube[0].any()
-    q1 = rows[4]  # "what does the adult man play on the stage?" -> target 3
-    assert q1["sentence"] == "what does the adult man play on the stage?"
-    assert np.asarray(q1["tube"]).reshape(10, 4)[0, 1] == 3 and all(q1["tube_valid"])
+# VidSTG / HC-STVG (task ``tube``): tests/grounding/test_tube_converters.py
 
 
 # ============================================================================== CLI convert

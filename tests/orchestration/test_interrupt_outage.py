@@ -168,7 +168,7 @@ def test_mlflow_outage_mid_sweep_loses_nothing_and_no_credential_is_recorded(tmp
             assert c.info.status == "FINISHED"
             assert _steps(client, c) == [1, 2, 3]  # no epoch missing, none twice
             assert _steps(client, c, "epoch") == [1, 2, 3]
-            assert _steps(client, c, "test_ood/box_micro") == [3]
+            assert len(_steps(client, c, "test_ood/box_micro")) == 1  # tested once, at its selected epoch
         assert "was unreachable" in out and "Delayed and written when it was back" in out, out[-3000:]
         assert "Nothing is missing." in out
         summary = Path(client.download_artifacts(parent.info.run_id, "summary.txt", str(tmp_path))).read_text()

@@ -81,7 +81,9 @@ def test_killed_driver_resumes_without_duplicates(tmp_path, slow_root):
     for c in children:
         assert c.info.status == "FINISHED"
         assert _steps(client, c) == [1, 2, 3], c.data.tags["trial_number"]  # no gap, no duplicate epoch
-        assert _steps(client, c, "test_ood/box_micro") == [3]
+        # tested once, at the selected epoch, also for the trial the killed driver left unevaluated
+        assert _steps(client, c, "test_ood/box_micro") == [int(c.data.tags["selected_epoch"])]
+        assert c.data.tags["test_evaluated"] == "true"
 
 
 def test_resume_of_an_unknown_sweep_is_a_clear_error(tmp_path):

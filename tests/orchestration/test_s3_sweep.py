@@ -45,7 +45,12 @@ def test_sweep_reads_shards_and_writes_state_in_s3(tmp_path, smoke_root, s3_serv
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("video-grounding")
     runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)  # parent, 2 trials, the backbone
+    # the staged causal backbone was built once, into the sweep's S3 storage, manifest last
+    (stage,) = fs.ls("lab/ray-results/s3sweep/stages")
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(stage)) == ["history.json", "manifest.json", "stage.pt"]
+    (stage_run,) = [r for r in runs if r.data.tags.get("kind") == "stage"]
+    assert stage_run.data.tags["stage_uri"] == "s3://" + stage
     parent = next(r for r in runs if r.info.run_id == state["parent_run_id"])
     assert parent.data.params["data.root"] == "s3://lab/datasets/yc2"
     # credentials appear in no param, tag, log line or file the sweep wrote

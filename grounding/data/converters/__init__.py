@@ -20,6 +20,7 @@ FORMATS: dict[str, str] = {
     "anet-captions": "anet_captions",
     "anet-cd": "anet_captions",
     "vidstg": "vidstg",
+    "hc-stvg": "vidstg",
 }
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from ... import __version__
-from ..schema import moment_schema, stvg_schema, vocab_schema, wsvog_schema
+from ..schema import moment_schema, vocab_schema, wsvog_schema
 from ..storage import redact
 
 CHUNK_ROWS = 32  # rows handed to the writer at a time (bounds memory for 4096-d region features)
@@ -176,25 +176,6 @@ def wsvog_table(rows: list[dict], T: int, N: int, D: int, feature_dtype: str) ->
         "gt_boxes": pa.array([np.asarray(r["gt_boxes"], np.float32).reshape(-1) for r in rows],
                              pa.list_(pa.float32())),
         "gt_valid": pa.array([np.asarray(r["gt_valid"], bool).reshape(-1) for r in rows], pa.list_(pa.bool_())),
-        "frame_width": pa.array([r["frame_width"] for r in rows], pa.int16()),
-        "frame_height": pa.array([r["frame_height"] for r in rows], pa.int16()),
-    }
-    return pa.Table.from_arrays([cols[n] for n in schema.names], schema=schema)
-
-
-def stvg_table(rows: list[dict], T: int, N: int, D: int, feature_dtype: str) -> pa.Table:
-    schema = stvg_schema(T, N, D, feature_dtype)
-    ft = np_dtype(feature_dtype)
-    cols = {
-        "segment_id": pa.array([r["segment_id"] for r in rows], pa.string()),
-        "video_id": pa.array([r["video_id"] for r in rows], pa.string()),
-        "sentence": pa.array([r["sentence"] for r in rows], pa.string()),
-        "features": _fixed(np.stack([np.asarray(r["features"], ft) for r in rows]), schema.field("features")),
-        "proposals": _fixed(np.stack([np.asarray(r["proposals"], np.float32) for r in rows]),
-                            schema.field("proposals")),
-        "tube": _fixed(np.stack([np.asarray(r["tube"], np.float32) for r in rows]), schema.field("tube")),
-        "tube_valid": _fixed(np.stack([np.asarray(r["tube_valid"], bool) for r in rows]),
-                             schema.field("tube_valid")),
         "frame_width": pa.array([r["frame_width"] for r in rows], pa.int16()),
         "frame_height": pa.array([r["frame_height"] for r in rows], pa.int16()),
     }

@@ -1,0 +1,647 @@
+"""``winner``: WINNER, weakly-supervised hierarchical decomposition and alignment for
+spatio-temporal video grounding (Li et al., CVPR 2023; spec ``../shared/specs/winner.md``).
+
+Task family ``tube`` (``TUBE_CONTRACT.md``): from (video, sentence) pairs alone, predict a temporal
+segment and one proposal per frame (a tube) for the sentence's subject. **No public WINNER code
+exists**, and the paper sends its temporal-localisation module to an appendix that is not public:
+the temporal module below ("TL-1", spec §3.6) is this project's own design, not the paper's.
+Tags: [P] the paper, [I] inferred (mostly from CLIORA/DIORA, the closest public code), [D] a
+choice of the spec (its §7 entry in brackets).
+
+Shapes per batch: ``B`` sentences (each with its own video row), ``L`` words (trimmed to the
+longest sentence of the batch), ``C = L (L + 1) / 2`` chart cells, ``M`` tubes, ``T`` frames,
+``D`` hidden units.
+
+Chart indexing (DIORA layout): cell(i, j) = offset(l) + i with level ``l = j - i`` and
+``offset(l) = sum_{l' < l} (L - l')`` (0-based, inclusive spans): all leaves, then all two-word
+spans, and so on (:func:`chart_tables`).
+
+Equations.
+
+* Leaves [I]: ``r_ii = L2norm(tanh(W_leaf x_i))``, ``c_ii = 0`` [P]; ``x_i`` the frozen GloVe row
+  of word i (``DataInfo.word_vectors``).
+* Inside pass (Eqs. 1-4) [P]: for span (i, j) and split k,
+  ``r_ijk = MLP([r_ik; r_k+1,j])`` (Linear-ReLU-Linear-ReLU, CLIORA), ``c_ijk = r_ik^T W r_k+1,j +
+  c_ik + c_k+1,j``; ``r_ij = L2norm(sum_k softmax_k(c_ijk) r_ijk)``, ``c_ij = sum_k softmax_k(c_ijk)
+  c_ijk`` (unit normalisation [I], A8).
+* Tubes: ``f_m = W_v mean_t X[t, tube_m(t)] + b_v`` over the valid frames (whole video).
+* Structural attention (Eqs. 5-9), computed on the pass-1 (language-only) chart [D] (A9):
+  ``a = H1 F^T`` [B, C, M]; related nodes R(i, j) = proper ancestors ``{t <= i, k >= j}`` [D] (A10;
+  ``parents=literal`` is the paper's ``{t <= i, k > j}``) plus descendants ``{i <= t <= k <= j}``
+  (the node itself included, A11); ``a_hat = mean_{R(i,j)} a`` (A12);
+  ``s_c = cos(a_hat(i,j), a(t,k))`` over the tubes; interfering ``I = {s_c < delta}`` (a hard mask
+  under no_grad, A13/A16); kept ``K = R \\ I \\ {(i,j)}``;
+  ``Att = alpha a_ij + beta sum_K w_tk a_tk`` with ``w_tk ∝ 1 / |(j - i) - (k - t)|`` normalised
+  over K (``att_context=inv_dist``, A14; ``mean``: 1/|K|; ``literal``: sum_K a / sum_K |Δ|), 0 for
+  empty K; ``f_ij = sum_m softmax_m(Att) f_m`` with dropout on the probabilities [D].
+* Fusion and pass 2 (Eq. 10) [D]: ``r~_ii = L2norm(r_ii + lam f_ii)``; the inside pass is repeated
+  on r~ children with the same MLP and W and ``r~_ij = L2norm(L2norm(r2_ij) + lam f_ij)``; the
+  pass-2 scores ``c^B`` are the ones used downstream.
+* Top-down feature backtracking (Eqs. 11-14) [P + I]: root ``r^U = L2norm(u_root)`` (learned),
+  ``c^U = 0``; node (i, j) has one context per right-sibling split (parent (i, k), sibling
+  (j+1, k)) and per left-sibling split (parent (k, j), sibling (k, i-1)):
+  ``r^U_ijk = MLP([r^U_parent; r~_sibling])``, ``c^U_ijk = r^U_parent^T W r~_sibling + c^U_parent +
+  c^B_sibling``; softmax over the ``L - l - 1`` contexts, weighted sums, unit normalisation.
+  MLP and W shared with the inside pass (``share_inside_outside``, A7).
+* Reconstruction [I] (A23): ``L_rec = mean -log softmax`` of ``(W_rec e(w_i))^T r^U_ii`` against
+  ``k_neg`` negatives shared by the batch, drawn ∝ unigram^0.75.
+* Temporal localisation TL-1 [D] (A1): ``u_t = LayerNorm(W_f frame_feats_t)``; clips ``(s, e)``
+  with ``e - s + 1 >= max(2, round(min_clip T))`` inside the valid frames; ``h_se = L2norm(mean
+  u)``; ``pi = exp(min(c^B + c^U - c^B_root, 30))`` (span marginal, A19); ``q = L2norm(sum pi (r~ +
+  r^U) / sum pi)``; ``sigma_se = h_se . q``; ``L_tmp = -log softmax_{V'}(max_se sigma(V', S) /
+  tau_t) + [gamma_t - sigma_best + sigma_complement]_+``; prediction ``argmax_se sigma``.
+  ``temporal=full`` (whole video) and ``temporal=oracle`` (GT segment; diagnostic only: it reads
+  the GT at training too) replace it, without L_tmp. ``tl1_select=above_mean`` (this project's
+  addition, not the spec's) picks instead the clip that maximises ``sum_{t in clip} (sigma_t -
+  mean_t sigma_t)`` with ``sigma_t = L2norm(u_t) . q`` the single-frame scores: the argmax of a
+  clip *mean* prefers the shortest clip inside the relevant frames (a 2-frame clip of
+  above-average frames beats any clip that also covers weaker ones), so TL-1 as specified
+  predicts near-minimal segments (measured: m_tIoU about 0.04 on the generated VidSTG, against
+  0.40 for the whole video).
+* Matching (Eqs. 15-17): tubes cropped to each video's own predicted clip [D] (A4, A17),
+  ``f^_m = W_v mean_{t in clip} X[t, tube_m(t)] + b_v``; ``s_x(V, n_ij) = max_m f^_m^T (r~_ij +
+  r^U_ij)`` for every sentence x video pair of the batch (node features of S are not recomputed
+  against V', A35).
+* Word level (Eq. 18) [P]: ``l_word = -log exp(s(V, n_ii)) / sum_{V'} exp(s(V', n_ii))`` over the
+  batch's videos, no temperature; other rows of the same video are masked (A18).
+* Phrase level (Eqs. 19-20): ``d(V, n_ij) = s(V, n_ij) pi_ij`` (``span_weight=marginal``, A19;
+  ``literal`` is ``c^B c^U / c^B_root``); ``l_phrase = mean_{V'} [d(V', n) - d(V, n) + gamma]_+ +
+  mean_{S'} [d(V, n') - d(V, n) + gamma]_+`` over all spans i < j, root included (A20, A21;
+  ``phrase_negatives=hardest`` takes the maximum instead of the mean); ``n'`` is span (i, j) of
+  another sentence S' with its own pi', used only where S' is long enough to have it.
+* Total (Eq. 21 + §3.8): ``L = mu sum_i l_word + sum_(i<j) l_phrase + w_rec L_rec + w_tmp L_tmp``
+  (sums over a sample's words and spans, then the batch mean). ``dsa=False`` drops l_phrase;
+  ``svhu=False`` sets lam = 0 and skips the attention (Table 3's ablations, A36).
+* Inference (§3.9): segment = the predicted clip (half-open in the prediction dict), tube
+  ``m* = argmax_m f^_m . (r~ + r^U)`` at the subject leaf: ``subject_pos`` for declaratives (the
+  first word when it is -1), the wh-word (first word) for questions (A27, ``question_node``);
+  ``subject_node=root`` uses the whole sentence instead.
+
+Published values [P]: alpha 1.0, beta 0.5, gamma 0.5, lam (λ) 1.0, mu 1.0, lr 1e-5, batch 64, 20
+epochs. Not published: delta (default 0, A13), every size, the optimiser (Adam + clip 5, CLIORA,
+A25), the rec/tmp weights (1.0, A24). W ~ N(0, 1) as DIORA; u_root ~ N(0, 1).
+
+Choices made for this project (beyond the spec's):
+
+* Word features: GloVe 300-d (``DataInfo.word_vectors``) replaces the paper's ELMo 1024-d, which is
+  not available here (A5 names GloVe as the fallback). Static embeddings carry no context: the
+  outside pass is the only thing that tells two "man"s of one sentence apart.
+* Batches: the engine draws random batches, so instead of length buckets (A34) sentences are
+  padded and masked: a cell is valid when its span ends inside the sentence, the root of each
+  sentence is its own cell (0, n-1) with the learned root context, and contexts whose parent
+  crosses the sentence end are masked. Every valid cell then equals the unpadded chart's
+  (tested). Sentences of any length train (a 1-word sentence has no phrase term); ``n'`` for the
+  phrase hinge is restricted to sentences S' that have span (i, j).
+* Tubes: the batch's precomputed ``tubes`` (``linking=batch``, the contract's VCMA Eq. 4 links)
+  by default; ``linking=greedy`` links here with the spec's seeded greedy IoU tracker (§1.2, A3):
+  N tubes seeded at the middle valid frame, extended forward and backward by the best-IoU box.
+* Unigram statistics for the reconstruction negatives are the running counts of the training
+  tokens seen so far (+1 smoothing): the DataInfo carries no word frequencies.
+* Sizes for a 2-core CPU: ``hidden_dim`` 32 (the spec's [D] 400 is CLIORA's and the paper-scale
+  override: ``model.hidden_dim=400``), ``max_words`` 0 (no cap; the chart costs O(L^3)).
+* Cost: at the defaults one epoch of the generated VidSTG train split (7262 sentences, batch 32,
+  T = 32, N = M = 10) took 243 s on one CPU thread of this (shared, loaded) 2-core machine, 31
+  sentences/s; the chart is O(L^3) per sentence and the pair scores O(B^2 C M).
+* Not implemented from the spec's options: ``temporal=cpl``, ``att_source=pass2``,
+  ``relink=True``, ``phrase_spans=half``, ``warm_start=diora``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import DataInfo, GroundingModel, ModelConfig, check_config
+from .registry import register
+
+PI_CLAMP = 30.0  # exp(clamp(., max=30)) guards the span marginal against float32 overflow
+NEG = -1e9  # masked logits (finite, so that fully masked rows stay finite)
+
+
+@dataclasses.dataclass
+class WinnerConfig(ModelConfig):
+    hidden_dim: int = 32  # D (spec [D] 400 = CLIORA; 32 fits a 2-core CPU)
+    alpha: float = 1.0  # self-correlation weight, Eq. 8 [P]
+    beta: float = 0.5  # structural-context weight, Eq. 8 [P]
+    delta: float = 0.0  # interference threshold, Eq. 7 (not published; -1.01 = off)
+    lam: float = 1.0  # lambda, visual-cue injection, Eq. 10 [P]
+    gamma: float = 0.5  # phrase hinge margin, Eq. 20 [P]
+    mu: float = 1.0  # word-loss weight, Eq. 21 [P]
+    learn_alpha_beta: bool = False  # alpha, beta as parameters initialised at the values above (A15)
+    att_context: str = "inv_dist"  # inv_dist | mean | literal (A14)
+    parents: str = "all"  # all (every proper ancestor) | literal (t <= i, k > j) (A10)
+    att_dropout: float = 0.1  # on the structural-attention probabilities, Eq. 9
+    share_inside_outside: bool = True  # one MLP and W for Eqs. 1-2 and 11-12 (A7)
+    span_weight: str = "marginal"  # marginal exp(cB + cU - cB_root) | literal cB cU / cB_root (A19)
+    phrase_negatives: str = "mean"  # mean | hardest over in-batch negatives (A20)
+    mask_same_video: bool = True  # other sentences of the same video are not negatives (A18)
+    dsa: bool = True  # decomposition structure alignment: the phrase-level loss (Table 3)
+    svhu: bool = True  # structure-guided video understanding: attention + fusion (Table 3)
+    w_rec: float = 1.0  # reconstruction weight (A24)
+    k_neg: int = 100  # reconstruction negatives (A23)
+    w_tmp: float = 1.0  # temporal-loss weight (A24)
+    temporal: str = "tl1"  # tl1 (project design) | full (whole video) | oracle (GT segment, diagnostic)
+    tau_t: float = 0.1  # TL-1 temperature
+    gamma_t: float = 0.1  # TL-1 best clip vs complement margin
+    min_clip: float = 0.05  # shortest clip, as a fraction of T (at least 2 frames)
+    tl1_select: str = "argmax"  # argmax (spec TL-1) | above_mean (max-sum run of above-average frames)
+    linking: str = "batch"  # batch (precomputed tubes) | greedy (seeded greedy IoU tracking, here)
+    question_node: str = "wh"  # wh (first word) | subject_pos, the subject leaf of a question (A27)
+    subject_node: str = "leaf"  # leaf | root, the node whose best tube is predicted
+    max_words: int = 0  # cap on the words per sentence (0 = none)
+
+    def __post_init__(self):
+        check_config(self, {"hidden_dim": (1, None), "alpha": (None, None), "beta": (None, None),
+                            "delta": (-1.01, 1.0), "lam": (0, None), "gamma": (0, None), "mu": (0, None),
+                            "att_dropout": (0, 0.9), "w_rec": (0, None), "k_neg": (1, None),
+                            "w_tmp": (0, None), "tau_t": (1e-4, None), "gamma_t": (0, None),
+                            "min_clip": (0, 1), "max_words": (0, None)})
+        for name, allowed in (("att_context", ("inv_dist", "mean", "literal")), ("parents", ("all", "literal")),
+                              ("span_weight", ("marginal", "literal")), ("phrase_negatives", ("mean", "hardest")),
+                              ("temporal", ("tl1", "full", "oracle")),
+                              ("tl1_select", ("argmax", "above_mean")), ("linking", ("batch", "greedy")),
+                              ("question_node", ("wh", "subject_pos")), ("subject_node", ("leaf", "root"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; allowed: {', '.join(allowed)}")
+
+
+# --------------------------------------------------------------------------- chart indexing
+def cell(i: int, j: int, L: int) -> int:
+    """Chart cell of the 0-based inclusive span (i, j) in a chart over L words."""
+    lvl = j - i
+    return lvl * L - lvl * (lvl - 1) // 2 + i
+
+
+@functools.lru_cache(maxsize=64)
+def chart_tables(L: int, parents: str = "all") -> dict:
+    """Static index tables of a chart over L words (cached per length).
+
+    ``span [C, 2]`` (i, j) per cell; ``inside[l] = (left [L-l, l], right [L-l, l])`` children of
+    every split of level l; ``outside[l] = (parent [L-l, L-l-1], sibling [L-l, L-l-1])`` the
+    contexts of level l (right-sibling splits first); ``related [C, C]`` (target, related node)
+    with the node itself; ``dist [C, C]`` = |len(target) - len(related)|.
+    """
+    C = L * (L + 1) // 2
+    span = torch.zeros(C, 2, dtype=torch.long)
+    for lvl in range(L):
+        for i in range(L - lvl):
+            span[cell(i, i + lvl, L)] = torch.tensor([i, i + lvl])
+    inside, outside = {}, {}
+    for lvl in range(1, L):
+        left = [[cell(i, k, L) for k in range(i, i + lvl)] for i in range(L - lvl)]
+        right = [[cell(k + 1, i + lvl, L) for k in range(i, i + lvl)] for i in range(L - lvl)]
+        inside[lvl] = (torch.tensor(left), torch.tensor(right))
+    for lvl in range(L - 1):
+        par, sib = [], []
+        for i in range(L - lvl):
+            j = i + lvl
+            p = [cell(i, k, L) for k in range(j + 1, L)] + [cell(k, j, L) for k in range(i)]
+            s = [cell(j + 1, k, L) for k in range(j + 1, L)] + [cell(k, i - 1, L) for k in range(i)]
+            par.append(p)
+            sib.append(s)
+        outside[lvl] = (torch.tensor(par, dtype=torch.long).view(L - lvl, L - lvl - 1),
+                        torch.tensor(sib, dtype=torch.long).view(L - lvl, L - lvl - 1))
+    i, j = span[:, 0], span[:, 1]
+    t, k = i[None, :], j[None, :]
+    i, j = i[:, None], j[:, None]
+    anc = (t <= i) & (k > j) if parents == "literal" else (t <= i) & (k >= j)
+    desc = (t >= i) & (k <= j)
+    related = anc | desc
+    dist = ((j - i) - (k - t)).abs()
+    return {"C": C, "span": span, "inside": inside, "outside": outside, "related": related, "dist": dist}
+
+
+def l2norm(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+
+
+# --------------------------------------------------------------------------- structural attention
+def structural_attention(A: torch.Tensor, valid: torch.Tensor, tables: dict, alpha, beta, delta: float,
+                         context: str = "inv_dist") -> tuple[torch.Tensor, torch.Tensor]:
+    """Eqs. 6-8: ``A [B, C, M]`` node-tube correlations, ``valid [B, C]`` -> (``Att [B, C, M]``,
+    ``keep [B, C, C]`` the related nodes kept in the context of each target node)."""
+    R = tables["related"].to(A.device)[None] & valid[:, None, :] & valid[:, :, None]  # [B, C, C]
+    Rf = R.to(A.dtype)
+    with torch.no_grad():
+        A_hat = Rf @ A / Rf.sum(-1, keepdim=True).clamp(min=1)  # Eq. 6, mean over R(i,j)
+        sim = l2norm(A_hat) @ l2norm(A).transpose(1, 2)  # Eq. 7, [B, C(target), C(related)]
+        eye = torch.eye(A.shape[1], dtype=torch.bool, device=A.device)[None]
+        keep = R & ~eye & ~(sim < delta)
+    dist = tables["dist"].to(A.device, A.dtype)[None]
+    kf = keep.to(A.dtype)
+    if context == "inv_dist":
+        w = kf / dist.clamp(min=1)
+        w = w / w.sum(-1, keepdim=True).clamp(min=1e-12)
+    elif context == "mean":
+        w = kf / kf.sum(-1, keepdim=True).clamp(min=1)
+    else:  # literal: sum_K a / sum_K |delta|
+        w = kf / (kf * dist).sum(-1, keepdim=True).clamp(min=1)
+    return alpha * A + beta * (w @ A), keep
+
+
+# --------------------------------------------------------------------------- tube linking
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise IoU of ``a [..., P, 4]`` and ``b [..., Q, 4]`` (x1, y1, x2, y2) -> ``[..., P, Q]``."""
+    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
+    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area = lambda x: (x[..., 2:] - x[..., :2]).clamp(min=0).prod(-1)  # noqa: E731
+    return inter / (area(a)[..., :, None] + area(b)[..., None, :] - inter).clamp(min=1e-12)
+
+
+@torch.no_grad()
+def link_tubes(boxes: torch.Tensor, frame_valid: torch.Tensor | None = None,
+               conf: torch.Tensor | None = None) -> torch.Tensor:
+    """Seeded greedy IoU tracking (spec §1.2): ``boxes [B, T, N, 4]`` -> ``tubes [B, N, T]``.
+
+    Tube m starts at proposal m of the middle valid frame ``t0 = n_valid // 2`` and is extended
+    forward and backward by ``argmax_n IoU(prev box, box_n) + 1e-3 conf_n``; invalid frames get -1.
+    Valid frames are assumed to be a prefix of the T frames.
+    """
+    B, T, N, _ = boxes.shape
+    dev = boxes.device
+    fv = torch.ones(B, T, dtype=torch.bool, device=dev) if frame_valid is None else frame_valid.bool()
+    nv = fv.sum(1).clamp(min=1)
+    t0 = nv // 2
+    bi = torch.arange(B, device=dev)
+    tubes = torch.full((B, N, T), -1, dtype=torch.long, device=dev)
+    seed = torch.arange(N, device=dev).expand(B, N)
+    tubes[bi[:, None], torch.arange(N, device=dev)[None], t0[:, None]] = seed
+    for direction in (1, -1):
+        cur = seed.clone()
+        for d in range(1, T):
+            t = t0 + direction * d
+            ok = (t >= 0) & (t < nv)
+            if not ok.any():
+                break
+            tc = t.clamp(0, T - 1)
+            prev = boxes[bi, (tc - direction).clamp(0, T - 1)]  # [B, N, 4]
+            prev = torch.gather(prev, 1, cur[..., None].expand(B, N, 4))
+            score = box_iou(prev, boxes[bi, tc])  # [B, N(tube), N(proposal)]
+            if conf is not None:
+                score = score + 1e-3 * conf[bi, tc][:, None, :]
+            nxt = score.argmax(-1)
+            cur = torch.where(ok[:, None], nxt, cur)
+            upd = torch.where(ok[:, None], nxt, tubes[bi, :, tc])
+            tubes[bi[:, None], torch.arange(N, device=dev)[None], tc[:, None]] = upd
+    return tubes
+
+
+# --------------------------------------------------------------------------- losses
+def word_loss(sx: torch.Tensor, valid: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+    """Eq. 18 summed over a sentence's words, mean over the batch.
+
+    ``sx [B_s, B_v, L]`` word-tube scores s(V_b, n^a_ii), ``valid [B, L]`` real words, ``same
+    [B, B]`` pairs of one video (the diagonal is the positive; the other same-video pairs are
+    left out of the denominator)."""
+    B = sx.shape[0]
+    eye = torch.eye(B, dtype=torch.bool, device=sx.device)
+    logp = sx.masked_fill((same & ~eye)[..., None], NEG).log_softmax(1)
+    logp = logp.diagonal(dim1=0, dim2=1).transpose(0, 1)  # [B, L]
+    return -(logp * valid).sum(1).mean()
+
+
+def phrase_loss(sx: torch.Tensor, w: torch.Tensor, valid: torch.Tensor, phrases: torch.Tensor,
+                same: torch.Tensor, gamma: float, negatives: str = "mean") -> torch.Tensor:
+    """Eqs. 19-20 summed over a sentence's spans, mean over the batch.
+
+    ``sx [B_s, B_v, C]`` node-video scores, ``w [B, C]`` span weights (pi), ``valid [B, C]`` cells
+    inside each sentence, ``phrases [B, C]`` the spans scored (i < j). ``d[a, b, c] = sx[a, b, c]
+    w[a, c]``; the first hinge ranks the other videos V_b against V_a for node c of S_a, the second
+    the node c of the other sentences S_a' (where they have it, with their own weights) on V_a."""
+    d = sx * w[:, None, :]
+    pos = d.diagonal(dim1=0, dim2=1).transpose(0, 1)  # [B, C]: d(V_a, n^a_c)
+    neg = ~same
+    h1 = (d - pos[:, None, :] + gamma).clamp(min=0)  # [a, b, c]
+    m1 = neg[..., None] & phrases[:, None, :]
+    h2 = (d.transpose(0, 1) - pos[:, None, :] + gamma).clamp(min=0)  # [a, a', c] = d(V_a, n^a'_c)
+    m2 = neg[..., None] & phrases[:, None, :] & valid[None, :, :]
+
+    def reduce(h, m):
+        if negatives == "hardest":
+            return (h * m).max(1).values
+        mf = m.to(h.dtype)
+        return (h * mf).sum(1) / mf.sum(1).clamp(min=1)
+
+    return (reduce(h1, m1) + reduce(h2, m2)).sum(1).mean()
+
+
+# --------------------------------------------------------------------------- the model
+class ComposeMLP(nn.Module):
+    """CLIORA's ``VLComposeMLP``: Linear(2D, D), ReLU, Linear(D, D), ReLU; plus the bilinear W."""
+
+    def __init__(self, D: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(2 * D, D), nn.ReLU(), nn.Linear(D, D), nn.ReLU())
+        self.W = nn.Parameter(torch.randn(D, D))  # N(0, 1) as DIORA
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mlp(torch.cat([a, b], -1)), ((a @ self.W) * b).sum(-1)
+
+
+@register("winner")
+class Winner(GroundingModel):
+    task = "tube"
+    Config = WinnerConfig
+
+    def __init__(self, cfg: WinnerConfig, info: DataInfo):
+        super().__init__(cfg, info)
+        dims = info.dims
+        D = cfg.hidden_dim
+        vectors = torch.as_tensor(info.word_vectors, dtype=torch.float32)
+        self.register_buffer("word_vectors", vectors, persistent=False)
+        self.register_buffer("unigram", torch.ones(len(vectors)))  # running token counts (+1)
+        Dw, Dr, Df = vectors.shape[1], dims["Dr"], dims["Df"]
+        self.leaf = nn.Linear(Dw, D)
+        self.compose = ComposeMLP(D)
+        self.compose_out = self.compose if cfg.share_inside_outside else ComposeMLP(D)
+        self.root = nn.Parameter(torch.randn(D))
+        self.tube_proj = nn.Linear(Dr, D)
+        self.rec_proj = nn.Linear(Dw, D, bias=False)
+        # built only where used, so that every parameter gets a gradient (DDP)
+        if cfg.temporal == "tl1":
+            self.frame_proj = nn.Sequential(nn.Linear(Df, D), nn.LayerNorm(D))
+        self.att_drop = nn.Dropout(cfg.att_dropout)
+        if cfg.learn_alpha_beta and cfg.svhu:
+            self.alpha = nn.Parameter(torch.tensor(float(cfg.alpha)))
+            self.beta = nn.Parameter(torch.tensor(float(cfg.beta)))
+        else:
+            self.alpha, self.beta = cfg.alpha, cfg.beta
+
+    # ------------------------------------------------------------------ language chart
+    def lengths(self, batch) -> torch.Tensor:
+        n = batch["token_mask"].sum(1).clamp(min=1)
+        return n.clamp(max=self.cfg.max_words) if self.cfg.max_words else n
+
+    def leaves(self, tokens: torch.Tensor) -> torch.Tensor:
+        return l2norm(torch.tanh(self.leaf(self.word_vectors[tokens])))
+
+    def inside(self, leaves: torch.Tensor, tables: dict, fuse: torch.Tensor | None = None,
+               lam: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eqs. 1-4 over ``leaves [B, L, D]``; with ``fuse [B, C, D]`` each node gets Eq. 10's
+        ``L2norm(r + lam f)`` before its parents are built (pass 2). -> ``H [B, C, D]``, ``S [B, C]``."""
+        B, L, D = leaves.shape
+        H = leaves.new_zeros(B, tables["C"], D)
+        S = leaves.new_zeros(B, tables["C"])
+        first = leaves if fuse is None else l2norm(leaves + lam * fuse[:, :L])
+        H = H.index_copy(1, torch.arange(L, device=H.device), first)
+        for lvl in range(1, L):
+            left, right = (x.to(H.device) for x in tables["inside"][lvl])
+            hl, hr = H[:, left], H[:, right]  # [B, L-l, l, D]
+            h, s = self.compose(hl, hr)
+            s = s + S[:, left] + S[:, right]
+            w = s.softmax(-1)
+            h = l2norm((w[..., None] * h).sum(-2))
+            idx = torch.arange(lvl * L - lvl * (lvl - 1) // 2, lvl * L - lvl * (lvl - 1) // 2 + L - lvl,
+                               device=H.device)
+            if fuse is not None:
+                h = l2norm(h + lam * fuse[:, idx])
+            H = H.index_copy(1, idx, h)
+            S = S.index_copy(1, idx, (w * s).sum(-1))
+        return H, S
+
+    def outside(self, H: torch.Tensor, S: torch.Tensor, n: torch.Tensor, tables: dict):
+        """Eqs. 11-14: top-down from each sentence's root (0, n-1). -> ``HU [B, C, D]``, ``SU [B, C]``."""
+        B, C, D = H.shape
+        L = int(tables["span"][-1, 1]) + 1
+        dev = H.device
+        span_end = tables["span"][:, 1].to(dev)
+        root = l2norm(self.root)
+        HU = H.new_zeros(B, C, D)
+        SU = H.new_zeros(B, C)
+        for lvl in range(L - 1, -1, -1):
+            start = lvl * L - lvl * (lvl - 1) // 2
+            idx = torch.arange(start, start + L - lvl, device=dev)
+            if lvl < L - 1:
+                par, sib = (x.to(dev) for x in tables["outside"][lvl])
+                h, s = self.compose_out(HU[:, par], H[:, sib])
+                s = s + SU[:, par] + S[:, sib]
+                ok = span_end[par][None] < n[:, None, None]  # parent inside the sentence
+                w = s.masked_fill(~ok, NEG).softmax(-1) * ok
+                h = l2norm((w[..., None] * h).sum(-2))
+                s = (w * s).sum(-1)
+            else:
+                h, s = H.new_zeros(B, 1, D), H.new_zeros(B, 1)
+            is_root = torch.zeros(B, L - lvl, dtype=torch.bool, device=dev)
+            is_root[:, 0] = n - 1 == lvl
+            h = torch.where(is_root[..., None], root.expand_as(h), h)
+            s = torch.where(is_root, torch.zeros_like(s), s)
+            HU = HU.index_copy(1, idx, h)
+            SU = SU.index_copy(1, idx, s)
+        return HU, SU
+
+    # ------------------------------------------------------------------ video side
+    def tubes_of(self, batch) -> torch.Tensor:
+        if self.cfg.linking == "greedy":
+            return link_tubes(batch["boxes"], batch["frame_valid"])
+        return batch["tubes"]
+
+    @staticmethod
+    def tube_frames(batch, tubes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-frame tube features ``X [B, T, M, Dr]`` and validity ``[B, T, M]``."""
+        R = batch["region_feats"]
+        B, T, N, Dr = R.shape
+        idx = tubes.transpose(1, 2)  # [B, T, M]
+        X = torch.gather(R, 2, idx.clamp(min=0)[..., None].expand(*idx.shape, Dr))
+        ok = (idx >= 0) & batch["frame_valid"][..., None].bool()
+        return X, ok
+
+    def pool_tubes(self, X: torch.Tensor, ok: torch.Tensor, frames: torch.Tensor | None = None):
+        """``f = W_v mean_t X + b_v`` over the valid frames (and ``frames [B, T]``) -> ``[B, M, D]``, valid ``[B, M]``."""
+        m = ok if frames is None else ok & frames[..., None]
+        mf = m.to(X.dtype)
+        g = (X * mf[..., None]).sum(1) / mf.sum(1).clamp(min=1)[..., None]
+        return self.tube_proj(g), m.any(1)
+
+    # ------------------------------------------------------------------ temporal (TL-1, project design)
+    def clips(self, T: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        lmin = min(T, max(2, round(self.cfg.min_clip * T)))
+        s, e = torch.triu_indices(T, T, offset=lmin - 1, device=device)
+        return s, e
+
+    def temporal(self, batch, q: torch.Tensor, same: torch.Tensor):
+        """-> (start [B], end [B] inclusive, L_tmp or None, logs)."""
+        fv = batch["frame_valid"].bool()
+        B, T = fv.shape
+        nf = fv.sum(1).clamp(min=1)
+        mode = self.cfg.temporal
+        if mode == "full":
+            return torch.zeros_like(nf), nf - 1, None
+        if mode == "oracle":
+            g = batch["gt_segment"]
+            s = g[:, 0].clamp(0, T - 1)
+            return s, torch.maximum(g[:, 1] - 1, s).clamp(max=T - 1), None
+        u = self.frame_proj(batch["frame_feats"]) * fv[..., None]
+        P = F.pad(u.cumsum(1), (0, 0, 1, 0))  # [B, T+1, D]
+        cs, ce = self.clips(T, u.device)
+        length = (ce - cs + 1).to(u.dtype)
+        clip_sum = P[:, ce + 1] - P[:, cs]  # [B, K, D]
+        h = l2norm(clip_sum)
+        clip_ok = ce[None] < nf[:, None]  # [B, K] (valid frames are a prefix)
+        own = torch.einsum("bkd,bd->bk", h, q).masked_fill(~clip_ok, NEG)  # [B, K]: sigma(V, S)
+        if self.cfg.tl1_select == "argmax":
+            best = own.argmax(-1)
+        else:  # above_mean: the clip with the largest sum of above-average frame scores
+            with torch.no_grad():
+                sf = (l2norm(u) * q[:, None]).sum(-1)  # [B, T] sigma of single frames
+                c = (sf - (sf * fv).sum(1, keepdim=True) / nf[:, None]) * fv
+                Pc = F.pad(c.cumsum(1), (1, 0))
+                best = (Pc[:, ce + 1] - Pc[:, cs]).masked_fill(~clip_ok, NEG).argmax(-1)
+        if not self.training:
+            return cs[best], ce[best], None
+        sig = torch.einsum("bkd,ad->abk", h, q).masked_fill(~clip_ok[None], NEG)  # [B_s, B_v, K]
+        sig_star = sig.max(-1).values  # [B_s, B_v]
+        logits = (sig_star / self.cfg.tau_t).masked_fill(same & ~torch.eye(B, dtype=torch.bool, device=q.device), NEG)
+        inter = F.cross_entropy(logits, torch.arange(B, device=q.device))
+        bi = torch.arange(B, device=q.device)
+        comp = P[:, -1] - clip_sum[bi, best]
+        comp_n = nf.to(u.dtype) - length[best]
+        has = comp_n > 0
+        s_best = own[bi, best]
+        s_comp = (l2norm(comp) * q).sum(-1)
+        intra = ((self.cfg.gamma_t - s_best + s_comp).clamp(min=0) * has).sum() / has.sum().clamp(min=1)
+        return cs[best], ce[best], inter + intra
+
+    # ------------------------------------------------------------------ full pass
+    def encode(self, batch) -> dict:
+        cfg = self.cfg
+        n = self.lengths(batch)
+        L = int(n.max())
+        tokens = batch["tokens"][:, :L]
+        tables = chart_tables(L, cfg.parents)
+        span = tables["span"].to(tokens.device)
+        valid = span[None, :, 1] < n[:, None]  # [B, C]
+        tubes = self.tubes_of(batch)
+        X, xok = self.tube_frames(batch, tubes)
+        Fv, tube_ok = self.pool_tubes(X, xok)  # whole-video tubes
+        leaves = self.leaves(tokens)
+        H1, S1 = self.inside(leaves, tables)
+        lam = cfg.lam if cfg.svhu else 0.0
+        logs = {}
+        if cfg.svhu:
+            A = torch.einsum("bcd,bmd->bcm", H1, Fv)  # Eq. 5
+            Att, keep = structural_attention(A, valid, tables, self.alpha, self.beta, cfg.delta, cfg.att_context)
+            probs = self.att_drop(Att.masked_fill(~tube_ok[:, None], NEG).softmax(-1))
+            fuse = probs @ Fv  # Eq. 9
+            H, S = self.inside(leaves, tables, fuse, lam)  # Eq. 10 + pass 2
+            R = tables["related"].to(keep.device)[None] & valid[:, None] & valid[..., None]
+            R = R & ~torch.eye(R.shape[1], dtype=torch.bool, device=R.device)
+            logs["dropped"] = float(((R & ~keep).sum() / R.sum().clamp(min=1)).detach())
+        else:
+            H, S = H1, S1
+        vf = valid.to(H.dtype)
+        H, S = H * vf[..., None], S * vf
+        HU, SU = self.outside(H, S, n, tables)
+        HU, SU = HU * vf[..., None], SU * vf
+        root = cell(0, 0, L) + (n - 1) * L - (n - 1) * (n - 2) // 2  # cell(0, n-1)
+        bi = torch.arange(len(n), device=n.device)
+        s_root = S[bi, root]
+        raw = S + SU - s_root[:, None]
+        logs["pi_clamped"] = float(((raw > PI_CLAMP) & valid).sum())
+        pi = torch.exp(raw.clamp(max=PI_CLAMP)) * vf
+        return dict(n=n, L=L, tokens=tokens, tables=tables, valid=valid, tubes=tubes, X=X, xok=xok,
+                    H=H, S=S, HU=HU, SU=SU, pi=pi, s_root=s_root, root=root, logs=logs)
+
+    def summary(self, e: dict) -> torch.Tensor:
+        """TL-1's ``q = L2norm(sum pi (r~ + r^U) / sum pi)``."""
+        w = e["pi"]
+        return l2norm((w[..., None] * (e["H"] + e["HU"])).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-12))
+
+    def same_video(self, batch) -> torch.Tensor:
+        v = batch["video_index"]
+        same = v[:, None] == v[None, :]
+        if not self.cfg.mask_same_video:
+            same = torch.eye(len(v), dtype=torch.bool, device=v.device)
+        return same
+
+    def crop(self, e: dict, start: torch.Tensor, end: torch.Tensor):
+        T = e["X"].shape[1]
+        t = torch.arange(T, device=start.device)
+        frames = (t[None] >= start[:, None]) & (t[None] <= end[:, None])
+        return self.pool_tubes(e["X"], e["xok"], frames)
+
+    # ------------------------------------------------------------------ losses
+    def losses(self, batch) -> tuple[torch.Tensor, dict]:
+        cfg = self.cfg
+        e = self.encode(batch)
+        B = len(e["n"])
+        if B < 2:
+            raise ValueError("WINNER's contrastive losses need batches of at least two sentences")
+        same = self.same_video(batch)
+        start, end, l_tmp = self.temporal(batch, self.summary(e), same)
+        Fh, tok = self.crop(e, start.detach(), end.detach())
+        Z = e["H"] + e["HU"]  # [B, C, D]
+        sx = torch.einsum("acd,bmd->abcm", Z, Fh).masked_fill(~tok[None, :, None], NEG).max(-1).values  # [Bs, Bv, C]
+        valid = e["valid"]
+        L = e["L"]
+        # word level (Eq. 18): leaves are cells 0..L-1
+        l_word = word_loss(sx[:, :, :L], valid[:, :L], same)
+        # phrase level (Eqs. 19-20)
+        if cfg.span_weight == "marginal":
+            w = e["pi"]
+        else:
+            r = e["s_root"]
+            w = e["S"] * e["SU"] / torch.where(r.abs() < 1e-8, torch.full_like(r, 1e-8), r)[:, None]
+        phr = valid.clone()
+        phr[:, :L] = False  # spans with i < j only
+        if cfg.dsa:
+            l_phrase = phrase_loss(sx, w, valid, phr, same, cfg.gamma, cfg.phrase_negatives)
+        else:
+            l_phrase = sx.new_zeros(())
+        l_rec = self.reconstruction(e, batch)
+        loss = cfg.mu * l_word + l_phrase + cfg.w_rec * l_rec
+        logs = {"loss_word": float(l_word.detach()), "loss_phrase": float(l_phrase.detach()),
+                "loss_rec": float(l_rec.detach()), **e["logs"]}
+        if l_tmp is not None:
+            loss = loss + cfg.w_tmp * l_tmp
+            logs["loss_tmp"] = float(l_tmp.detach())
+        return loss, logs
+
+    def reconstruction(self, e: dict, batch) -> torch.Tensor:
+        """Sampled softmax over ``k_neg`` shared negatives, from the leaves' outside vectors (§3.5)."""
+        tokens, L = e["tokens"], e["L"]
+        lv = e["valid"][:, :L]
+        if self.training:
+            with torch.no_grad():
+                self.unigram += torch.bincount(tokens[lv], minlength=len(self.unigram)).to(self.unigram.dtype)
+        p = self.unigram.pow(0.75)
+        p[0] = 0  # never the padding id
+        k = min(self.cfg.k_neg, int((p > 0).sum()))
+        negs = torch.multinomial(p, k, replacement=False)
+        hu = e["HU"][:, :L]  # [B, L, D]
+        pos = (hu * self.rec_proj(self.word_vectors[tokens])).sum(-1, keepdim=True)  # [B, L, 1]
+        ng = hu @ self.rec_proj(self.word_vectors[negs]).T  # [B, L, k]
+        nll = -torch.cat([pos, ng], -1).log_softmax(-1)[..., 0]
+        return (nll * lv).sum() / lv.sum().clamp(min=1)
+
+    # ------------------------------------------------------------------ interface
+    def forward(self, batch):
+        return self.losses(batch)
+
+    @torch.no_grad()
+    def predict(self, batch) -> dict:
+        e = self.encode(batch)
+        same = self.same_video(batch)
+        start, end, _ = self.temporal(batch, self.summary(e), same)
+        Fh, tok = self.crop(e, start, end)
+        n = e["n"]
+        B = len(n)
+        bi = torch.arange(B, device=n.device)
+        if self.cfg.subject_node == "root":
+            node = e["root"]
+        else:
+            sp = batch["subject_pos"]
+            node = torch.where((sp >= 0) & (sp < n), sp, torch.zeros_like(sp))
+            if self.cfg.question_node == "wh":
+                node = torch.where(batch["sentence_form"] == 1, torch.zeros_like(node), node)
+        z = (e["H"] + e["HU"])[bi, node]  # [B, D]
+        scores = torch.einsum("bd,bmd->bm", z, Fh).masked_fill(~tok, NEG)
+        m = scores.argmax(-1)
+        proposal = e["tubes"][bi, m].clamp(min=0)  # [B, T]
+        return {"segment": torch.stack([start, end + 1], -1).long(), "proposal": proposal.long(),
+                "scores": scores, "tube": m, "node": node}

@@ -1,0 +1,387 @@
+"""WINNER's invariants (spec winner.md §9) on hand-made tensors shaped as TUBE_CONTRACT.md says."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from grounding.models.base import DataInfo
+from grounding.models.winner import (Winner, WinnerConfig, box_iou, cell, chart_tables, link_tubes,
+                                     phrase_loss, structural_attention, word_loss)
+
+V, DW, DR, DF = 40, 300, 12, 10
+
+
+def info(T=8, N=5, L=6) -> DataInfo:
+    g = np.random.default_rng(0)
+    vectors = g.standard_normal((V, DW)).astype(np.float32)
+    vectors[0] = 0
+    dims = {"T": T, "N": N, "Df": DF, "Dr": DR, "L": L, "R": 2, "P": 2, "M": N}
+    return DataInfo(task="tube", dims=dims, word_vectors=vectors, class_vectors=vectors[:5])
+
+
+def make_batch(B=4, T=8, N=5, L=6, lengths=None, frames=None, seed=0, videos=None) -> dict:
+    """A batch as ``TubeArrays.batch`` returns it: random features, proposals jittered around
+    N smooth tracks, tubes linked from them, prefix-aligned tokens and frames."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = lengths or [L] * B
+    frames = frames or [T] * B
+    tokens = torch.zeros(B, L, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        tokens[b, :n] = torch.randint(1, V, (n,), generator=g)
+    fv = torch.arange(T)[None] < torch.tensor(frames)[:, None]
+    xy = torch.rand(B, 1, N, 2, generator=g) * 0.6 + 0.02 * torch.arange(T)[None, :, None, None]
+    boxes = torch.cat([xy, xy + 0.3], -1).clamp(0, 1)
+    start = torch.randint(0, T // 2, (B,), generator=g)
+    return {
+        "frame_feats": torch.randn(B, T, DF, generator=g),
+        "region_feats": torch.randn(B, T, N, DR, generator=g),
+        "boxes": boxes,
+        "frame_valid": fv,
+        "tokens": tokens,
+        "token_mask": tokens > 0,
+        "subject_pos": torch.tensor([min(1, n - 1) for n in lengths]),
+        "subject_class": torch.zeros(B, dtype=torch.long),
+        "sentence_form": torch.arange(B) % 2,
+        "tubes": link_tubes(boxes, fv).clamp(min=0),
+        "gt_segment": torch.stack([start, start + 3], -1),
+        "gt_boxes": boxes[:, :, 0],
+        "gt_box_valid": fv.clone(),
+        "video_index": torch.tensor(videos if videos is not None else list(range(B))),
+    }
+
+
+def model(**kw) -> Winner:
+    torch.manual_seed(0)
+    return Winner(WinnerConfig(**kw), info())
+
+
+# --------------------------------------------------------------------------- 1-2 chart indexing
+@pytest.mark.parametrize("L", [1, 2, 3, 5, 8])
+def test_chart_indexing(L):
+    t = chart_tables(L)
+    C = L * (L + 1) // 2
+    assert t["C"] == C
+    cells = [cell(i, j, L) for i in range(L) for j in range(i, L)]
+    assert sorted(cells) == list(range(C))  # every span its own cell, and nothing else
+    for c, (i, j) in enumerate(t["span"].tolist()):
+        assert cell(i, j, L) == c
+    for lvl in range(1, L):
+        left, right = t["inside"][lvl]
+        assert left.shape == right.shape == (L - lvl, lvl)  # l splits per span
+        for i in range(L - lvl):
+            for s in range(lvl):
+                (a, b), (c, d) = t["span"][left[i, s]].tolist(), t["span"][right[i, s]].tolist()
+                assert (a, d, b + 1) == (i, i + lvl, c)  # children partition the span
+    for lvl in range(L - 1):
+        par, sib = t["outside"][lvl]
+        assert par.shape == sib.shape == (L - lvl, L - lvl - 1)  # N_S - l - 1 contexts
+        for i in range(L - lvl):
+            for p, q in zip(par[i].tolist(), sib[i].tolist()):
+                (pi, pj), (si, sj) = t["span"][p].tolist(), t["span"][q].tolist()
+                # parent = node + sibling, adjacent on one side
+                assert (pi, pj) in ((i, sj), (si, i + lvl)) and (sj == i - 1 or si == i + lvl + 1)
+
+
+def test_level_one_has_a_single_split_with_weight_one():
+    m = model().eval()
+    leaves = torch.nn.functional.normalize(torch.randn(3, 2, 32), dim=-1)
+    H, S = m.inside(leaves, chart_tables(2))
+    h, s = m.compose(leaves[:, 0], leaves[:, 1])
+    assert torch.allclose(H[:, 2], torch.nn.functional.normalize(h, dim=-1), atol=1e-6)
+    assert torch.allclose(S[:, 2], s, atol=1e-5)
+    assert torch.equal(S[:, :2], torch.zeros(3, 2))  # leaf scores are 0
+
+
+def test_padding_leaves_every_sentence_chart_as_if_alone():
+    m = model().eval()
+    both = make_batch(B=2, L=6, lengths=[3, 6])
+    alone = {k: v[:1] for k, v in both.items()}
+    alone["tokens"], alone["token_mask"] = alone["tokens"][:, :3], alone["token_mask"][:, :3]
+    e2, e1 = m.encode(both), m.encode(alone)
+    for i in range(3):
+        for j in range(i, 3):
+            c1, c2 = cell(i, j, 3), cell(i, j, 6)
+            for key in ("H", "S", "HU", "SU", "pi"):
+                assert torch.allclose(e2[key][0, c2], e1[key][0, c1], atol=1e-5), (key, i, j)
+    p2, p1 = m.predict(both), m.predict(alone)
+    assert torch.equal(p2["segment"][:1], p1["segment"]) and torch.equal(p2["proposal"][:1], p1["proposal"])
+
+
+# --------------------------------------------------------------------------- 3 root marginal
+def test_root_marginal_is_one_for_every_sentence_length():
+    m = model().eval()
+    e = m.encode(make_batch(B=4, L=6, lengths=[1, 2, 4, 6]))
+    for b, n in enumerate([1, 2, 4, 6]):
+        assert e["pi"][b, cell(0, n - 1, 6)].item() == pytest.approx(1.0, abs=1e-6)
+        assert e["SU"][b, cell(0, n - 1, 6)].item() == 0.0
+        assert torch.allclose(e["HU"][b, cell(0, n - 1, 6)], torch.nn.functional.normalize(m.root, dim=0))
+    assert torch.all(e["pi"][~e["valid"]] == 0)
+
+
+# --------------------------------------------------------------------------- 4 lambda = 0
+def test_lambda_zero_pass_two_equals_pass_one_and_attention_has_no_effect():
+    batch = make_batch()
+    m = model(lam=0.0).eval()
+    e = m.encode(batch)
+    leaves = m.leaves(e["tokens"])
+    H1, S1 = m.inside(leaves, e["tables"])
+    assert torch.allclose(e["H"], H1 * e["valid"][..., None], atol=1e-6)
+    assert torch.allclose(e["S"], S1 * e["valid"], atol=1e-5)
+    # alpha, beta, delta cannot change anything: same loss and predictions
+    outs = []
+    for kw in ({}, {"alpha": 3.0, "beta": 0.0, "delta": 0.5}, {"svhu": False}):
+        mm = copy.deepcopy(m)
+        mm.cfg = WinnerConfig(lam=0.0, **kw)
+        mm.alpha, mm.beta = mm.cfg.alpha, mm.cfg.beta
+        mm.train()
+        torch.manual_seed(1)
+        loss, _ = mm(batch)
+        outs.append((float(loss.detach()), mm.eval().predict(batch)))
+    for loss, pred in outs[1:]:
+        assert loss == pytest.approx(outs[0][0], rel=1e-5)
+        assert torch.equal(pred["proposal"], outs[0][1]["proposal"])
+        assert torch.equal(pred["segment"], outs[0][1]["segment"])
+
+
+# --------------------------------------------------------------------------- 5-7 structural attention
+def test_beta_zero_is_plain_dot_product_attention():
+    A = torch.randn(2, 10, 4)
+    valid = torch.ones(2, 10, dtype=torch.bool)
+    att, _ = structural_attention(A, valid, chart_tables(4), 1.0, 0.0, 0.0)
+    assert torch.equal(att, A)
+    att, _ = structural_attention(A, valid, chart_tables(4), 2.5, 0.0, 0.3)
+    assert torch.allclose(att, 2.5 * A)
+
+
+def test_interference_selection():
+    t = chart_tables(2)  # cells (0,0), (1,1), (0,1)
+    A = torch.tensor([[[1.0, 2.0, 3.0], [-1.0, -2.0, -3.0], [1.0, 2.0, 3.0]]])
+    valid = torch.ones(1, 3, dtype=torch.bool)
+    _, keep = structural_attention(A, valid, t, 1.0, 0.5, -1.01)
+    related = t["related"] & ~torch.eye(3, dtype=torch.bool)
+    assert torch.equal(keep[0], related)  # delta = -1.01: nothing is interfering
+    _, keep = structural_attention(A, valid, t, 1.0, 0.5, 0.0)
+    root = cell(0, 1, 2)
+    # the root's related nodes are both leaves; the anti-correlated leaf (1,1) alone is removed
+    assert keep[0, root].tolist() == [True, False, False]
+
+
+def test_context_weights_sum_to_one_and_vanish_without_related_nodes():
+    t = chart_tables(4)
+    A = torch.ones(1, t["C"], 3)
+    valid = torch.ones(1, t["C"], dtype=torch.bool)
+    for ctx in ("inv_dist", "mean"):
+        att, keep = structural_attention(A, valid, t, 0.0, 1.0, -1.01, ctx)
+        assert torch.allclose(att, torch.ones_like(att))  # a weighted mean of ones
+    # a one-word sentence: its leaf has no related node but itself
+    v1 = torch.zeros(1, t["C"], dtype=torch.bool)
+    v1[0, 0] = True
+    att, keep = structural_attention(torch.randn(1, t["C"], 3), v1, t, 0.0, 1.0, -1.01)
+    assert not keep[0, 0].any() and torch.equal(att[0, 0], torch.zeros(3))
+    # inv_dist: weights proportional to 1 / |length difference|
+    A = torch.zeros(1, t["C"], 1)
+    A[0, cell(0, 3, 4), 0] = 1.0  # the root, 2 levels above (1, 2)
+    att, keep = structural_attention(A, valid, t, 0.0, 1.0, -1.01)
+    tgt = cell(1, 2, 4)
+    inv = (1 / t["dist"][tgt][keep[0, tgt]].float()).sum()
+    assert att[0, tgt, 0].item() == pytest.approx((1 / 2) / inv.item(), rel=1e-5)
+
+
+# --------------------------------------------------------------------------- 8-9 losses
+def test_word_loss_limits_and_masking():
+    B, L = 4, 3
+    valid = torch.ones(B, L, dtype=torch.bool)
+    eye = torch.eye(B, dtype=torch.bool)
+    assert word_loss(torch.zeros(B, B, L), valid, eye).item() == pytest.approx(L * math.log(B))
+    dominant = torch.where(eye[..., None], 50.0, 0.0).expand(B, B, L)
+    assert word_loss(dominant, valid, eye).item() < 1e-10
+    # a masked same-video pair leaves the denominator: same as a batch without that video
+    sx = torch.randn(B, B, L)
+    same = eye.clone()
+    same[0, 1] = same[1, 0] = True
+    sx_masked = sx.clone()
+    sx_masked[0, 1] = 1e4  # huge, but masked
+    full = word_loss(sx_masked, valid, same)
+    keep = [0, 2, 3]
+    ref0 = -(sx[0, 0] - torch.logsumexp(sx[0, keep], 0)).sum()
+    assert full.item() == pytest.approx(((ref0 + _rows(sx, [1, 2, 3], skip={1: [0]})) / B).item(), rel=1e-5)
+
+
+def _rows(sx, rows, skip):
+    """Sum over rows a of -log softmax over the unmasked videos at the positive a."""
+    total = 0.0
+    for a in rows:
+        cols = [b for b in range(sx.shape[1]) if b not in skip.get(a, [])]
+        total = total - (sx[a, a] - torch.logsumexp(sx[a, cols], 0)).sum()
+    return total
+
+
+def test_phrase_loss_zero_when_margins_hold_and_gradient_reaches_pi_otherwise():
+    B, C = 3, 6
+    valid = torch.ones(B, C, dtype=torch.bool)
+    phr = valid.clone()
+    phr[:, :3] = False
+    same = torch.eye(B, dtype=torch.bool)
+    sx = torch.where(same[..., None], 2.0, 0.0).expand(B, B, C).clone()
+    w = torch.ones(B, C, requires_grad=True)
+    assert phrase_loss(sx, w, valid, phr, same, 0.5).item() == 0.0  # d_pos = 2 >= 0 + 0.5
+    sx2 = torch.where(same[..., None], 0.3, 0.1).expand(B, B, C).clone()
+    loss = phrase_loss(sx2, w, valid, phr, same, 0.5)
+    loss.backward()
+    assert loss.item() > 0 and w.grad[:, 3:].abs().sum() > 0 and w.grad[:, :3].abs().sum() == 0
+    # hinge value by hand: both hinges 0.1 - 0.3 + 0.5 = 0.3 per span, 3 spans per sentence
+    assert loss.item() == pytest.approx(2 * 0.3 * 3)
+
+
+def test_phrase_negatives_only_from_sentences_that_have_the_span():
+    B, C = 2, 3  # L = 2: cells (0,0), (1,1), (0,1)
+    valid = torch.tensor([[True, True, True], [True, False, False]])
+    phr = torch.tensor([[False, False, True], [False, False, False]])
+    same = torch.eye(B, dtype=torch.bool)
+    sx = torch.zeros(B, B, C)
+    sx[1, 0, 2] = 100.0  # sentence 1 has no span (0,1): must not act as a negative
+    assert phrase_loss(sx, torch.ones(B, C), valid, phr, same, 0.5).item() == pytest.approx(0.5 / 2)
+
+
+def test_loss_is_log_b_per_word_when_all_videos_are_identical():
+    batch = make_batch(B=4, lengths=[6, 5, 4, 6])
+    for k in ("frame_feats", "region_feats", "boxes", "tubes", "frame_valid"):
+        batch[k] = batch[k][:1].expand_as(batch[k]).clone()
+    m = model(temporal="full").train()
+    _, logs = m(batch)
+    assert logs["loss_word"] == pytest.approx(np.mean([6, 5, 4, 6]) * math.log(4), rel=1e-5)
+
+
+# --------------------------------------------------------------------------- 11 linking
+def test_linking_recovers_synthetic_tracks():
+    g = torch.Generator().manual_seed(3)
+    B, T, N = 2, 12, 6
+    w = 0.1
+    # N columns 0.16 apart (boxes 0.1 wide, so tracks never overlap), each moving by up to 40% of
+    # its width per frame, mostly vertically
+    start = torch.stack([torch.arange(N).float() * 0.16, torch.rand(N, generator=g) * 0.3], -1).expand(B, N, 2)
+    step = (torch.rand(B, N, 2, generator=g) - 0.5) * 0.8 * w * torch.tensor([0.05, 1.0])
+    xy = start[:, None] + step[:, None] * torch.arange(T)[None, :, None, None]
+    tracks = torch.cat([xy, xy + w], -1)  # [B, T, N, 4]
+    perm = torch.stack([torch.stack([torch.randperm(N, generator=g) for _ in range(T)]) for _ in range(B)])
+    boxes = torch.gather(tracks, 2, perm[..., None].expand(B, T, N, 4))  # shuffled per frame
+    fv = torch.ones(B, T, dtype=torch.bool)
+    fv[1, 9:] = False
+    tubes = link_tubes(boxes, fv)
+    assert tubes.shape == (B, N, T)
+    assert (tubes[0] >= 0).all() and (tubes[1, :, :9] >= 0).all() and (tubes[1, :, 9:] == -1).all()
+    for b in range(B):
+        for m in range(N):
+            ok = fv[b]
+            track = perm[b, ok.nonzero()[:, 0], tubes[b, m, ok]]  # which true track each frame hits
+            assert (track == track[0]).all(), (b, m, track)
+    assert box_iou(tracks[0, 0], tracks[0, 0]).diagonal().allclose(torch.ones(N))
+
+
+def test_greedy_linking_inside_the_model():
+    batch = make_batch()
+    m = model(linking="greedy").eval()
+    e = m.encode(batch)
+    assert torch.equal(e["tubes"], link_tubes(batch["boxes"], batch["frame_valid"]))
+
+
+# --------------------------------------------------------------------------- 14 ablations, interface
+def test_ablation_switches():
+    batch = make_batch()
+    m = model(dsa=False).train()
+    _, logs = m(batch)
+    assert logs["loss_phrase"] == 0.0
+    m = model(svhu=False).train()
+    torch.manual_seed(1)
+    loss_off, logs = m(batch)
+    assert "dropped" not in logs
+    m0 = model(lam=0.0).train()
+    torch.manual_seed(1)
+    loss_lam0, _ = m0(batch)
+    assert loss_off.item() == pytest.approx(loss_lam0.item(), rel=1e-5)
+
+
+def test_temporal_modes():
+    batch = make_batch(frames=[8, 6, 8, 5])
+    p = model(temporal="full").eval().predict(batch)
+    assert p["segment"].tolist() == [[0, 8], [0, 6], [0, 8], [0, 5]]
+    p = model(temporal="oracle").eval().predict(batch)
+    assert torch.equal(p["segment"], batch["gt_segment"])
+    p = model().eval().predict(batch)
+    s, e = p["segment"].T
+    lmin = max(2, round(0.05 * 8))
+    assert (s >= 0).all() and (e - s >= lmin).all() and (e <= batch["frame_valid"].sum(1)).all()
+
+
+def test_prediction_contract_gradients_and_learning():
+    batch = make_batch(B=6, lengths=[6, 3, 5, 1, 2, 6], videos=[0, 0, 1, 2, 3, 4])
+    m = model()
+    p = m.eval().predict(batch)
+    assert p["segment"].shape == (6, 2) and p["segment"].dtype == torch.long
+    assert p["proposal"].shape == (6, 8) and p["proposal"].dtype == torch.long
+    assert (p["proposal"] >= 0).all() and (p["proposal"] < 5).all()
+    assert torch.equal(p["proposal"], m.predict(batch)["proposal"])  # deterministic
+    # the wh-word (first word) of a question, the subject leaf of a declarative
+    assert p["node"].tolist() == [1, 0, 1, 0, 1, 0]
+    assert model(subject_node="root").eval().predict(batch)["node"].tolist() == [
+        cell(0, n - 1, 6) for n in [6, 3, 5, 1, 2, 6]]
+    m.train()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    losses = []
+    for step in range(20):
+        torch.manual_seed(step)
+        loss, logs = m(batch)
+        assert torch.isfinite(loss) and all(math.isfinite(v) for v in logs.values())
+        opt.zero_grad()
+        loss.backward()
+        if step == 0:
+            for name, prm in m.named_parameters():
+                assert prm.grad is not None and torch.isfinite(prm.grad).all(), name
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def test_bad_options_name_what_is_allowed():
+    with pytest.raises(ValueError, match="allowed: tl1, full, oracle"):
+        WinnerConfig(temporal="cpl")
+    with pytest.raises(ValueError, match="delta"):
+        WinnerConfig(delta=2.0)
+
+
+@pytest.mark.parametrize("kw", [{}, {"temporal": "full"}, {"temporal": "oracle"}, {"svhu": False, "learn_alpha_beta": True},
+                                {"learn_alpha_beta": True, "share_inside_outside": False}, {"linking": "greedy"}])
+def test_every_parameter_gets_a_gradient(kw):
+    """What DDP needs: no parameter is left out of the graph in any configuration."""
+    m = model(**kw).train()
+    loss, _ = m(make_batch(B=3, lengths=[6, 4, 2]))
+    loss.backward()
+    missing = [n for n, p in m.named_parameters() if p.grad is None]
+    assert not missing
+
+
+def test_above_mean_selection_covers_the_relevant_run():
+    """tl1_select=above_mean returns the run of frames whose scores are above the video's mean."""
+    m = model(tl1_select="above_mean").eval()
+    batch = make_batch(B=2, T=8)
+    q = torch.nn.functional.normalize(torch.randn(2, 32), dim=-1)
+    # frame features whose projection aligns with q on frames 2..5 only: set them through the
+    # projection's bias, with zero inputs elsewhere
+    with torch.no_grad():
+        lin, ln = m.frame_proj
+        lin.weight.zero_()
+        lin.bias.zero_()
+        ln.weight.fill_(1.0)
+        ln.bias.zero_()
+        frames = torch.zeros(2, 8, DF)
+        frames[:, 2:6, 0] = 1.0
+        lin.weight[:, 0] = q[0] * 5  # frames 2..5 point along q[0]
+    batch["frame_feats"] = frames
+    s, e, _ = m.temporal(batch, q[:1].expand(2, 32), torch.eye(2, dtype=torch.bool))
+    assert s.tolist() == [2, 2] and e.tolist() == [5, 5]
+    assert model().eval().temporal(batch, q[:1].expand(2, 32), torch.eye(2, dtype=torch.bool))[0].shape == (2,)
