@@ -64,7 +64,8 @@ KEYS: tuple[Key, ...] = (
     Key("search.metric", str, "", "validation metric to maximise (default: the task's, e.g. box_micro)"),
     Key("data.root", str, "", "dataset root: local folder or s3://bucket/prefix (default: ./data/<benchmark>)",
         env="GROUNDING_DATA_ROOT"),
-    Key("data.generate", bool, True, "generate the benchmark at a missing local data.root"),
+    Key("data.generate", bool, False, "generate the benchmark at a given local data.root that holds no dataset "
+        "(without it such a root is an error; the default ./data/<benchmark> is always generated on first use)"),
     Key("data.seed", int, 0, "seed of the generated benchmark", _at_least(0)),
     Key("data.dim", int, 0, "feature size D of the generated benchmark (0 = the benchmark's default)", _at_least(0)),
     Key("data.cache_dir", str, "", "node-local cache of remote shards (default: ~/.cache/grounding)",
@@ -80,7 +81,8 @@ KEYS: tuple[Key, ...] = (
     Key("checkpoints.keep", int, 2, "checkpoints kept per trial", _at_least(1)),
     Key("failures", int, 1, "retries of a failed trial/worker from its last checkpoint", _at_least(0)),
     Key("eval_batch_size", int, 128, "evaluation batch size", _at_least(1)),
-    Key("resume", str, "", "resume an interrupted sweep: its name or its experiment path"),
+    Key("resume", str, "", "resume an interrupted sweep: its name or its experiment path (only "
+        "mlflow.tracking_uri, ray.address, data.cache_dir may be given with it)"),
     Key("backbone", str, "", "start from an existing backbone stage instead of training one: the stage's MLflow "
         "run id or its folder (…/stages/backbone-<key>); must match the data digest and dims"),
 )
@@ -143,7 +145,24 @@ def _field_type(f: dataclasses.Field) -> type:
     return t
 
 
-def parse_overrides(argv: list[str]) -> list[tuple[str, Any]]:
+def _method_in(argv: list[str]) -> str:
+    value = next((a.split("=", 1)[1] for a in argv if a.startswith("method=")), KEY_INDEX["method"].default)
+    return value if value in registry.names() else "<method>"
+
+
+def sweep_syntax_error(arg: str, method: str) -> ConfigError:
+    """Hydra multirun syntax (``key=a,b``, ``key=range(...)``) is not a sweep of this CLI."""
+    key = arg.split("=", 1)[0]
+    return ConfigError(
+        f"'{arg}' is Hydra sweep syntax, which this command does not take; give one value ({key}=VALUE), "
+        f"let the sweep search it (ranges in search_spaces/{method}.py), or run fixed configurations "
+        f"side by side with python -m orchestration.compare")
+
+
+def parse_overrides(argv: list[str], allow_sweep: bool = False) -> list[tuple[str, Any]]:
+    """``key=value`` pairs, values typed by their look (Hydra's grammar). Hydra sweep syntax
+    (``a,b``, ``range()``, ``choice()``, ``interval()``, ``glob()``) is refused unless
+    ``allow_sweep``, where a choice or range becomes the list of its values."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
     from hydra.errors import HydraException
@@ -160,6 +179,11 @@ def parse_overrides(argv: list[str]) -> list[tuple[str, Any]]:
             raise ConfigError(f"cannot parse '{arg}': {first}") from None
         if ov.type != OverrideType.CHANGE or ov.package is not None:
             raise ConfigError(f"'{arg}': only plain key=value overrides are supported")
+        if ov.is_sweep_override():
+            if not allow_sweep or not (ov.is_choice_sweep() or ov.is_range_sweep()):
+                raise sweep_syntax_error(arg, _method_in(argv))
+            out.append((ov.key_or_group, list(ov.sweep_iterator())))
+            continue
         out.append((ov.key_or_group, ov.value()))
     return out
 
@@ -204,14 +228,16 @@ def parse(argv: list[str]) -> SweepConfig:
         if name not in table:
             raise ConfigError(f"{method} has no {group} hyperparameter '{name}'; allowed: {', '.join(table)}")
         (model if group == "model" else optim)[name] = _coerce(key, _field_type(table[name]), raw)
+    # validated with the values in effect: the sweep's FIXED values under the pinned ones
+    fixed = sweep_fixed(method)
     try:
-        registry.make_config(method, model)
+        registry.make_config(method, {**{k: v for k, v in fixed.items() if k in fields}, **model})
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"model.{str(e).splitlines()[0]}") from None
+        raise ConfigError(in_effect("model", str(e), method, fixed, model)) from None
     try:
-        OptimConfig(**optim)
+        OptimConfig(**{**{k: v for k, v in fixed.items() if k in optim_fields}, **optim})
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"optim.{str(e).splitlines()[0]}") from None
+        raise ConfigError(in_effect("optim", str(e), method, fixed, optim)) from None
     from grounding import tasks
 
     task = tasks.get(registry.task_of(method))
@@ -234,6 +260,26 @@ def parse(argv: list[str]) -> SweepConfig:
     return SweepConfig(values=values, model=model, optim=optim, argv=list(argv))
 
 
+def sweep_fixed(method: str) -> dict[str, Any]:
+    """The values ``search_spaces/<method>.py`` holds fixed (``FIXED``), before any pin."""
+    import search_spaces
+
+    return dict(getattr(search_spaces.load(method), "FIXED", {}))
+
+
+def in_effect(group: str, message: str, method: str, fixed: dict[str, Any], pinned: dict[str, Any]) -> str:
+    """A config error as one line: ``group.``-prefixed, saying which named values the sweep holds
+    fixed (so the message shows the value in effect and where it comes from)."""
+    import re
+
+    first = re.sub(r"^\w+Config\.", "", message.strip().splitlines()[0])
+    named = re.findall(r"\b(\w+)=", first)
+    from_fixed = [n for n in dict.fromkeys(named) if n in fixed and n not in pinned]
+    note = "".join(f"; {n}={fixed[n]!r} is held fixed by search_spaces/{method}.py (pin {group}.{n}=... to change it)"
+                   for n in from_fixed)
+    return f"{group}.{first}{note}"
+
+
 def absolute_uri(uri: str) -> str:
     """Absolute paths for local SQLite/file URIs: trials run in other working directories."""
     if uri.startswith("sqlite:///"):
@@ -250,6 +296,15 @@ def help_text(method: str | None = None) -> str:
         "",
         "Sweep a grounding method's hyperparameters with Ray Tune + Optuna (ASHA), training each",
         "trial with Ray Train and recording the sweep in MLflow (parent run + one child per trial).",
+        "",
+        "Bad input is one line on stderr and exit code 2, before Ray starts and before anything is",
+        "written: an unknown key, a wrong type or range, a value the data cannot take (the first point",
+        "is built on the driver with the dataset; searched ranges are clipped to what the data allow),",
+        "an MLflow server or object store that does not answer within 10 s or refuses the credentials,",
+        "a given data.root without a dataset (unless data.generate=true), Hydra sweep syntax",
+        "(key=a,b, key=range(...): the searched ranges are in search_spaces/<method>.py; fixed",
+        "configurations side by side: python -m orchestration.compare). SIGINT/SIGTERM stop the",
+        "sweep (parent run KILLED, summary so far, exit 130/143); resume=<name> continues it.",
         "",
         "keys (default):",
     ]
@@ -299,5 +354,8 @@ def _describe(param) -> str:
 
 
 def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    """Bad input: one line on stderr (credentials scrubbed), exit code 2."""
+    from grounding.credentials import scrub
+
+    print(f"error: {scrub(message)}", file=sys.stderr, flush=True)
     raise SystemExit(2)

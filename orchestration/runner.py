@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import signal
 import time
 from pathlib import Path
 
-from grounding.data import benchmarks, storage
-from grounding.data.cache import ShardCache
-from grounding.data.manifest import DataError
-from grounding.data.shards import Dataset
+from grounding.credentials import scrub, scrub_tree
+from grounding.data import storage
 from grounding.engine import OPTIM_KEYS, OptimConfig
 from grounding.models import registry
 from grounding import tasks
 import search_spaces
 
-from .config import ConfigError, SweepConfig, absolute_uri, fail, parse
+from . import preflight as pre
+from .config import KEY_INDEX, ConfigError, SweepConfig, absolute_uri, fail, parse
 
 STATE_FILE = "sweep.json"
+PENDING_FILE = "mlflow_pending.json"  # trial records the tracking server has not taken yet
+MLFLOW_END_WAIT_S = float(os.environ.get("GROUNDING_MLFLOW_END_WAIT_S", "120"))
 
 
 def _log(msg: str) -> None:
-    print(f"[sweep] {msg}", flush=True)
+    print(f"[sweep] {scrub(msg)}", flush=True)
 
 
 def _read_state(path: str) -> dict | None:
@@ -38,7 +41,12 @@ def _write_state(path: str, state: dict) -> None:
     fs, p = storage.filesystem(path)
     fs.makedirs(p, exist_ok=True)
     with fs.open(storage.join(p, STATE_FILE), "wb") as f:
-        f.write(json.dumps(state, indent=2).encode())
+        f.write(json.dumps(scrub_tree(state), indent=2).encode())  # never a credential
+
+
+# keys a resume may give again: deployment settings that can carry credentials, removed from the
+# saved command line (the sweep's configuration itself stays as it was)
+RESUME_KEYS = ("mlflow.tracking_uri", "ray.address", "data.cache_dir")
 
 
 def _storage_path(cfg: SweepConfig, cwd: Path) -> str:
@@ -53,51 +61,25 @@ def _resolve_resume(cfg: SweepConfig, cwd: Path) -> tuple[SweepConfig, dict, str
     if state is None:
         fail(f"resume={target}: no sweep state ({STATE_FILE}) at {path}; pass a sweep name under "
              f"storage_path or the experiment path")
-    extra = [a for a in cfg.argv if not a.startswith("resume=")]
+    extra = [a for a in cfg.argv if not a.startswith(("resume=", *(k + "=" for k in RESUME_KEYS)))]
     if extra:
-        fail(f"resume takes no other overrides (the sweep keeps its configuration); got {' '.join(extra)}")
+        fail(f"resume takes no other overrides than {', '.join(RESUME_KEYS)} (the sweep keeps its "
+             f"configuration); got {' '.join(extra)}")
+    again = [a for a in cfg.argv if a.startswith(tuple(k + "=" for k in RESUME_KEYS))]
+    keys = {a.split("=", 1)[0] for a in again}
+    # a saved value whose credentials were scrubbed comes from the environment or the command line
+    for a in state["argv"]:
+        key = a.split("=", 1)[0]
+        spec = KEY_INDEX.get(key)
+        if "***" in a and key not in keys and not (spec and spec.env and os.environ.get(spec.env)):
+            fail(f"resume={target}: the sweep's {key} held credentials, which are never stored; give it again: "
+                 f"resume={target} {key}=..." + (f" (or set {spec.env})" if spec and spec.env else ""))
+    argv = [a for a in state["argv"] if a.split("=", 1)[0] not in keys and "***" not in a] + again
     try:
-        saved = parse(state["argv"])
+        saved = parse(argv)
     except ConfigError as e:
         fail(f"resume={target}: saved configuration no longer valid: {e}")
     return saved, state, path
-
-
-def _dataset(cfg: SweepConfig, cwd: Path, smoke: bool) -> Dataset:
-    bench = benchmarks.get(cfg.benchmark)
-    overrides = dict(bench.smoke) if smoke else {}
-    if cfg["data.seed"]:
-        overrides["seed"] = cfg["data.seed"]
-    if cfg["data.dim"]:
-        overrides["D"] = cfg["data.dim"]
-    root = cfg["data.root"]
-    if not root:
-        suffix = "".join(f"-{k}{v}" for k, v in sorted(overrides.items()))
-        root = str(cwd / "data" / f"{bench.name}{suffix}")
-    root = absolute_uri(root)
-    cache = ShardCache(cfg["data.cache_dir"] or None, int(cfg["data.cache_max_gb"] * 2**30))
-    t0 = time.time()
-    if storage.is_remote(root):
-        ds = Dataset.open(root, cache=cache)
-    else:
-        fs, p = storage.filesystem(root)
-        exists = fs.exists(storage.join(p, "manifest.json"))
-        if not exists and not cfg["data.generate"]:
-            fail(f"data.root={root} holds no dataset and data.generate=false")
-        if exists and cfg["data.root"]:
-            ds = Dataset.open(root, cache=cache)  # a dataset the user chose: used as it is
-        else:  # the default location: generated on first use, reused only with the same arguments
-            ds = benchmarks.ensure(root, bench.name, overrides, log=_log)
-    if ds.manifest.task != cfg.task:
-        fail(f"data.root={root} holds a {ds.manifest.task} dataset; method {cfg.method} needs {cfg.task}")
-    ds = Dataset.open(root, cache=cache)
-    missing = [sp for sp in ("train", "val") if sp not in ds.manifest.splits]
-    if missing:
-        fail(f"data.root={root} has no {' or '.join(missing)} split (it has {', '.join(ds.manifest.splits)}); "
-             f"a sweep trains on train and ranks trials on val")
-    ds.verify()  # every shard against the manifest, before any trial starts
-    _log(f"data {root} ({ds.manifest.task}, digest {ds.digest[:12]}) ready in {time.time() - t0:.1f}s")
-    return ds
 
 
 def _fixed_params(cfg: SweepConfig, space_mod) -> dict:
@@ -107,19 +89,76 @@ def _fixed_params(cfg: SweepConfig, space_mod) -> dict:
     return fixed
 
 
+class _Interrupt:
+    """SIGINT/SIGTERM end the sweep cleanly: the first one asks Tune to stop its trials and save
+    the experiment state (Tune's own graceful stop, the one it binds to SIGUSR1), the sweep then
+    shuts Ray down, marks the parent run KILLED and prints the summary so far; a second one stops
+    at once. Before Tune runs, a signal stops the sweep straight away."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.in_fit = False
+        self._previous: dict = {}
+
+    def install(self) -> None:
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # this handler calls Tune's graceful stop itself
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous.setdefault(sig, signal.getsignal(sig))
+            signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        first = self.signum is None
+        self.signum = signum if first else self.signum
+        name = signal.Signals(signum).name
+        tune_stop = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
+        if first and self.in_fit and callable(tune_stop):
+            _log(f"{name}: stopping the trials and saving the sweep's state (send it again to stop at once)")
+            tune_stop(signal.SIGUSR1, frame)
+            return
+        _log(f"{name}: stopping now")
+        raise KeyboardInterrupt
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum or signal.SIGINT)
+
+
+def _local_summary(name: str, method: str, metric: str, sender, results) -> str:
+    """The summary when the tracking server cannot be read: what Tune itself knows."""
+    lines = [f"sweep {name} ({method}): MLflow unreachable at the end; the trials as Tune reports them", ""]
+    for r in results or []:
+        m = r.metrics or {}
+        lines.append(f"  {m.get('trial_id', '?')}  epochs {m.get('epoch', '-')}  {metric} {m.get(metric, '-')}"
+                     f"{'  ERROR' if r.error else ''}")
+    return "\n".join(lines)
+
+
 def run_sweep(cfg: SweepConfig) -> int:
+    from grounding.credentials import scrub_output
+
+    scrub_output()  # every line the driver prints, Ray's forwarded worker logs included
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # a run URL per trial, with its user:password@
     cwd = Path.cwd()
     state = None
     exp_path = None
     if cfg["resume"]:
         cfg, state, exp_path = _resolve_resume(cfg, cwd)
-    smoke = cfg["smoke"]
     method, task = cfg.method, tasks.get(cfg.task)
 
+    # ------------------------------------------------ everything that can be checked before Ray
+    name = (state or {}).get("name") or cfg["name"] or f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage_path = _storage_path(cfg, cwd) if exp_path is None else exp_path.rsplit("/", 1)[0]
+    exp_path = exp_path or storage.join(storage_path, name)
+    tracking_uri = absolute_uri(cfg["mlflow.tracking_uri"] or f"sqlite:///{(cwd / 'mlflow.db').resolve()}")
     try:
-        ds = _dataset(cfg, cwd, smoke)
-    except (DataError, FileNotFoundError, ValueError) as e:
-        fail(str(e).splitlines()[0])
+        pre.check_services(tracking_uri, storage_path, cfg["mlflow.experiment"])
+        ds = pre.open_dataset(cfg, cwd, log=_log)
+    except ConfigError as e:
+        fail(str(e))
     if state is not None and state["data_digest"] != ds.digest:
         fail(f"resume: the dataset changed since the sweep started (digest {ds.digest[:12]} != {state['data_digest'][:12]})")
 
@@ -132,14 +171,26 @@ def run_sweep(cfg: SweepConfig) -> int:
     defaults = {**{f: getattr(registry.get(method).Config(), f) for f in registry.config_fields(method)},
                 **{k: getattr(OptimConfig(), k) for k in OPTIM_KEYS}}
     space, points = search_spaces.resolve(method, ds.manifest.dims, fixed, defaults)
+    configurations = [(f"the first point evaluated (PAPER in search_spaces/{method}.py)",
+                       {**fixed, **p}) for p in points] or [("the fixed and pinned values", dict(fixed))]
+    try:
+        checked = pre.preflight(cfg, ds, configurations, space, fixed)
+    except ConfigError as e:
+        fail(str(e))
+    space = checked.space
+    for note in checked.notes:
+        _log(f"clipped to these data: {note}")
     metric = f"val/{cfg['search.metric'] or task.default_metric}"
 
-    from . import tracking, tuner as tuner_mod  # Ray/MLflow/Optuna imports
+    from . import tracking  # MLflow
 
-    name = (state or {}).get("name") or cfg["name"] or f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage_path = _storage_path(cfg, cwd) if exp_path is None else exp_path.rsplit("/", 1)[0]
-    exp_path = exp_path or storage.join(storage_path, name)
-    tracking_uri = absolute_uri(cfg["mlflow.tracking_uri"] or tracking.default_tracking_uri(cwd))
+    # the tracking server's own retries would hold the driver for minutes; the sender retries instead
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+
+    from . import tuner as tuner_mod  # Ray, Optuna
+
     threads = max(1, int(cfg["cpus_per_worker"]))
     run = {
         "sweep": name, "method": method, "task": cfg.task,
@@ -167,9 +218,18 @@ def run_sweep(cfg: SweepConfig) -> int:
             fail(str(e))
     import ray
 
-    t0 = time.time()
-    address = cfg["ray.address"] or None
-    ray.init(address=address, log_to_driver=True, configure_logging=True, logging_level="WARNING")
+
+    interrupt = _Interrupt()
+    interrupt.install()
+    try:
+        t0 = time.time()
+        address = cfg["ray.address"] or None
+        ray.init(address=address, log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    except KeyboardInterrupt:
+        ray.shutdown()
+        interrupt.restore()
+        return interrupt.exit_code
+    interrupt.install()  # again: ray.init installs native SIGTERM handlers that dump stacks and exit
     _log(f"ray {'joined ' + address if address else 'started locally'} in {time.time() - t0:.1f}s: "
          f"{ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs")
 
@@ -181,31 +241,43 @@ def run_sweep(cfg: SweepConfig) -> int:
                 ray.shutdown()
                 fail(f"one trial needs {amount:g} {res} (workers x {res.lower()}s_per_worker) but the local Ray "
                      f"has {have.get(res, 0):g}; allowed: at most {have.get(res, 0):g}")
-    client = MlflowClient(tracking_uri)
-    exp_id = tracking.experiment_id(client, cfg["mlflow.experiment"])
-    command = "python -m orchestration.sweep " + " ".join(shlex.quote(a) for a in cfg.argv)
-    parent = tracking.start_parent(
-        client, cfg["mlflow.experiment"], name,
-        tags={"method": method, "task": cfg.task, "command": command, "git_commit": tracking.git_commit(),
-              "data_manifest_sha256": ds.digest, "data_root": ds.root, "mlflow.note.content":
-              f"Sweep of `{method}` ({cfg['trials']} trials, ≤{cfg['epochs']} epochs) ranked by {metric}."},
-        params={**{k: v for k, v in cfg.to_flat().items() if k not in ("resume",)},
-                "searched": ",".join(space), "metric": metric},
-        parent_run_id=(state or {}).get("parent_run_id"))
-    if state is None:
-        _write_state(exp_path, {"name": name, "argv": cfg.argv, "parent_run_id": parent,
-                                "experiment_id": exp_id, "tracking_uri": tracking_uri,
-                                "data_digest": ds.digest, "created": time.time()})
-    _log(f"MLflow parent run {parent} in experiment '{cfg['mlflow.experiment']}' at {tracking_uri}")
-    _log(f"searching {', '.join(space) or 'nothing'} for {method}; fixed {fixed}; paper point first: {points}")
-
-    logger = tracking.MlflowTrialLogger(tracking_uri, exp_id, parent, name, method, fixed, cfg["epochs"])
-    from ray import tune
-
-    from .final_test import FinalTest, catch_up
-
     status = "FAILED"
+    parent = None
+    results = None
+    sender = None
     try:
+        client = MlflowClient(tracking_uri)
+        exp_id = tracking.experiment_id(client, cfg["mlflow.experiment"])
+        command = "python -m orchestration.sweep " + " ".join(shlex.quote(a) for a in cfg.argv)
+        parent = tracking.start_parent(
+            client, cfg["mlflow.experiment"], name,
+            tags={"method": method, "task": cfg.task, "command": command, "git_commit": tracking.git_commit(),
+                  "data_manifest_sha256": ds.digest, "data_root": ds.root, "mlflow.note.content":
+                  f"Sweep of `{method}` ({cfg['trials']} trials, ≤{cfg['epochs']} epochs) ranked by {metric}."},
+            params=scrub_tree({**{k: v for k, v in cfg.to_flat().items() if k not in ("resume",)},
+                               "searched": ",".join(space), "metric": metric}),
+            parent_run_id=(state or {}).get("parent_run_id"))
+        if state is None:
+            _write_state(exp_path, {"name": name, "argv": cfg.argv, "parent_run_id": parent,
+                                    "experiment_id": exp_id, "tracking_uri": tracking_uri,
+                                    "data_digest": ds.digest, "created": time.time()})
+        _log(f"MLflow parent run {parent} in experiment '{cfg['mlflow.experiment']}' at {tracking_uri}")
+        _log(f"searching {', '.join(space) or 'nothing'} for {method}; fixed {fixed}; paper point first: {points}")
+
+        pending = storage.join(exp_path, PENDING_FILE)
+        sender = tracking.sender(tracking_uri, exp_id, parent, cfg["epochs"], pending)
+        if state is not None and (n := sender.load_pending()):
+            _log(f"writing {n} record(s) an earlier run of this sweep could not send to MLflow")
+            if not sender.drain(MLFLOW_END_WAIT_S):
+                fail(f"mlflow.tracking_uri={tracking_uri}: {sender.pending()} earlier record(s) could not be "
+                     f"written ({sender.last_error}); try resume= again when the server is back")
+        logger = tracking.MlflowTrialLogger(tracking_uri, exp_id, parent, name, method, fixed, cfg["epochs"],
+                                            pending_path=pending)
+        from ray import tune
+
+        from .final_test import FinalTest, catch_up
+
+
         run["shared"] = stages.ensure_shared(run, set(space), exp_path, client, exp_id, parent, log=_log)
         if state is not None:
             if not tune.Tuner.can_restore(exp_path):
@@ -223,22 +295,69 @@ def run_sweep(cfg: SweepConfig) -> int:
                                     concurrent=cfg["concurrent"], metric=metric, searcher=searcher,
                                     scheduler=scheduler, callbacks=[logger, FinalTest(run, logger)])
         t_fit = time.time()
+        interrupt.in_fit = True
         results = tuner.fit()
-        catch_up(results, run, client, exp_id, parent, log=_log)
+        interrupt.in_fit = False
+        try:  # after the records queued so far are written: catch_up reads test_evaluated from MLflow
+            if not sender.drain(MLFLOW_END_WAIT_S):
+                raise ConnectionError("MLflow unreachable")
+            catch_up(results, run, client, exp_id, parent, log=_log)
+        except Exception as e:  # noqa: BLE001 - MLflow away at the end: resume= evaluates them
+            _log(f"test evaluation of interrupted trials deferred to resume= ({type(e).__name__})")
         errors = [r for r in results if r.error]
-        status = "FINISHED" if not errors else "FAILED"
-        _log(f"tune finished in {time.time() - t_fit:.0f}s; {len(results)} trials, {len(errors)} failed")
-    except (KeyboardInterrupt, SystemExit):
+        if interrupt.signum is not None:
+            status = "KILLED"
+            _log(f"interrupted after {time.time() - t_fit:.0f}s; continue with: python -m orchestration.sweep "
+                 f"resume={name}")
+        else:
+            status = "FINISHED" if not errors else "FAILED"
+            _log(f"tune finished in {time.time() - t_fit:.0f}s; {len(results)} trials, {len(errors)} failed")
+    except KeyboardInterrupt:
         status = "KILLED"
+        _log(f"interrupted; continue with: python -m orchestration.sweep resume={name}")
+    except SystemExit:
+        status = "KILLED" if status == "FAILED" else status
         raise
     finally:
-        from .report import summary
-
-        runs = tracking.children(client, exp_id, parent)
-        text = summary(name, method, runs, metric, task.metric_names, list(space),
-                       tracking.ui_command(tracking_uri))
-        tracking.finish_parent(client, exp_id, parent, metric, text, status=status)
-        print("\n" + text, flush=True)
-        ray.shutdown()
+        interrupt.in_fit = False
+        try:
+            ray.shutdown()  # first: no trial keeps running while the records are written
+        except KeyboardInterrupt:
+            pass
+        if parent is not None:
+            _finish(cfg, client, exp_id, parent, name, method, metric, task, space, tracking_uri, status,
+                    sender, results, tracking)
+        interrupt.restore()
+    if interrupt.signum is not None:
+        return interrupt.exit_code
     return 0 if status == "FINISHED" else 1
 
+
+def _finish(cfg, client, exp_id, parent, name, method, metric, task, space, tracking_uri, status, sender,
+            results, tracking) -> None:
+    """Write what is left, then the summary and the parent's end (or say why they must wait)."""
+    from .report import summary
+
+    try:
+        sent = sender.close(MLFLOW_END_WAIT_S) if sender is not None else True
+    except KeyboardInterrupt:  # a signal while waiting for the tracking server: keep the rest for resume=
+        sender._spill(force=True)
+        sent = False
+    note = sender.report() if sender is not None else ""
+    if not sent:
+        text = _local_summary(name, method, metric, sender, results) + "\n\n" + note
+        print("\n" + scrub(text), flush=True)
+        return
+    try:
+        runs = tracking.children(client, exp_id, parent)
+        text = summary(name, method, runs, metric, task.metric_names, list(space), tracking.ui_command(tracking_uri))
+        if status == "KILLED":
+            text += f"\n\ninterrupted: continue with python -m orchestration.sweep resume={name}"
+        if note:
+            text += "\n\n" + note
+        tracking.finish_parent(client, exp_id, parent, metric, text, status=status)
+    except Exception as e:  # noqa: BLE001 - the server went away at the very end
+        text = (_local_summary(name, method, metric, sender, results) +
+                f"\n\nMLflow failed while the sweep was being closed ({type(e).__name__}); "
+                f"python -m orchestration.sweep resume={name} closes it")
+    print("\n" + scrub(text), flush=True)

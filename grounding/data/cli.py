@@ -15,7 +15,6 @@ import dataclasses
 import inspect
 import json
 import os
-import re
 import sys
 import types
 import typing
@@ -24,8 +23,9 @@ from typing import Any
 
 # Keep imports light: torch is never needed here, pyarrow/fsspec only once a command runs.
 
+from ..credentials import SECRET_ENV, scrub  # noqa: F401  (one scrubber for every entry point)
+
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
-SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
 
 class UsageError(Exception):
@@ -33,16 +33,6 @@ class UsageError(Exception):
 
 
 # --------------------------------------------------------------------------- output
-def scrub(text: str) -> str:
-    """Remove credentials (values of the AWS secret variables, ``user:pass@`` in URLs)."""
-    text = re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", str(text))
-    for var in SECRET_ENV:
-        val = os.environ.get(var)
-        if val and len(val) >= 4:
-            text = text.replace(val, "***")
-    return text
-
-
 def out(line: str = "") -> None:
     print(scrub(line), flush=True)
 
