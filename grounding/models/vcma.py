@@ -56,6 +56,10 @@ Choices where the paper and spec are silent or the contract differs (beyond the 
 * Width: CPU-sized defaults (D = 32, 2 heads, FFN 4 D); the paper's D = 256, 8 heads, FFN 2048 are a
   documented override (``search_spaces/vcma.py``). sigma clamped to [0.01, 1].
 * ``em_schedule=step`` phases count this model's training forwards (E on even calls).
+* Under DDP the trial wraps this model with ``find_unused_parameters=True``
+  (``ddp_find_unused_parameters``): the frozen network's parameters get no gradient on any rank
+  and stay ``grad is None``. The contrastive negatives are the per-rank batch (no all-gather;
+  spec A10 asks for the full 32: use one worker, or a per-worker batch of 32).
 """
 
 from __future__ import annotations
@@ -236,6 +240,8 @@ class AssignNet(nn.Module):
 class VCMA(GroundingModel):
     task = "tube"
     Config = VCMAConfig
+    # E steps leave theta without gradient and M steps phi: DDP must not wait for them
+    ddp_find_unused_parameters = True
 
     def __init__(self, cfg: VCMAConfig, info: DataInfo):
         super().__init__(cfg, info)
