@@ -273,3 +273,46 @@ def test_variants_train_and_predict(kw):
     assert pred["segment"].shape == (4, 2) and pred["proposal"].shape == (4, 8)
     assert ((pred["segment"][:, 0] < pred["segment"][:, 1])
             & (pred["segment"][:, 1] <= b["frame_valid"].sum(1))).all()
+
+
+# ----------------------------------------------------------------- E/M isolation under DDP
+def _ddp_worker(rank, port, out):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        m = model()
+        d = torch.nn.parallel.DistributedDataParallel(
+            m, broadcast_buffers=False, find_unused_parameters=m.ddp_find_unused_parameters)
+        b = make_batch(seed=rank)
+        rows = []
+        for epoch in range(3):
+            m.epoch_start(epoch)
+            d.zero_grad(set_to_none=True)
+            loss, logs = d(b)
+            loss.backward()
+            e = bool(logs["phase_e"])
+            frozen, trained = (m.theta_parameters(), m.phi_parameters()) if e else (m.phi_parameters(), m.theta_parameters())
+            rows.append((e, all(p.grad is None for p in frozen), all(p.grad is not None for p in trained)))
+        torch.save(rows, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_em_isolation_under_ddp(tmp_path):
+    """Two gloo ranks: the E/M phases alternate and the frozen network keeps ``grad is None``
+    (the trial wraps vcma with ``find_unused_parameters=True``)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    for r in range(2):
+        assert torch.load(tmp_path / f"rank{r}.pt") == [(True, True, True), (False, True, True), (True, True, True)]
