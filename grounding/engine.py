@@ -145,11 +145,14 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: An
     autocast on CUDA. ``scheduler`` (:func:`make_scheduler`) is stepped after every update.
     Returns the mean of each logged loss over all ranks' steps, plus ``steps`` and
     ``samples_per_s``, and with a scheduler ``lr``, the learning rate the next update would use.
-    A model with ``epoch_end_logs()`` (``causal``'s bank drift) adds what it returns, once per epoch."""
+    A model with ``epoch_end_logs()`` (``causal``'s bank drift) adds what it returns, once per epoch;
+    a model with ``epoch_start(epoch)`` (``vcma``'s E/M phase) is told the epoch before the first step."""
     device = torch.device(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
     rank, world = distributed()
     model.train()
+    if hasattr(unwrap(model), "epoch_start"):
+        unwrap(model).epoch_start(epoch)
     order = np.random.default_rng([seed, epoch, rank]).permutation(len(data))
     steps = steps_per_epoch(data, cfg)
     if steps == 0:

@@ -152,7 +152,9 @@ def train_loop(hp: dict, run: dict, session: Session) -> None:
     if session.world > 1:
         def wrap(m):
             return torch.nn.parallel.DistributedDataParallel(
-                m, device_ids=[device.index] if use_cuda else None, broadcast_buffers=False)
+                m, device_ids=[device.index] if use_cuda else None, broadcast_buffers=False,
+                # a model whose steps leave parameters unused (vcma's E/M phases) says so
+                find_unused_parameters=bool(getattr(m, "ddp_find_unused_parameters", False)))
     from .stages import prerequisites
 
     init, used = prerequisites(recipe, resolved, run, data, device, wrap, amp)
