@@ -101,6 +101,17 @@ class MlflowTrialLogger(Callback):
         return self._client
 
     # ---------------------------------------------------------------- runs
+    # what a new child run is called, tagged and parameterised with (a comparison overrides these)
+    def child_name(self, trial) -> str:
+        return f"{self.sweep}-{trial.trial_id}"
+
+    def child_tags(self, trial) -> dict[str, str]:
+        return {"trial_id": trial.trial_id, "sweep": self.sweep, "method": self.method,
+                "trial_number": _trial_number(trial)}
+
+    def child_params(self, trial) -> dict[str, Any]:
+        return {**self.fixed, **dict(trial.config), "method": self.method, "trial_id": trial.trial_id}
+
     def _find_child(self, trial_id: str) -> str | None:
         runs = self.client.search_runs(
             [self.experiment_id],
@@ -115,13 +126,10 @@ class MlflowTrialLogger(Callback):
             return self._runs[tid]
         run_id = self._find_child(tid)
         if run_id is None:
-            run = self.client.create_run(
-                self.experiment_id, run_name=f"{self.sweep}-{tid}",
-                tags={"mlflow.parentRunId": self.parent_run_id, "trial_id": tid, "sweep": self.sweep,
-                      "method": self.method, "trial_number": _trial_number(trial)})
+            run = self.client.create_run(self.experiment_id, run_name=self.child_name(trial),
+                                         tags={"mlflow.parentRunId": self.parent_run_id, **self.child_tags(trial)})
             run_id = run.info.run_id
-            params = {**self.fixed, **dict(trial.config), "method": self.method, "trial_id": tid}
-            _log_params(self.client, run_id, params)
+            _log_params(self.client, run_id, self.child_params(trial))
             self._last_epoch[tid] = 0
         else:  # resumed sweep: continue the same child run after its last logged epoch
             self.client.update_run(run_id, status="RUNNING")

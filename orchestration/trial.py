@@ -77,7 +77,7 @@ class TrainSession(Session):
 
 
 def load_data(run: dict, rank: int, world: int) -> tasks.TaskData:
-    key = (run["data_root"], run["data_digest"], rank, world)
+    key = (run["data_root"], run["data_digest"], rank, world, run["seed"])  # DataInfo holds the seed
     if key not in _DATA:
         _DATA.clear()  # keep one dataset per process
         cache = ShardCache(run.get("cache_dir") or None, run.get("cache_max_bytes"))

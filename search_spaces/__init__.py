@@ -5,6 +5,19 @@ let ranges depend on the data) and ``PAPER``, the published values, which the sw
 first. Parameters may be conditional: ``when={"acl_spatial": True}`` means the parameter only
 exists where ``acl_spatial`` is True (pinned on the command line or drawn earlier in the space).
 
+Two optional dicts serve ``python -m orchestration.compare`` (fixed configurations, no search):
+
+* ``VARIANTS = {name: {hyperparameter: value}}`` — the method's ablations, each a set of
+  overrides on top of the compared point (e.g. ``causal``'s ``"no_bda": {"bda": False}``).
+  Names are snake_case; ``base`` is reserved (the point itself, no overrides). A new method
+  declares its own ablation switches here, next to its space, never in a bench script.
+* ``POINTS = {name: {hyperparameter: value}}`` — named configurations besides ``paper``
+  (``PAPER``, the default) and ``defaults`` (the config defaults, nothing set), both always
+  present. ``FIXED`` applies under every point and variant unless pinned otherwise.
+
+Every key of a variant or point must be a field of the method's config or an optimiser key
+(``tests/search_spaces`` checks this for every registered method).
+
 This package is declarative and imports neither Ray nor Optuna; orchestration translates it.
 """
 
@@ -81,3 +94,17 @@ def resolve(method: str, dims: dict[str, int], pinned: dict[str, Any],
             point[name] = mod.PAPER[name]
             values[name] = mod.PAPER[name]
     return space, ([point] if point else [])
+
+
+RESERVED_VARIANT = "base"
+
+
+def variants(method: str) -> dict[str, dict[str, Any]]:
+    """The method's declared ablations (``VARIANTS``), without the reserved ``base``."""
+    return dict(getattr(load(method), "VARIANTS", {}))
+
+
+def points(method: str) -> dict[str, dict[str, Any]]:
+    """Named fixed configurations: ``paper`` (``PAPER``), ``defaults`` (nothing set) and ``POINTS``."""
+    mod = load(method)
+    return {"paper": dict(mod.PAPER), "defaults": {}, **{k: dict(v) for k, v in getattr(mod, "POINTS", {}).items()}}

@@ -17,6 +17,15 @@ PAPER = {"J": 100, "W": 1000, "B_r": 10, "B_f": 1, "eta": 0.2, "alpha": 0.9, "ac
 # 2-core CPU.
 FIXED = {"embed_dim": 128, "heads": 4}
 
+# Ablations for ``python -m orchestration.compare methods=causal variants=...``: each removes one
+# component of the method (the paper's Table 3 rows) or freezes the memory banks.
+VARIANTS = {
+    "no_acl_spatial": {"acl_spatial": False},
+    "no_acl_temporal": {"acl_temporal": False},
+    "no_bda": {"bda": False},
+    "frozen_banks": {"alpha": 1.0},
+}
+
 
 def space(dims: dict[str, int]) -> dict:
     N, T = dims["N"], dims["T"]

@@ -16,6 +16,14 @@ PAPER = {"div_lambda": 0.146, "alpha_p": 0.1, "alpha_n": 0.15, "num_props": 8, "
 # grounding/models/cpl.py); model.hidden_dim=256 model.layers=3 restores the paper's size.
 FIXED: dict = {}
 
+# Ablations: top-1 proposal instead of the vote, no diversity penalty, no intra-video contrast
+# (reconstruction alone).
+VARIANTS = {
+    "no_vote": {"vote": False},
+    "no_div": {"div_weight": 0.0},
+    "no_ivc": {"ivc_weight": 0.0},
+}
+
 
 def space(dims: dict[str, int]) -> dict:
     return {
