@@ -62,7 +62,7 @@ def run_compare(ccfg: CompareConfig) -> int:
     from mlflow.tracking import MlflowClient
     from ray import tune
 
-    from . import tracking, tuner as tuner_mod
+    from . import lineage, tracking, tuner as tuner_mod
     from .progress import ProgressLines, console
 
     name = ccfg["name"] or f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -103,11 +103,14 @@ def run_compare(ccfg: CompareConfig) -> int:
                 "seeds": ",".join(map(str, ccfg.seeds)), "point": ccfg["point"], "epochs": ccfg["epochs"],
                 "metric": metric, "cells": len(ccfg.cells), "data_root": ds.root,
                 **{f"from_sweep.{m}": f"{b['sweep']} (run {b['run_id']})" for m, b in ccfg.from_sweep.items()}})
+    lineage.mark_training_experiment(client, exp_id)
+    lineage.log_dataset(client, parent, ds)
     _log(f"MLflow parent run {parent} in experiment '{cfg['mlflow.experiment']}' at {tracking_uri}")
     _log(f"{len(ccfg.cells)} trials: {', '.join(f'{m}/{v}' for m, v in groups_planned)} x seeds "
          f"{','.join(map(str, ccfg.seeds))}, {ccfg['epochs']} epochs each")
 
     logger = CompareTrialLogger(tracking_uri, exp_id, parent, name, ccfg.methods[0], {}, ccfg["epochs"])
+    logger.dataset_input = lineage.dataset_input(ds)
     progress = ProgressLines(metric, len(ccfg.cells), label=lambda t: Cell(**t.config["cell"]).label(),
                              prefix="[compare]")
     status = "FAILED"
@@ -119,13 +122,20 @@ def run_compare(ccfg: CompareConfig) -> int:
         t_fit = time.time()
         results = tuner.fit()
         errors = [r for r in results if r.error]
+        for r in results:  # each cell's selected checkpoint, with its resolved configuration
+            tid = (r.metrics or {}).get("trial_id")
+            ckpt = lineage.best_checkpoint(r, metric) if not r.error else None
+            if ckpt is not None and tid in logger._runs:
+                c = Cell(**r.config["cell"])
+                lineage.log_model(client, logger._runs[tid], ckpt, lineage.resolved_config(
+                    c.method, ccfg.task, c.params, lineage.data_info(ds), None, metric))
         status = "FINISHED" if not errors else "FAILED"
         _log(f"tune finished in {time.time() - t_fit:.0f}s; {len(results)} trials, {len(errors)} failed")
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
         raise
     finally:
-        text = finish(client, exp_id, parent, task.metric_names, ccfg, name, tracking.ui_command(tracking_uri),
+        text = finish(client, exp_id, parent, task.metric_names, ccfg, name, tracking.ui_command(tracking_uri, exp_id),
                       status)
         print("\n" + text, flush=True)
         ray.shutdown()
@@ -156,6 +166,21 @@ def finish(client, exp_id: str, parent: str, metric_names: tuple[str, ...], ccfg
         for i in range(0, len(metrics), tracking.METRIC_LIMIT):
             client.log_batch(parent, metrics=metrics[i:i + tracking.METRIC_LIMIT])
     client.log_text(parent, text + "\n", MARKDOWN_FILE)
+    artifacts = [MARKDOWN_FILE, TABLE_FILE] if rows else [MARKDOWN_FILE]
+    from . import figures, lineage
+    from grounding import tasks
+
+    try:
+        fig = figures.iid_vs_ood(client, parent, runs, tasks.get(ccfg.task).default_metric,
+                                 lambda r: f"{r.data.tags.get('method')}/{r.data.tags.get('variant')}")
+        artifacts += [fig] if fig else []
+    except Exception as e:  # a figure never fails a comparison
+        print(f"[compare] IID-vs-OOD figure not logged: {e}", flush=True)
+    lineage.describe(client, exp_id, parent,
+                     f"Comparison of {', '.join(ccfg.methods)}: {len(ccfg.cells)} trials "
+                     f"({len(ccfg.seeds)} seeds, {ccfg['epochs']} epochs). `{MARKDOWN_FILE}`: mean ± std "
+                     f"[95% CI] per split and metric; `{TABLE_FILE}`: the same as an MLflow table; each child "
+                     f"has its learning curves and its selected model under `model/`.", artifacts)
     client.set_terminated(parent, status=status)
     return text + f"\n\ncompare the trials in MLflow (parent run {parent}):\n  {ui}"
 

@@ -62,6 +62,8 @@ KEYS: tuple[Key, ...] = (
     Key("search.algo", str, "tpe", "Optuna sampler: tpe (Bayesian) or random", _one_of("tpe", "random")),
     Key("search.seed", int, 0, "seed of the search algorithm", _at_least(0)),
     Key("search.metric", str, "", "validation metric to maximise (default: the task's, e.g. box_micro)"),
+    Key("search.storage", str, "", "Optuna study storage: an RDB URL (default: a journal file under the "
+        "sweep's path; in memory on an object store)"),
     Key("data.root", str, "", "dataset root: local folder or s3://bucket/prefix (default: ./data/<benchmark>)",
         env="GROUNDING_DATA_ROOT"),
     Key("data.generate", bool, True, "generate the benchmark at a missing local data.root"),
@@ -81,6 +83,7 @@ KEYS: tuple[Key, ...] = (
     Key("failures", int, 1, "retries of a failed trial/worker from its last checkpoint", _at_least(0)),
     Key("eval_batch_size", int, 128, "evaluation batch size", _at_least(1)),
     Key("resume", str, "", "resume an interrupted sweep: its name or its experiment path"),
+    Key("verbose", int, 0, "0: one line per trial start/end; 1-3: Ray Tune's status tables too", _one_of(0, 1, 2, 3)),
 )
 KEY_INDEX = {k.name: k for k in KEYS}
 PREFIXES = ("model.", "optim.")

@@ -130,7 +130,7 @@ def run_sweep(cfg: SweepConfig) -> int:
     space, points = search_spaces.resolve(method, ds.manifest.dims, fixed, defaults)
     metric = f"val/{cfg['search.metric'] or task.default_metric}"
 
-    from . import tracking, tuner as tuner_mod  # Ray/MLflow/Optuna imports
+    from . import lineage, study, sweep_outputs, tracking, tuner as tuner_mod  # Ray/MLflow/Optuna imports
 
     name = (state or {}).get("name") or cfg["name"] or f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage_path = _storage_path(cfg, cwd) if exp_path is None else exp_path.rsplit("/", 1)[0]
@@ -157,7 +157,10 @@ def run_sweep(cfg: SweepConfig) -> int:
 
     t0 = time.time()
     address = cfg["ray.address"] or None
-    ray.init(address=address, log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    from .progress import ProgressLines, console
+
+    ray.init(address=address, log_to_driver=True, configure_logging=True, logging_level="WARNING",
+             **console(cfg["verbose"]))
     _log(f"ray {'joined ' + address if address else 'started locally'} in {time.time() - t0:.1f}s: "
          f"{ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs")
 
@@ -171,6 +174,7 @@ def run_sweep(cfg: SweepConfig) -> int:
                      f"has {have.get(res, 0):g}; allowed: at most {have.get(res, 0):g}")
     client = MlflowClient(tracking_uri)
     exp_id = tracking.experiment_id(client, cfg["mlflow.experiment"])
+    lineage.mark_training_experiment(client, exp_id)
     command = "python -m orchestration.sweep " + " ".join(shlex.quote(a) for a in cfg.argv)
     parent = tracking.start_parent(
         client, cfg["mlflow.experiment"], name,
@@ -181,6 +185,7 @@ def run_sweep(cfg: SweepConfig) -> int:
                 "searched": ",".join(space), "metric": metric},
         parent_run_id=(state or {}).get("parent_run_id"))
     if state is None:
+        lineage.log_dataset(client, parent, ds)
         _write_state(exp_path, {"name": name, "argv": cfg.argv, "parent_run_id": parent,
                                 "experiment_id": exp_id, "tracking_uri": tracking_uri,
                                 "data_digest": ds.digest, "created": time.time()})
@@ -188,9 +193,13 @@ def run_sweep(cfg: SweepConfig) -> int:
     _log(f"searching {', '.join(space) or 'nothing'} for {method}; fixed {fixed}; paper point first: {points}")
 
     logger = tracking.MlflowTrialLogger(tracking_uri, exp_id, parent, name, method, fixed, cfg["epochs"])
+    logger.dataset_input = lineage.dataset_input(ds)
+    progress = ProgressLines(metric, cfg["trials"])
+    study_storage = study.storage_for(exp_path, cfg["search.storage"])
     from ray import tune
 
     status = "FAILED"
+    artifacts: list[str] = []
     try:
         if state is not None:
             if not tune.Tuner.can_restore(exp_path):
@@ -201,16 +210,19 @@ def run_sweep(cfg: SweepConfig) -> int:
             tuner = tuner_mod.restore(exp_path, run)
         else:
             searcher = tuner_mod.searcher_for(cfg["search.algo"], cfg["search.seed"], space,
-                                              {**defaults, **fixed}, points, metric)
+                                              {**defaults, **fixed}, points, metric,
+                                              study_name=name, storage=study_storage)
             scheduler = tuner_mod.scheduler_for(cfg["scheduler"], cfg["epochs"], cfg["asha.grace_period"],
                                                 cfg["asha.reduction_factor"])
             tuner = tuner_mod.build(run, name=name, storage_path=storage_path, trials=cfg["trials"],
                                     concurrent=cfg["concurrent"], metric=metric, searcher=searcher,
-                                    scheduler=scheduler, callbacks=[logger])
+                                    scheduler=scheduler, callbacks=[logger, progress], verbose=cfg["verbose"])
         t_fit = time.time()
         results = tuner.fit()
         errors = [r for r in results if r.error]
         status = "FINISHED" if not errors else "FAILED"
+        artifacts = sweep_outputs.record(client, exp_id, parent, results, logger, ds, run, metric, task, name,
+                                         study_storage)
         _log(f"tune finished in {time.time() - t_fit:.0f}s; {len(results)} trials, {len(errors)} failed")
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
@@ -220,8 +232,11 @@ def run_sweep(cfg: SweepConfig) -> int:
 
         runs = tracking.children(client, exp_id, parent)
         text = summary(name, method, runs, metric, task.metric_names, list(space),
-                       tracking.ui_command(tracking_uri))
+                       tracking.ui_command(tracking_uri, exp_id))
         tracking.finish_parent(client, exp_id, parent, metric, text, status=status)
+        lineage.describe(client, exp_id, parent, f"Sweep of `{method}` ({cfg['trials']} trials, ≤{cfg['epochs']} "
+                         f"epochs) ranked by {metric}; each trial is a child run with its learning curves, the "
+                         f"best one with its selected model under `model/`.", ["summary.txt", *artifacts])
         print("\n" + text, flush=True)
         ray.shutdown()
     return 0 if status == "FINISHED" else 1

@@ -87,6 +87,7 @@ class MlflowTrialLogger(Callback):
         self._last_epoch: dict[str, int] = {}
         self._started: dict[str, float] = {}
         self._client: MlflowClient | None = None
+        self.dataset_input = None  # lineage.dataset_input(ds): logged as every child's input
 
     # Tune pickles callbacks with the experiment state; the client is rebuilt after restore.
     def __getstate__(self):
@@ -130,6 +131,8 @@ class MlflowTrialLogger(Callback):
                                          tags={"mlflow.parentRunId": self.parent_run_id, **self.child_tags(trial)})
             run_id = run.info.run_id
             _log_params(self.client, run_id, self.child_params(trial))
+            if self.dataset_input is not None:
+                self.client.log_inputs(run_id, datasets=[self.dataset_input])
             self._last_epoch[tid] = 0
         else:  # resumed sweep: continue the same child run after its last logged epoch
             self.client.update_run(run_id, status="RUNNING")
@@ -171,6 +174,13 @@ class MlflowTrialLogger(Callback):
         tags = [RunTag("stopped_early", str(bool(stopped_early)).lower())] if stopped_early is not None else []
         tags.append(RunTag("epochs_completed", str(self._last_epoch.get(tid, 0))))
         self.client.log_batch(run_id, tags=tags)
+        if status == "FINISHED":
+            try:
+                from .figures import learning_curves
+
+                learning_curves(self.client, run_id)
+            except Exception as e:  # a figure never fails a sweep
+                print(f"[mlflow] learning-curve figure of {tid} not logged: {e}", flush=True)
         self.client.set_terminated(run_id, status=status)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -218,10 +228,18 @@ def finish_parent(client: MlflowClient, experiment_id: str, parent_run_id: str, 
     return best
 
 
-def ui_command(tracking_uri: str) -> str:
+def runs_url(base: str, experiment_id: str) -> str:
+    """The experiment's runs table in the MLflow UI. The experiment's kind is set to training
+    (orchestration/lineage.py), but MLflow 3.17's UI opens any experiment in the GenAI view until
+    a browser has chosen "Model training" once; ``workflowType`` in the link chooses it."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def ui_command(tracking_uri: str, experiment_id: str | None = None) -> str:
     if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri}"
-    return f"mlflow ui --backend-store-uri {tracking_uri}"
+        return f"open {runs_url(tracking_uri, experiment_id) if experiment_id else tracking_uri}"
+    line = f"mlflow ui --backend-store-uri {tracking_uri}"
+    return line + (f"\n  then open {runs_url('http://127.0.0.1:5000', experiment_id)}" if experiment_id else "")
 
 
 def default_tracking_uri(cwd: Path) -> str:

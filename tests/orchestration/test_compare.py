@@ -82,10 +82,18 @@ def test_from_sweep_needs_a_sweep_in_the_store(tmp_path):
         parse(["methods=stvg", "from_sweep=absent", f"mlflow.tracking_uri={db}"])
 
 
-def test_compare_two_methods_two_seeds_one_parent_four_children_table_by_hand(tmp_path, smoke_root):
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, smoke_root):
+    """One real comparison (2 methods x 2 seeds, 1 epoch) shared by the tests below."""
+    tmp_path = tmp_path_factory.mktemp("compare")
     proc = run_compare(tmp_path, "methods=stvg,causal", "seeds=2", "epochs=1", f"data.root={smoke_root}",
                        "name=cmp")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tmp_path, proc
+
+
+def test_compare_two_methods_two_seeds_one_parent_four_children_table_by_hand(compared):
+    tmp_path, proc = compared
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("video-grounding")
@@ -101,6 +109,12 @@ def test_compare_two_methods_two_seeds_one_parent_four_children_table_by_hand(tm
     for c in children:
         assert c.info.status == "FINISHED" and c.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert c.data.params["seed"] == c.data.tags["seed"]
+        assert c.inputs.dataset_inputs[0].dataset.name == "youcook2-smoke"
+        files = {a.path for a in client.list_artifacts(c.info.run_id, "model")}
+        assert files == {"model/config.json", "model/state.pt"}  # every cell's selected model
+    assert parent.inputs.dataset_inputs[0].dataset.name == "youcook2-smoke"
+    assert "figures/iid_vs_ood.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert "compare_table.json" in parent.data.tags["mlflow.note.content"]
 
     mlflow.set_tracking_uri(uri)  # load_table searches through the fluent API
     table = client.load_table(exp.experiment_id, TABLE_FILE, run_ids=[parent.info.run_id])
@@ -126,3 +140,43 @@ def test_compare_two_methods_two_seeds_one_parent_four_children_table_by_hand(tm
     assert "### OOD test" in text and "| stvg | base | 2 |" in text and "| causal | base | 2 |" in text
     assert text.strip() in proc.stdout  # the same markdown is printed at the end
     assert "Trial status" not in proc.stdout and "[compare] done  causal/base/seed1" in proc.stdout
+
+
+def run_evaluate(cwd, *args):
+    return subprocess.run([sys.executable, "-m", "orchestration.evaluate", *args], cwd=cwd, env=sweep_env(cwd),
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_evaluate_a_logged_model_and_refuse_incompatible_data(compared, smoke_roots, tmp_path):
+    from grounding.data import benchmarks
+
+    cwd, _ = compared
+    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("video-grounding")
+    child = next(r for r in client.search_runs([exp.experiment_id], "tags.method = 'causal'")
+                 if "mlflow.parentRunId" in r.data.tags)
+    proc = run_evaluate(cwd, f"run={child.info.run_id}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (ev,) = client.search_runs([exp.experiment_id], "tags.kind = 'evaluation'")
+    assert ev.data.tags["source_run"] == child.info.run_id
+    assert ev.inputs.dataset_inputs[0].dataset.name == "youcook2-smoke"
+    for split in ("test_iid", "test_ood", "val"):  # one epoch: the logged model is the reported one
+        for m in ("box_macro", "box_micro", "query_macro", "query_micro"):
+            assert ev.data.metrics[f"{split}/{m}"] == pytest.approx(child.data.metrics[f"{split}/{m}"], abs=1e-12)
+    mlflow.set_tracking_uri(f"sqlite:///{cwd / 'mlflow.db'}")
+    per_class = client.load_table(exp.experiment_id, "per_class.json", run_ids=[ev.info.run_id])
+    for split in ("test_iid", "test_ood"):
+        rows = per_class[per_class["split"] == split]
+        assert rows["box"].dropna().mean() == pytest.approx(ev.data.metrics[f"{split}/box_macro"], abs=1e-9)
+    assert per_class[per_class["split"] == "test_ood"]["heldout"].any()  # OOD holds classes out of training
+
+    other_d = tmp_path / "youcook2-D16"
+    benchmarks.ensure(other_d, "youcook2", {**benchmarks.get("youcook2").smoke, "D": 16}, log=lambda m: None)
+    for root, message in ((smoke_roots["moment"], "holds a moment dataset; the model (causal) needs wsvog"),
+                          (str(other_d), "has feature size D=16; the model was trained on D=32")):
+        proc = run_evaluate(cwd, f"run={child.info.run_id}", f"data.root={root}")
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith("error: data.root=") and message in proc.stderr, proc.stderr
+    proc = run_evaluate(cwd, "run=0123456789abcdef")
+    assert proc.returncode == 2 and "no such MLflow run" in proc.stderr
+    assert len(client.search_runs([exp.experiment_id], "tags.kind = 'evaluation'")) == 1  # nothing written
