@@ -4,11 +4,25 @@
 passes its own share of the data): training runs the same number of steps on every rank, and
 evaluation sums the metric counts of all ranks, so every sample is counted exactly once.
 Seeded runs are deterministic on CPU.
+
+Optimiser and learning-rate schedule (:class:`OptimConfig`, :func:`make_optimizer`,
+:func:`make_scheduler`; the scheduler is stepped once per update inside ``train_one_epoch``), with
+``base`` = ``lr``, ``W`` = ``warmup_steps``, ``l0`` = ``warmup_init_lr``, ``s`` = updates done:
+
+* ``constant``: ``base``.
+* ``warmup_rsqrt`` (fairseq's ``inverse_sqrt``, as the CPL/CCR runners train): ``l0 + s (base - l0)
+  / W`` for ``s < W``, then ``base * sqrt(W / s)``.
+* ``warmup_linear``: the same warm-up, then linear decay from ``base`` to 0 at the last update of
+  the run (``steps_per_epoch * epochs``).
+* ``step`` (torch's StepLR per epoch): ``base * step_gamma ** (epoch // step_epochs)``.
+
+``grad_clip`` > 0 clips the global gradient norm before each update.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import time
 from typing import Any
@@ -25,6 +39,12 @@ class OptimConfig:
     weight_decay: float = 0.0
     batch_size: int = 32  # per worker
     grad_clip: float = 0.0  # max gradient norm; 0 = off
+    optimizer: str = "adam"  # adam | adamw (decoupled weight decay)
+    schedule: str = "constant"  # constant | step | warmup_rsqrt | warmup_linear (module docstring)
+    warmup_steps: int = 0  # updates of linear warm-up (warmup_rsqrt: >= 1)
+    warmup_init_lr: float = 1e-7  # learning rate at update 0 of the warm-up
+    step_epochs: int = 0  # schedule=step: multiply by step_gamma every step_epochs epochs
+    step_gamma: float = 0.1
 
     def __post_init__(self):
         if not self.lr > 0:
@@ -33,6 +53,26 @@ class OptimConfig:
             raise ValueError(f"weight_decay={self.weight_decay} is out of range; allowed: >= 0")
         if self.batch_size < 2:
             raise ValueError(f"batch_size={self.batch_size} is out of range; allowed: >= 2 (in-batch negatives)")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip={self.grad_clip} is out of range; allowed: >= 0 (0 = off)")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}")
+        if self.warmup_steps < (1 if self.schedule == "warmup_rsqrt" else 0):
+            raise ValueError(f"warmup_steps={self.warmup_steps} is out of range; allowed: "
+                             + (">= 1 with schedule=warmup_rsqrt" if self.schedule == "warmup_rsqrt" else ">= 0"))
+        if self.warmup_init_lr < 0:
+            raise ValueError(f"warmup_init_lr={self.warmup_init_lr} is out of range; allowed: >= 0")
+        if self.step_epochs < (1 if self.schedule == "step" else 0):
+            raise ValueError(f"step_epochs={self.step_epochs} is out of range; allowed: "
+                             + (">= 1 with schedule=step" if self.schedule == "step" else ">= 0"))
+        if not 0 < self.step_gamma <= 1:
+            raise ValueError(f"step_gamma={self.step_gamma} is out of range; allowed: > 0 and <= 1")
+
+
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "step", "warmup_rsqrt", "warmup_linear")
 
 
 OPTIM_KEYS = tuple(f.name for f in dataclasses.fields(OptimConfig))
@@ -58,7 +98,39 @@ def _all_reduce(t: torch.Tensor, op=None) -> torch.Tensor:
 
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: OptimConfig, step: int, steps_per_epoch: int = 1, epochs: int = 1) -> float:
+    """The learning rate after ``step`` updates, as a fraction of ``cfg.lr`` (module docstring)."""
+    w, base = cfg.warmup_steps, cfg.lr
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "step":
+        return cfg.step_gamma ** (step // (cfg.step_epochs * steps_per_epoch))
+    if step < w:
+        return (cfg.warmup_init_lr + step * (base - cfg.warmup_init_lr) / w) / base
+    if cfg.schedule == "warmup_rsqrt":
+        return math.sqrt(w / step)
+    total = steps_per_epoch * epochs  # warmup_linear
+    return max(0.0, (total - step) / max(total - w, 1))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int,
+                   epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-update scheduler for ``cfg.schedule``; its ``state_dict`` (the update count) belongs in
+    a checkpoint so that a resumed run continues the schedule."""
+    if steps_per_epoch < 1 or epochs < 1:
+        raise ValueError(f"steps_per_epoch={steps_per_epoch}, epochs={epochs}: both must be >= 1")
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch, epochs))
+
+
+def steps_per_epoch(data: Any, cfg: OptimConfig) -> int:
+    """Updates per epoch: full batches of this rank's rows, the minimum over ranks."""
+    steps = torch.tensor(len(data) // cfg.batch_size, dtype=torch.long)
+    return int(_all_reduce(steps, dist.ReduceOp.MIN if distributed()[1] > 1 else None))
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -67,18 +139,19 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Any, cfg: OptimConfig,
                     epoch: int, seed: int, device: str | torch.device = "cpu",
-                    amp: bool = False) -> dict[str, float]:
+                    amp: bool = False, scheduler: Any = None) -> dict[str, float]:
     """One pass over this rank's shuffled rows in batches of ``cfg.batch_size`` (the last partial
     batch is dropped). ``model`` may be DDP-wrapped. ``amp`` runs the forward pass in bfloat16
-    autocast on CUDA. Returns the mean of each logged loss over all ranks' steps, plus ``steps``
-    and ``samples_per_s``."""
+    autocast on CUDA. ``scheduler`` (:func:`make_scheduler`) is stepped after every update.
+    Returns the mean of each logged loss over all ranks' steps, plus ``steps`` and
+    ``samples_per_s``, and with a scheduler ``lr``, the learning rate the next update would use.
+    A model with ``epoch_end_logs()`` (``causal``'s bank drift) adds what it returns, once per epoch."""
     device = torch.device(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
     rank, world = distributed()
     model.train()
     order = np.random.default_rng([seed, epoch, rank]).permutation(len(data))
-    steps = torch.tensor(len(data) // cfg.batch_size, dtype=torch.long)
-    steps = int(_all_reduce(steps, dist.ReduceOp.MIN if world > 1 else None))
+    steps = steps_per_epoch(data, cfg)
     if steps == 0:
         raise ValueError(f"{len(data)} training rows on rank {rank} cannot fill one batch of {cfg.batch_size}")
     totals: dict[str, float] = {}
@@ -94,6 +167,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: An
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
         for k, v in logs.items():
             totals[k] = totals.get(k, 0.0) + v
@@ -103,6 +178,10 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: An
     out = {k: float(v) / (steps * world) for k, v in zip(keys, summed)}
     out["steps"] = steps
     out["samples_per_s"] = steps * cfg.batch_size * world / max(elapsed, 1e-9)
+    if hasattr(unwrap(model), "epoch_end_logs"):
+        out.update(unwrap(model).epoch_end_logs())
+    if scheduler is not None:
+        out["lr"] = float(optimizer.param_groups[0]["lr"])
     return out
 
 

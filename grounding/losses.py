@@ -15,3 +15,11 @@ def mil_ranking_loss(p_pos: torch.Tensor, p_neg_video: torch.Tensor, p_neg_query
                      eta: float) -> torch.Tensor:
     """``L_MIL = l(p[V'Q] - p[VQ]) + l(p[VQ'] - p[VQ])``, averaged over the batch."""
     return (log_loss(p_neg_video - p_pos, eta) + log_loss(p_neg_query - p_pos, eta)).mean()
+
+
+def symmetric_mil_loss(p_pos: torch.Tensor, p_neg_own: torch.Tensor, p_neg_video: torch.Tensor,
+                       p_neg_query: torch.Tensor, eta: float) -> torch.Tensor:
+    """The authors' symmetric MIL form: the positive pair ``p[VQ]`` and the negative's own pair
+    ``p[V'Q']`` are each ranked above both cross pairs ``p[V'Q]``, ``p[VQ']``, each half weighted."""
+    return (mil_ranking_loss(p_pos, p_neg_video, p_neg_query, eta)
+            + mil_ranking_loss(p_neg_own, p_neg_video, p_neg_query, eta)) / 2

@@ -10,6 +10,7 @@ import numpy as np
 
 from .data.shards import Dataset
 from .metrics import moment as moment_metrics
+from .metrics import tube as tube_metrics
 from .metrics import wsvog as wsvog_metrics
 from .models.base import DataInfo
 
@@ -118,7 +119,58 @@ class MomentTask:
         return {"random": acc.compute()}
 
 
-_TASKS: dict[str, Task] = {"wsvog": WsvogTask(), "moment": MomentTask()}
+class TubeTask:
+    """Spatio-temporal tube grounding (one sentence, one tube): predictions are a dict with
+    ``segment [B, 2]`` (half-open on the sampled frames) and ``proposal [B, T]`` (the chosen
+    proposal per frame); see TUBE_CONTRACT.md and :mod:`grounding.metrics.tube`."""
+
+    name = "tube"
+    metric_names = tube_metrics.NAMES
+    default_metric = "m_viou"
+
+    def load_split(self, ds: Dataset, split: str, rank: int = 0, world: int = 1):
+        from .data.tube import TubeArrays
+
+        return TubeArrays.from_table(ds.read_split(split, rank, world), ds.manifest.dims)
+
+    def data_info(self, ds: Dataset, train, seed: int = 0) -> DataInfo:
+        from .data.wsvog import fixed_list_to_numpy
+
+        vocab = ds.read_table("vocab").sort_by("word_id")
+        words = fixed_list_to_numpy(vocab["word_vector"], (vocab.schema.field("word_vector").type.list_size,))
+        classes = ds.read_table("classes").sort_by("class_id")
+        cvec = fixed_list_to_numpy(classes["word_vector"], (classes.schema.field("word_vector").type.list_size,))
+        counts = classes["train_count"].to_numpy().astype(np.float64)
+        priors = counts / counts.sum() if counts.sum() > 0 else np.full(len(counts), 1 / max(len(counts), 1))
+        return DataInfo(task=self.name, dims=dict(ds.manifest.dims), word_vectors=words.astype(np.float32),
+                        class_vectors=cvec.astype(np.float32), class_priors=priors,
+                        train_features=getattr(train, "features", None), seed=seed)
+
+    def accumulator(self, info: DataInfo):
+        from .metrics.tube import TubeMetrics
+
+        class _Acc(TubeMetrics):
+            def update_batch(self, predictions, batch):
+                if isinstance(predictions, str):
+                    self.update_mode(predictions, batch)
+                    return
+                self.update(predictions["segment"].cpu(), predictions["proposal"].cpu(), batch["boxes"].cpu(),
+                            batch["gt_boxes"].cpu(), batch["gt_box_valid"].cpu(), batch["frame_valid"].cpu(),
+                            batch["sentence_form"].cpu())
+
+        return _Acc(seed=info.seed)
+
+    def baselines(self, arrays, info: DataInfo, batch_size: int = 256) -> dict[str, dict[str, float]]:
+        out = {}
+        for mode in tube_metrics.MODES:
+            acc = self.accumulator(info)
+            for i in range(0, len(arrays), batch_size):
+                acc.update_batch(mode, arrays.batch(np.arange(i, min(i + batch_size, len(arrays)))))
+            out[mode] = acc.compute()
+        return out
+
+
+_TASKS: dict[str, Task] = {"wsvog": WsvogTask(), "moment": MomentTask(), "tube": TubeTask()}
 
 
 def get(name: str) -> Task:

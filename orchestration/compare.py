@@ -77,6 +77,7 @@ class Cell:
     variant: str
     seed: int
     params: dict[str, Any]  # model + optimiser hyperparameters, everything set
+    shared: dict = dataclasses.field(default_factory=dict)  # shared stages (orchestration/stages.py)
 
     def label(self) -> str:
         return f"{self.method}/{self.variant}/seed{self.seed}"
@@ -342,7 +343,8 @@ def cell_trial(config: dict, run: dict) -> None:
     from .trial import trial_fn
 
     cell = config["cell"]
-    trial_fn({}, {**run, "method": cell["method"], "seed": cell["seed"], "fixed": dict(cell["params"])})
+    trial_fn({}, {**run, "method": cell["method"], "seed": cell["seed"], "fixed": dict(cell["params"]),
+                  "shared": cell.get("shared") or {}})
 
 
 # ----------------------------------------------------------------------------------- results

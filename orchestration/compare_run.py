@@ -23,6 +23,8 @@ def _log(msg: str) -> None:
 
 def _run_spec(ccfg: CompareConfig, ds, name: str, storage_path: str) -> dict:
     """The trial's ``run`` dict as the sweep builds it (orchestration/runner.py), fixed schedule."""
+    from grounding import tasks
+
     cfg = ccfg.first
     return {
         "sweep": name, "method": ccfg.methods[0], "task": cfg.task,
@@ -34,7 +36,7 @@ def _run_spec(ccfg: CompareConfig, ds, name: str, storage_path: str) -> dict:
         "threads": max(1, int(cfg["cpus_per_worker"])),
         "eval_batch_size": cfg["eval_batch_size"], "storage_path": storage_path,
         "checkpoints_keep": cfg["checkpoints.keep"], "failures": cfg["failures"],
-        "test_epochs": [ccfg["epochs"]],  # no scheduler stops a compared trial early
+        "metric": cfg["search.metric"] or tasks.get(ccfg.task).default_metric,
         "placement": "SPREAD" if cfg["workers"] > 1 else "PACK",
     }
 
@@ -113,14 +115,23 @@ def run_compare(ccfg: CompareConfig) -> int:
     logger.dataset_input = lineage.dataset_input(ds)
     progress = ProgressLines(metric, len(ccfg.cells), label=lambda t: Cell(**t.config["cell"]).label(),
                              prefix="[compare]")
+    from . import stages
+    from .final_test import FinalTest, catch_up
+
+    exp_path = f"{storage_path.rstrip('/')}/{name}"
     status = "FAILED"
     try:
+        for c in ccfg.cells:  # stages a recipe shares (e.g. causal's backbone), built once per key
+            c.shared = stages.ensure_shared({**run, "method": c.method, "seed": c.seed, "fixed": dict(c.params)},
+                                            set(), exp_path, client, exp_id, parent, log=_log)
         tuner = tuner_mod.build(
             run, name=name, storage_path=storage_path, trials=1, concurrent=cfg["concurrent"], metric=metric,
-            searcher=None, scheduler=None, callbacks=[logger, progress], verbose=ccfg["verbose"],
+            searcher=None, scheduler=None, callbacks=[logger, FinalTest(run, logger), progress],
+            verbose=ccfg["verbose"],
             fn=cell_trial, param_space={"cell": tune.grid_search([dataclasses.asdict(c) for c in ccfg.cells])})
         t_fit = time.time()
         results = tuner.fit()
+        catch_up(results, run, client, exp_id, parent, log=_log)
         errors = [r for r in results if r.error]
         for r in results:  # each cell's selected checkpoint, with its resolved configuration
             tid = (r.metrics or {}).get("trial_id")

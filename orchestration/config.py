@@ -84,6 +84,8 @@ KEYS: tuple[Key, ...] = (
     Key("eval_batch_size", int, 128, "evaluation batch size", _at_least(1)),
     Key("resume", str, "", "resume an interrupted sweep: its name or its experiment path"),
     Key("verbose", int, 0, "0: one line per trial start/end; 1-3: Ray Tune's status tables too", _one_of(0, 1, 2, 3)),
+    Key("backbone", str, "", "start from an existing backbone stage instead of training one: the stage's MLflow "
+        "run id or its folder (…/stages/backbone-<key>); must match the data digest and dims"),
 )
 KEY_INDEX = {k.name: k for k in KEYS}
 PREFIXES = ("model.", "optim.")
@@ -274,7 +276,8 @@ def help_text(method: str | None = None) -> str:
         space = mod.space({"T": 5, "N": 20, "L": 64})
         for name, f in registry.config_fields(method).items():
             rng = space.get(name)
-            lines.append(f"  model.{name:<16} {f.default!s:<10} {_describe(rng):<36} {fixed.get(name, '')}")
+            lines.append(f"  model.{name:<16} {f.default!s:<10} {_describe(rng):<36} {fixed.get(name, '')}"
+                         + (f"  {f.metadata['help']}" if "help" in f.metadata else ""))
         for name in OPTIM_KEYS:
             rng = space.get(name)
             lines.append(f"  optim.{name:<16} {getattr(OptimConfig(), name)!s:<10} {_describe(rng):<36} {fixed.get(name, '')}")
@@ -293,7 +296,7 @@ def help_text(method: str | None = None) -> str:
 def _describe(param) -> str:
     if param is None:
         return "-"
-    d = {k: v for k, v in dataclasses.asdict(param).items() if k != "when" and v not in (False,)}
+    d = {k: v for k, v in dataclasses.asdict(param).items() if k != "when" and v is not False}  # 0.0 is a bound
     when = f" if {param.when}" if param.when else ""
     return f"{type(param).__name__}({', '.join(f'{v}' for v in d.values())}){when}"
 

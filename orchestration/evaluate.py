@@ -1,6 +1,6 @@
 """``python -m orchestration.evaluate run=<MLflow run id> data.root=<dataset>`` — see ``--help``.
 
-Evaluates the model a trial logged (``model/state.pt`` + ``model/config.json``, see
+Evaluates the predictor a trial delivered (``model/selected.pt`` + ``model/config.json``, see
 :mod:`orchestration.lineage`) on any compatible dataset, e.g. a lab's real features converted to
 shards: every evaluation split it has (``val``, ``test_iid``, ``test_ood``, ``test``) or those in
 ``splits=``. ``run=`` may be a trial's run or a sweep's parent (its best trial is used). The
@@ -80,7 +80,7 @@ def _model_files(client, run_id: str, tmp: str) -> tuple[str, dict, str]:
     """(trial run id, its resolved config, the local state file) of ``run_id``."""
     from mlflow.exceptions import MlflowException
 
-    from .lineage import CONFIG_FILE, MODEL_DIR, STATE_FILE
+    from .lineage import CONFIG_FILE, MODEL_DIR, SELECTED_FILE
 
     try:
         run = client.get_run(run_id)
@@ -93,7 +93,7 @@ def _model_files(client, run_id: str, tmp: str) -> tuple[str, dict, str]:
         raise ConfigError(f"run={run_id} has no logged model ({MODEL_DIR}/{CONFIG_FILE}); allowed: a trial run "
                           f"with a model (a compared cell, a sweep's best trial) or a finished sweep's parent")
     cfg = json.load(open(client.download_artifacts(run_id, f"{MODEL_DIR}/{CONFIG_FILE}", tmp)))
-    state = client.download_artifacts(run_id, f"{MODEL_DIR}/{STATE_FILE}", tmp)
+    state = client.download_artifacts(run_id, f"{MODEL_DIR}/{SELECTED_FILE}", tmp)
     return run_id, cfg, state
 
 
@@ -124,8 +124,6 @@ def evaluate(values: dict) -> int:
 
     from grounding import engine, tasks
     from grounding.data.manifest import DataError
-    from grounding.models import registry
-
     client = MlflowClient(values["mlflow.tracking_uri"])
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -145,9 +143,10 @@ def evaluate(values: dict) -> int:
         data = tasks.load(ds, splits=tuple(splits), optional=())
     except (DataError, ValueError, KeyError) as e:
         fail(f"data.root={ds.root}: {str(e).splitlines()[0]}")
+    from grounding import recipes
+
     try:
-        model = registry.build(cfg["method"], cfg["model"], data.info)
-        model.load_state_dict(state["model"])
+        model = recipes.load_predictor(state, data.info)
     except (RuntimeError, ValueError, KeyError) as e:
         first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln or "Missing" in ln),
                      str(e).splitlines()[0])

@@ -4,9 +4,9 @@
   column shows): name (the dataset folder), digest (the manifest's sha256, first 16 hex digits),
   source (its root, a local folder or ``s3://…``), and as input tags the task, the full manifest
   digest, the feature dims and every split with its row count.
-* :func:`log_model` logs a trial's selected checkpoint (``model/state.pt``) with the resolved
+* :func:`log_model` logs a trial's delivered predictor (``model/selected.pt``) with the resolved
   configuration (``model/config.json``: method, task, model and optimiser hyperparameters, the
-  dataset's digest, dims and root, the checkpoint's epoch) to the trial's run; ``python -m
+  dataset's digest, dims and root, the selected epoch and its validation metrics) to the trial's run; ``python -m
   orchestration.evaluate run=<run id>`` reads exactly these two files.
 * :func:`mark_training_experiment` sets the MLflow 3 experiment kind, so the UI opens the
   experiment on its training runs rather than the GenAI traces overview.
@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 MODEL_DIR = "model"
 CONFIG_FILE = "config.json"
-STATE_FILE = "state.pt"  # the trial's checkpoint file (orchestration/trial.py STATE_FILE)
+SELECTED_FILE = "selected.pt"  # the delivered predictor (orchestration/trial.py SELECTED_FILE)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"
 
@@ -79,32 +79,33 @@ def data_info(ds) -> dict:
 
 
 def log_model(client: MlflowClient, run_id: str, checkpoint, config: dict) -> str:
-    """Log a Tune/Train checkpoint's ``state.pt`` (model weights only) and ``config`` under
-    ``model/`` of ``run_id``; returns the ``runs:/`` URI."""
+    """Log the predictor a trial delivered (its checkpoint's ``selected.pt``: each output stage at
+    its best-validation epoch, :mod:`orchestration.final_test`) and ``config`` under ``model/``
+    of ``run_id``; returns the ``runs:/`` URI."""
+    import shutil
+
     import torch
 
     with checkpoint.as_directory() as d:
-        state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
-    config = {**config, "epoch": int(state.get("epoch", config.get("epoch") or 0))}
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, MODEL_DIR)
-        os.makedirs(out)
-        torch.save({"model": state["model"], "epoch": config["epoch"]}, os.path.join(out, STATE_FILE))
-        with open(os.path.join(out, CONFIG_FILE), "w") as f:
-            json.dump(config, f, indent=2, default=str)
-        client.log_artifacts(run_id, out, MODEL_DIR)
+        src = os.path.join(d, SELECTED_FILE)
+        package = torch.load(src, map_location="cpu", weights_only=True)
+        config = {**config, "epoch": int(package.get("selected_epoch") or 0),
+                  "val": {k: float(v) for k, v in (package.get("val") or {}).items()}}
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, MODEL_DIR)
+            os.makedirs(out)
+            shutil.copy(src, os.path.join(out, SELECTED_FILE))
+            with open(os.path.join(out, CONFIG_FILE), "w") as f:
+                json.dump(config, f, indent=2, default=str)
+            client.log_artifacts(run_id, out, MODEL_DIR)
     client.set_tag(run_id, "model_uri", f"runs:/{run_id}/{MODEL_DIR}")
     return f"runs:/{run_id}/{MODEL_DIR}"
 
 
 def best_checkpoint(result, metric: str):
-    """The checkpoint a trial selected: the best by ``metric`` among those Tune kept (with
-    checkpoint scoring on the validation metric, the best-validation epoch), else its latest."""
-    try:
-        ckpt = result.get_best_checkpoint(metric, "max")
-    except (KeyError, ValueError, RuntimeError):
-        ckpt = None
-    return ckpt or result.checkpoint
+    """The checkpoint holding the predictor a trial delivered: its latest (``selected.pt`` in it
+    is each output stage at its best-validation epoch)."""
+    return result.checkpoint
 
 
 def artifact_link(experiment_id: str, run_id: str, path: str) -> str:

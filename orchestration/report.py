@@ -23,13 +23,14 @@ def table(rows: list[list[Any]], header: list[str]) -> str:
 def summary(sweep: str, method: str, runs: list, metric_key: str, metric_names: tuple[str, ...],
             searched: list[str], ui: str) -> str:
     ranked = sorted(runs, key=lambda r: r.data.metrics.get(metric_key, float("-inf")), reverse=True)
-    lines = [f"sweep {sweep} ({method}): {len(runs)} trials, ranked by {metric_key} at each trial's last epoch", ""]
-    header = ["trial", "status", "epochs", metric_key] + [f"iid/{m}" for m in metric_names] + [f"ood/{m}" for m in metric_names]
+    lines = [f"sweep {sweep} ({method}): {len(runs)} trials, ranked by {metric_key} of each trial's selected checkpoint", ""]
+    header = ["trial", "status", "epochs", "selected", metric_key] + [f"iid/{m}" for m in metric_names] + [f"ood/{m}" for m in metric_names]
     rows = []
     for r in ranked:
         m = r.data.metrics
         rows.append([r.data.tags.get("trial_id", r.info.run_id[:8]), r.info.status,
-                     r.data.tags.get("epochs_completed", "-"), m.get(metric_key)]
+                     r.data.tags.get("epochs_completed", "-"), r.data.tags.get("selected_epoch", "-"),
+                     m.get(metric_key)]
                     + [m.get(f"test_iid/{k}") for k in metric_names] + [m.get(f"test_ood/{k}") for k in metric_names])
     lines.append(table(rows, header))
     if ranked and metric_key in ranked[0].data.metrics:

@@ -147,13 +147,21 @@ def run_sweep(cfg: SweepConfig) -> int:
         "gpus_per_worker": cfg["gpus_per_worker"], "threads": threads,
         "eval_batch_size": cfg["eval_batch_size"], "storage_path": storage_path,
         "checkpoints_keep": cfg["checkpoints.keep"], "failures": cfg["failures"],
-        "test_epochs": tuner_mod.final_eval_epochs(cfg["epochs"], cfg["scheduler"], cfg["asha.grace_period"],
-                                             cfg["asha.reduction_factor"]),
+        "metric": metric.split("/", 1)[1],
         "placement": "SPREAD" if cfg["workers"] > 1 else "PACK",
     }
 
-    import ray
     from mlflow.tracking import MlflowClient
+
+    from . import stages
+
+    if cfg["backbone"]:  # checked before Ray starts
+        try:
+            run["shared"] = {"backbone": stages.resolve_backbone(cfg["backbone"], run, ds,
+                                                                 lambda: MlflowClient(tracking_uri))}
+        except stages.StageError as e:
+            fail(str(e))
+    import ray
 
     t0 = time.time()
     address = cfg["ray.address"] or None
@@ -198,9 +206,12 @@ def run_sweep(cfg: SweepConfig) -> int:
     study_storage = study.storage_for(exp_path, cfg["search.storage"])
     from ray import tune
 
+    from .final_test import FinalTest, catch_up
+
     status = "FAILED"
     artifacts: list[str] = []
     try:
+        run["shared"] = stages.ensure_shared(run, set(space), exp_path, client, exp_id, parent, log=_log)
         if state is not None:
             if not tune.Tuner.can_restore(exp_path):
                 status = "KILLED"
@@ -216,9 +227,11 @@ def run_sweep(cfg: SweepConfig) -> int:
                                                 cfg["asha.reduction_factor"])
             tuner = tuner_mod.build(run, name=name, storage_path=storage_path, trials=cfg["trials"],
                                     concurrent=cfg["concurrent"], metric=metric, searcher=searcher,
-                                    scheduler=scheduler, callbacks=[logger, progress], verbose=cfg["verbose"])
+                                    scheduler=scheduler, callbacks=[logger, FinalTest(run, logger), progress],
+                                    verbose=cfg["verbose"])
         t_fit = time.time()
         results = tuner.fit()
+        catch_up(results, run, client, exp_id, parent, log=_log)
         errors = [r for r in results if r.error]
         status = "FINISHED" if not errors else "FAILED"
         artifacts = sweep_outputs.record(client, exp_id, parent, results, logger, ds, run, metric, task, name,

@@ -77,7 +77,8 @@ class MlflowTrialLogger(Callback):
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, sweep: str,
                  method: str, fixed: dict[str, Any], epochs: int,
-                 metric_prefixes=("train/", "val/", "test_iid/", "test_ood/", "time/", "cluster/")):
+                 metric_prefixes=("train/", "val/", "epoch_val/", "stage/", "selected_epoch", "test_iid/",
+                                  "test_ood/", "time/", "cluster/")):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -165,8 +166,9 @@ class MlflowTrialLogger(Callback):
             startup = float(result["time/first_step_unix"]) - self._started[tid]
             metrics.append(Metric("time/startup_s", startup, now, epoch))
         metrics.append(Metric("epoch", float(epoch), now, epoch))
+        tags = [RunTag(k[4:], str(v)) for k, v in result.items() if k.startswith("tag/")]  # e.g. the backbone used
         for i in range(0, len(metrics), METRIC_LIMIT):
-            self.client.log_batch(run_id, metrics=metrics[i:i + METRIC_LIMIT])
+            self.client.log_batch(run_id, metrics=metrics[i:i + METRIC_LIMIT], tags=tags if i == 0 else [])
 
     def _end(self, trial, status: str, stopped_early: bool | None = None):
         tid = trial.trial_id

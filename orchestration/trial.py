@@ -17,13 +17,14 @@ from typing import Any
 
 import torch
 
-from grounding import engine, tasks
+from grounding import recipes, tasks
 from grounding.data.cache import ShardCache
 from grounding.data.shards import Dataset
 from grounding.engine import OPTIM_KEYS, OptimConfig
 from grounding.models import registry
 
 STATE_FILE = "state.pt"
+SELECTED_FILE = "selected.pt"
 
 # One process keeps the data it loaded for the next trial it runs (actors are reused).
 _DATA: dict[tuple, tasks.TaskData] = {}
@@ -76,8 +77,9 @@ class TrainSession(Session):
         ray.train.report(metrics, checkpoint=ckpt)
 
 
-def load_data(run: dict, rank: int, world: int) -> tasks.TaskData:
-    key = (run["data_root"], run["data_digest"], rank, world, run["seed"])  # DataInfo holds the seed
+def load_data(run: dict, rank: int, world: int, splits: tuple | None = None) -> tasks.TaskData:
+    """This rank's share of the dataset (``splits``: a subset, e.g. the test splits only)."""
+    key = (run["data_root"], run["data_digest"], rank, world, splits, run["seed"])  # DataInfo holds the seed
     if key not in _DATA:
         _DATA.clear()  # keep one dataset per process
         cache = ShardCache(run.get("cache_dir") or None, run.get("cache_max_bytes"))
@@ -85,7 +87,7 @@ def load_data(run: dict, rank: int, world: int) -> tasks.TaskData:
         if ds.digest != run["data_digest"]:
             raise RuntimeError(f"dataset at {run['data_root']} changed during the sweep "
                                f"(digest {ds.digest[:12]} != {run['data_digest'][:12]})")
-        _DATA[key] = tasks.load(ds, rank=rank, world=world, seed=run["seed"])
+        _DATA[key] = tasks.load(ds, **({"splits": splits} if splits else {}), rank=rank, world=world, seed=run["seed"])
     return _DATA[key]
 
 
@@ -101,18 +103,22 @@ def split_params(hp: dict, run: dict) -> tuple[dict, OptimConfig]:
     return model, OptimConfig(**optim)
 
 
-def _save(model, optimizer, epoch: int, directory: str) -> None:
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                "torch_rng": torch.get_rng_state()}, os.path.join(directory, STATE_FILE))
+def _save(group: recipes.Group, hp: dict, run: dict, data, directory: str) -> None:
+    """``state.pt``: everything a restarted trial continues from; ``selected.pt``: the predictor
+    the trial delivers so far (each output stage at its selected epoch), evaluated on the test
+    splits once the trial ends (:mod:`orchestration.final_test`)."""
+    torch.save({"group": group.state_dict(), "torch_rng": torch.get_rng_state()},
+               os.path.join(directory, STATE_FILE))
+    params = {k: v for k, v in {**run["fixed"], **hp}.items() if k in registry.config_fields(run["method"])}
+    torch.save(group.package(run["method"], params, data.digest), os.path.join(directory, SELECTED_FILE))
 
 
-def _restore(checkpoint, model, optimizer) -> int:
+def _restore(checkpoint, group: recipes.Group) -> int:
     with checkpoint.as_directory() as d:
         state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    group.load_state_dict(state["group"])
     torch.set_rng_state(state["torch_rng"])
-    return int(state["epoch"])
+    return group.epoch
 
 
 def _node_id() -> str:
@@ -131,51 +137,48 @@ def _prefixed(prefix: str, d: dict) -> dict:
 
 
 def train_loop(hp: dict, run: dict, session: Session) -> None:
-    """Train one configuration for ``run['epochs']`` epochs, reporting after each one."""
+    """Train one configuration: the method's recipe (:mod:`grounding.recipes`; one stage for most
+    methods), its prerequisite stages first (shared ones as the sweep built them), then its output
+    stages together, reporting after each epoch."""
     t_entry = time.time()
     torch.set_num_threads(run["threads"])
     use_cuda = run["gpus_per_worker"] > 0 and torch.cuda.is_available()
     device = torch.device(f"cuda:{torch.cuda.current_device()}" if use_cuda else "cpu")
+    amp = use_cuda and run.get("amp", True)
     data = load_data(run, session.rank, session.world)
-    model_params, optim = split_params(hp, run)
-    engine.seed_everything(run["seed"])
-    model = registry.build(run["method"], model_params, data.info).to(device)
-    optimizer = engine.make_optimizer(model, optim)
+    recipe, resolved = recipes.plan(run["method"], hp, run["fixed"], run["epochs"],
+                                    run.get("metric") or data.task.default_metric)
+    wrap = None
+    if session.world > 1:
+        def wrap(m):
+            return torch.nn.parallel.DistributedDataParallel(
+                m, device_ids=[device.index] if use_cuda else None, broadcast_buffers=False)
+    from .stages import prerequisites
+
+    init, used = prerequisites(recipe, resolved, run, data, device, wrap, amp)
+    group = recipes.build_group(recipe, resolved, data, run["seed"], device, init, wrap, run["eval_batch_size"])
     start = 0
     ckpt = session.checkpoint()
     if ckpt is not None:
-        start = _restore(ckpt, model, optimizer)
-    net = model
+        start = _restore(ckpt, group)
     nodes = 1
     if session.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if use_cuda else None, broadcast_buffers=False)
         hosts = [None] * session.world
         torch.distributed.all_gather_object(hosts, _node_id())
         nodes = len(set(hosts))
     t_ready = time.time()
-    for epoch in range(start, run["epochs"]):
-        t0 = time.time()
-        logs = engine.train_one_epoch(net, optimizer, data["train"], optim, epoch, run["seed"], device,
-                                      amp=use_cuda and run.get("amp", True))
-        t1 = time.time()
-        metrics = {"epoch": epoch + 1, **_prefixed("train", logs)}
-        evaluated = ("val", *(("test_iid", "test_ood") if epoch + 1 in run["test_epochs"] else ()))
-        for split in evaluated:
-            if split in data.splits:  # a converted dataset may lack a test split
-                metrics.update(_prefixed(split, engine.evaluate(net, data[split], data.task, data.info,
-                                                                run["eval_batch_size"], device)))
-        metrics["time/train_s"] = t1 - t0
-        metrics["time/eval_s"] = time.time() - t1
+    for epoch in range(start, group.epochs):
+        metrics = {"epoch": epoch + 1, **group.step(data, amp)}
         if epoch == start:
             metrics["time/setup_s"] = t_ready - t_entry  # entry -> first training step
             metrics["time/first_step_unix"] = t_ready
             metrics["time/resumed_from_epoch"] = start
             metrics["cluster/world_size"] = session.world
             metrics["cluster/nodes"] = nodes  # distinct Ray nodes the ranks run on
+            metrics.update({f"tag/stage.{n}.{k}": v for n, u in used.items() for k, v in u.items()})
         with tempfile.TemporaryDirectory() as d:
             if session.rank == 0:
-                _save(model, optimizer, epoch + 1, d)
+                _save(group, hp, run, data, d)
             session.report(metrics, d if session.rank == 0 else None)
 
 
@@ -203,7 +206,9 @@ def _fit_torch_trainer(hp: dict, run: dict) -> None:
             # a fixed name per trial: a restarted trial resumes this run's latest checkpoint
             name=f"{run['sweep']}-train-{trial_id}",
             storage_path=run["storage_path"],
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run["checkpoints_keep"]),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=run["checkpoints_keep"], checkpoint_score_order="max",
+                checkpoint_score_attribute=f"val/{run.get('metric') or 'box_micro'}"),
             failure_config=ray.train.FailureConfig(max_failures=run["failures"]),
             callbacks=[TuneReportCallback()],
         ),

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -37,23 +35,6 @@ class DefineByRun:
             else:
                 raise TypeError(f"unsupported parameter type {type(p).__name__} for {name}")
         return None
-
-
-def asha_milestones(max_t: int, grace_period: int, reduction_factor: int) -> list[int]:
-    """Epochs at which ASHA may stop a trial (its rungs), as Ray's ASHA computes them."""
-    if grace_period > max_t:
-        return []
-    # the same float expression as ray.tune.schedulers.async_hyperband._Bracket (one bracket)
-    rungs = int(np.log(max_t / grace_period) / np.log(reduction_factor) + 1)
-    return sorted({grace_period * reduction_factor ** k for k in range(rungs)
-                   if grace_period * reduction_factor ** k < max_t})
-
-
-def final_eval_epochs(epochs: int, scheduler: str, grace_period: int, reduction_factor: int) -> list[int]:
-    """Epochs after which a trial evaluates the IID and OOD test splits: its last epoch and every
-    epoch where ASHA could stop it, so a stopped trial still has final test metrics."""
-    stops = asha_milestones(epochs, grace_period, reduction_factor) if scheduler == "asha" else []
-    return sorted({*stops, epochs})
 
 
 def scheduler_for(name: str, epochs: int, grace_period: int, reduction_factor: int):
@@ -99,7 +80,9 @@ def build(run: dict, *, name: str, storage_path: str, trials: int, concurrent: i
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, callbacks=callbacks, verbose=verbose,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=run["checkpoints_keep"]),
+            # the best checkpoints by the reported (selected) val metric; Tune always keeps the latest too
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=run["checkpoints_keep"],
+                                                    checkpoint_score_attribute=metric, checkpoint_score_order="max"),
             failure_config=tune.FailureConfig(max_failures=run["failures"]),
         ),
     )

@@ -2,17 +2,18 @@
 
 A module defines ``space(dims) -> dict[name, Param]`` (the data dims, e.g. ``{"T": 5, "N": 20}``,
 let ranges depend on the data) and ``PAPER``, the published values, which the sweep evaluates
-first. Parameters may be conditional: ``when={"acl_spatial": True}`` means the parameter only
+first. An optional ``POINTS = {name: {...}}`` holds further named points (e.g. the authors' code
+values where they differ from the paper's), evaluated right after ``PAPER`` in their order. Parameters may be conditional: ``when={"acl_spatial": True}`` means the parameter only
 exists where ``acl_spatial`` is True (pinned on the command line or drawn earlier in the space).
 
-Two optional dicts serve ``python -m orchestration.compare`` (fixed configurations, no search):
+``python -m orchestration.compare`` (fixed configurations, no search) reads two of them:
 
 * ``VARIANTS = {name: {hyperparameter: value}}`` — the method's ablations, each a set of
   overrides on top of the compared point (e.g. ``causal``'s ``"no_bda": {"bda": False}``).
   Names are snake_case; ``base`` is reserved (the point itself, no overrides). A new method
   declares its own ablation switches here, next to its space, never in a bench script.
-* ``POINTS = {name: {hyperparameter: value}}`` — named configurations besides ``paper``
-  (``PAPER``, the default) and ``defaults`` (the config defaults, nothing set), both always
+* ``POINTS`` (above) — a comparison's ``point=<name>`` picks one of them instead of ``paper``
+  (``PAPER``, the default) or ``defaults`` (the config defaults, nothing set), both always
   present. ``FIXED`` applies under every point and variant unless pinned otherwise.
 
 Every key of a variant or point must be a field of the method's config or an optimiser key
@@ -79,21 +80,26 @@ def load(method: str):
 
 def resolve(method: str, dims: dict[str, int], pinned: dict[str, Any],
             defaults: dict[str, Any] | None = None) -> tuple[dict[str, Param], list[dict]]:
-    """The searched parameters (pinned ones removed) and the paper points restricted to them.
+    """The searched parameters (pinned ones removed) and the points to evaluate first, restricted
+    to them: ``PAPER``, then each of ``POINTS`` (duplicates and empty points dropped).
 
     Conditions are read from the pinned values, then ``defaults`` (the method's config
-    defaults), then earlier parameters of the space. A paper point keeps only the parameters
-    that are searched and apply.
+    defaults), then earlier parameters of the space. A point keeps only the parameters that are
+    searched and apply.
     """
     mod = load(method)
     space = {k: p for k, p in mod.space(dims).items() if k not in pinned}
-    point: dict[str, Any] = {}
-    values = {**(defaults or {}), **pinned}
-    for name, param in space.items():
-        if name in mod.PAPER and param.applies(values):
-            point[name] = mod.PAPER[name]
-            values[name] = mod.PAPER[name]
-    return space, ([point] if point else [])
+    points: list[dict[str, Any]] = []
+    for candidate in (mod.PAPER, *getattr(mod, "POINTS", {}).values()):
+        point: dict[str, Any] = {}
+        values = {**(defaults or {}), **pinned}
+        for name, param in space.items():
+            if name in candidate and param.applies(values):
+                point[name] = candidate[name]
+                values[name] = candidate[name]
+        if point and point not in points:
+            points.append(point)
+    return space, points
 
 
 RESERVED_VARIANT = "base"

@@ -44,10 +44,12 @@ BENCHMARKS: dict[str, Benchmark] = {
                           smoke={"limit": 160, "D": 32}),
     "charades": Benchmark("charades", "moment", "charades", "CharadesConfig",
                           smoke={"limit": 48, "L": 32, "D": 32}),
+    "vidstg": Benchmark("vidstg", "tube", "vidstg", "VidSTGConfig",
+                        smoke={"limit": 48, "T": 16, "N": 8, "Df": 16, "Dr": 16}),
 }
 
 # The benchmark a task family's methods train on by default.
-DEFAULT_FOR_TASK = {"wsvog": "youcook2", "moment": "charades"}
+DEFAULT_FOR_TASK = {"wsvog": "youcook2", "moment": "charades", "tube": "vidstg"}
 
 
 def get(name: str) -> Benchmark:

@@ -1,6 +1,7 @@
-"""Parquet schemas of the three task families (see docs/shards.md).
+"""Parquet schemas of the task families (see docs/shards.md).
 
-One row is one annotated sample (a segment with its sentence). Dense per-sample tensors are stored
+One row is one annotated sample (a segment with its sentence; for ``moment`` and ``tube``, one
+video with all of its sentences). Dense per-sample tensors are stored
 flattened in fixed-size list columns whose shape is given by the dataset's ``dims`` in the
 manifest; ragged annotations (queried classes, ground-truth instances) are variable-size lists.
 """
@@ -11,12 +12,17 @@ import pyarrow as pa
 
 SCHEMA_VERSION = 1
 
-TASKS = ("wsvog", "stvg", "moment")
+# ``tube`` is spatio-temporal video grounding (a segment plus one box per frame; WINNER, VCMA).
+# ``stvg`` is the legacy per-sentence tube layout the VidSTG converter wrote before ``tube``;
+# the *method* ``stvg`` (the WSVOG MIL baseline) is unrelated to either.
+TASKS = ("wsvog", "tube", "stvg", "moment")
 FEATURE_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
 
 # Required dims per task family.
 TASK_DIMS = {
     "wsvog": ("T", "N", "D"),  # frames, proposals per frame, feature size
+    "tube": ("T", "N", "Df", "Dr", "L", "R", "P", "M"),  # frames, proposals, frame/region feature
+    # sizes, tokens per sentence, relations per sentence, words per predicate, linked tubes
     "stvg": ("T", "N", "D"),
     "moment": ("L", "D"),  # clips, feature size
 }
@@ -73,6 +79,56 @@ def stvg_schema(T: int, N: int, D: int, feature_dtype: str = "float16") -> pa.Sc
     )
 
 
+def tube_schema(T: int, N: int, Df: int, Dr: int, L: int, R: int, P: int, M: int,
+                feature_dtype: str = "float16") -> pa.Schema:
+    """Spatio-temporal video grounding (task ``tube``): one row per video with all its sentences.
+
+    Per video: ``T`` sampled frames (``frame_ids`` original 0-based ids, -1 on padding;
+    ``frame_valid``), frame features ``[T, Df]``, region features ``[T, N, Dr]``, proposal
+    boxes ``[T, N, 4]`` (x1, y1, x2, y2 in pixels of ``frame_width`` x ``frame_height``) and
+    ``M`` linked tubes ``tubes [M, T]`` (proposal index per frame).
+    Per sentence ``j`` (list columns, one entry per sentence): ``sample_ids``, ``sentences``,
+    ``word_ids`` (ids into the ``vocab`` side table, at most ``L``), ``sentence_form`` (0
+    declarative, 1 interrogative), ``subject_pos`` (token index of the grounded word: the subject's
+    head noun, or the wh-word of a question; -1 unknown), ``subject_class`` (category id of the
+    grounded target, ``classes`` side table), ``R`` relations (``rel_subj``/``rel_obj`` token
+    indices, -1 none; ``rel_pred`` ``[R, P]`` word ids, 0 pad; ``rel_valid``), the ground truth
+    ``gt_segment`` (half-open ``[start, end)`` on the sampled-frame grid), ``gt_fids`` (half-open
+    in original frame ids, VidSTG's ``temporal_gt``), ``gt_boxes [T, 4]`` pixels and
+    ``gt_box_valid [T]``.
+    """
+    ft = FEATURE_DTYPES[feature_dtype]
+    per = lambda t: pa.list_(t)  # noqa: E731  one entry per sentence
+    return pa.schema(
+        [
+            pa.field("video_id", pa.string(), nullable=False),
+            pa.field("source_video", pa.string(), nullable=False),
+            pa.field("frame_width", pa.int16(), nullable=False),
+            pa.field("frame_height", pa.int16(), nullable=False),
+            pa.field("frame_ids", _fixed(pa.int32(), T), nullable=False),
+            pa.field("frame_valid", _fixed(pa.bool_(), T), nullable=False),
+            pa.field("frame_features", _fixed(ft, T * Df), nullable=False),
+            pa.field("region_features", _fixed(ft, T * N * Dr), nullable=False),
+            pa.field("proposals", _fixed(pa.float32(), T * N * 4), nullable=False),
+            pa.field("tubes", _fixed(pa.int16(), M * T), nullable=False),
+            pa.field("sample_ids", per(pa.string()), nullable=False),
+            pa.field("sentences", per(pa.string()), nullable=False),
+            pa.field("word_ids", per(pa.list_(pa.int32())), nullable=False),
+            pa.field("sentence_form", per(pa.int8()), nullable=False),
+            pa.field("subject_pos", per(pa.int16()), nullable=False),
+            pa.field("subject_class", per(pa.int16()), nullable=False),
+            pa.field("rel_subj", per(_fixed(pa.int16(), R)), nullable=False),
+            pa.field("rel_obj", per(_fixed(pa.int16(), R)), nullable=False),
+            pa.field("rel_pred", per(_fixed(pa.int32(), R * P)), nullable=False),
+            pa.field("rel_valid", per(_fixed(pa.bool_(), R)), nullable=False),
+            pa.field("gt_segment", per(_fixed(pa.int32(), 2)), nullable=False),
+            pa.field("gt_fids", per(_fixed(pa.int32(), 2)), nullable=False),
+            pa.field("gt_boxes", per(_fixed(pa.float32(), T * 4)), nullable=False),
+            pa.field("gt_box_valid", per(_fixed(pa.bool_(), T)), nullable=False),
+        ]
+    )
+
+
 def moment_schema(L: int, D: int, feature_dtype: str = "float16") -> pa.Schema:
     """Temporal moment localisation: one row per video, holding all of its queries.
 
@@ -106,14 +162,14 @@ def schema_for(task: str, dims: dict, feature_dtype: str) -> pa.Schema:
     if missing:
         raise ValueError(f"{task} dims need {', '.join(TASK_DIMS[task])}; missing {', '.join(missing)}")
     args = [int(dims[k]) for k in TASK_DIMS[task]]
-    return {"wsvog": wsvog_schema, "stvg": stvg_schema, "moment": moment_schema}[task](
+    return {"wsvog": wsvog_schema, "tube": tube_schema, "stvg": stvg_schema, "moment": moment_schema}[task](
         *args, feature_dtype=feature_dtype
     )
 
 
 # Side tables shipped with a dataset (one Parquet file each, listed in the manifest).
 def classes_schema(word_dim: int) -> pa.Schema:
-    """Object vocabulary of a WSVOG/STVG dataset: word vectors and training counts (priors)."""
+    """Object vocabulary of a WSVOG/tube dataset: word vectors and training counts (priors)."""
     return pa.schema(
         [
             pa.field("class_id", pa.int16(), nullable=False),
@@ -126,7 +182,7 @@ def classes_schema(word_dim: int) -> pa.Schema:
 
 
 def vocab_schema(word_dim: int) -> pa.Schema:
-    """Word vocabulary of a moment dataset: id, word, vector, corpus count."""
+    """Word vocabulary of a moment or tube dataset: id, word, vector, corpus count."""
     return pa.schema(
         [
             pa.field("word_id", pa.int32(), nullable=False),

@@ -25,7 +25,8 @@ from .schema import schema_for
 
 # Columns holding dense tensors: stored uncompressed (features do not compress) and without
 # dictionary encoding or statistics, so they decode at memory speed.
-DENSE_COLUMNS = ("features", "proposals", "tube", "tube_valid", "word_vector")
+DENSE_COLUMNS = ("features", "proposals", "tube", "tube_valid", "word_vector", "frame_features",
+                 "region_features")
 
 
 def _write_options(schema: pa.Schema) -> dict:

@@ -66,3 +66,11 @@ def check_config(cfg: Any, rules: dict[str, tuple]) -> None:
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
             raise ValueError(f"{name}={v!r} is out of range; allowed: {rng}")
+
+
+def check_choice(cfg: Any, rules: dict[str, tuple[str, ...]]) -> None:
+    """Validate string options: ``rules[name] = (allowed, ...)``."""
+    for name, allowed in rules.items():
+        v = getattr(cfg, name)
+        if v not in allowed:
+            raise ValueError(f"{name}={v!r} is not an option; allowed: {', '.join(allowed)}")

@@ -1,56 +1,152 @@
 """``causal``: WSVOG via causal intervention, on top of :mod:`stvg`.
 
-Adds three terms to ``L_MIL``, each switchable for ablation (``acl_spatial``, ``acl_temporal``,
-``bda``):
+Adds three terms to ``L_MIL``, each switchable (``acl_spatial``, ``acl_temporal``, ``bda``).
+Where the paper (P) and the authors' code (C, ppj567/WSVOG_Causal_Intervention) disagree, both
+are implemented behind a named option whose default is the code's (it produced the published
+numbers); ``../shared/specs/causal-cpl-ccr-fidelity.md`` §2 and §6.1 has the audit.
 
-Spatial ACL. For one queried object per video, the content set of a frame is its top-``B_r``
-proposals by ``M`` and the style set the rest; ``m = min(B_r, N - B_r)`` vectors are intervened in
-each set (the top ``m`` content vectors, ``m`` style vectors drawn at random). Each intervened
-region feature is replaced by its most similar entry of the region bank (``J`` entries, input
-space). ``IE = p - p(intervened)``; ``L_ACL = l(IE_style - IE_content) = l(p_content - p_style)``
-where ``p_content`` (``p_style``) is the score after intervening the content (style) set, and
-``l(x) = log(1 + exp(x / acl_scale))``.
+Spatial ACL. For a queried object ``k`` the content set of a frame is its top-``B_r`` proposals by
+the detached ``M^k`` and the style set the rest. ``IE = p - p(intervened)``;
+``L_ACL = l(IE_style - IE_content) = l(p_content - p_style)`` with ``l(x) = log(1 + exp(x /
+acl_scale))``, where ``p_content`` (``p_style``) is the video score after intervening the content
+(style) set and re-embedding the whole video.
 
-Temporal ACL. The same with the top-``B_f`` frames by ``G`` as content and the other frames as
-style; whole frames are replaced by their most similar entry of the frame bank (``W`` entries,
-compared on frames max-pooled over proposals).
+Temporal ACL. The same with the top-``B_f`` frames by the detached ``G^k`` as content and the
+other frames as style; whole frames are replaced by frame-bank entries (``W`` entries, compared on
+frames max-pooled over proposals), and only the replaced frames are re-embedded (the visual
+encoder works frame by frame, so the others are unchanged).
 
-Both banks start from random training features (seeded) and are updated by momentum
-``m_j <- alpha m_j + (1 - alpha) mean(vectors m_j replaced)`` (see :mod:`.memory`).
+Options (``model.<name>=...``; the first value is the default):
 
-Backdoor adjustment (BDA). ``G(V, o_k) = Ev(V) + Eq(o_k)`` with ``V`` the self-attended visual
-embedding, combined by NWGM as ``sum_k P(o_k) G(V, o_k)`` with ``P`` from the training counts; the
-deconfounded embedding gives ``M_bda`` and a MIL loss of its own. The branch is trained
-separately (it sees ``V``, ``Q`` and ``G`` detached, and ``L_MIL``/``L_ACL`` never reach its
-parameters) and joins at test time by a residual connection: ``M_test = M + M_bda``.
+* ``intervention=code|paper`` -- what is written into the slots.
+  ``paper`` is Eq. (10): every intervened item (content and style) is replaced by *its own*
+  nearest bank entry. ``code`` is what the authors' ``ACL_Spatial``/``ACL_Temporal`` do (an index
+  tuple reused): the i-th content slot receives the entry nearest to the i-th *sampled style*
+  item and the style slots their own nearest entry; temporally, the top frame and the sampled
+  style frame both receive the bank frame nearest to the style frame. Under ``code`` the object is
+  removed from the content-intervened video rather than replaced by a bank centroid, so ACL is a
+  top-versus-bottom margin (spec §0.1, §3).
+* ``style_draw=replace|distinct`` -- C draws as many style items as content items (``B_r``
+  regions, ``B_f`` frames), uniformly *with replacement* from the bottom-ranked ones; ``distinct``
+  intervenes ``m = min(B_r, N - B_r)`` items in each set (the top ``m`` content items and ``m``
+  distinct random style items), the paper's "sizes set to the same by adopting the smaller".
+* ``acl_queries=all|one`` -- C intervenes for every valid query: each query gets its own content
+  and style sets and is scored on its own intervened video, the scores are averaged over the
+  video's valid queries, then ``l`` is applied. ``one`` draws one valid query per video per step
+  (uniformly), Kq times cheaper.
+* ``bank_update=code|project`` -- both move entry ``m_j`` towards the vectors of the intervened
+  items whose nearest entry it is (the items' *own* nearest entry, also under
+  ``intervention=code``; only valid queries count). ``code``: per entry, the mean of its content
+  items and the mean of its style items are each L2-normalised and mixed in by two successive
+  momentum steps ``m_j <- normalise(alpha m_j + (1 - alpha) mean)`` (content, then style).
+  ``project``: one step with the raw mean of content and style items together, then
+  renormalised (Eqs. (12)-(13) read literally).
+* ``frame_norm=flat|region`` -- C normalises frame entries as flattened ``N x D`` vectors (at
+  initialisation, here, and after every update), so an inserted frame's proposals have norm
+  about ``1/sqrt(N)``; ``region`` normalises each proposal of a frame entry. Region entries are
+  unit vectors under both.
+* ``bda_form=code|project`` -- backdoor adjustment. ``code``: the deconfounded region embedding
+  is ``normalise(dropout(fusion_coef * (tanh(W_p R) + tanh(SA(R))) + (1 - fusion_coef) *
+  sum_k P(o_k) (W_g g_k + b)))``, i.e. the NWGM ``sum_k P(o_k) G(V, o_k)`` of the paper's
+  ``G(V, o_k) = Ev(V) + Eq(o_k)`` with C's 0.9/0.1 weights and ``Ev`` = the backbone's own branches
+  (no extra visual map, no detaching); MIL is trained on it, so with ``bda`` alone the model *is*
+  the deconfounded component. ``bda_at_test`` says whether the fusion is applied when predicting
+  (True here; C as released skips it with its default test flags). ``project``: a separate
+  branch ``normalise(Ev(V.detach()) + sum_k P(o_k) Eq(o_k))`` with a linear ``Ev`` on the
+  detached self-attended embedding and its own MIL loss over the detached ``Q``/``G``; it joins at
+  test time by the residual ``M + M_bda``. ``P`` is the training object counts under both (C reads
+  object-mention counts from a file).
+* ``negatives=disjoint|next`` and ``mil_form=code|project`` (see :mod:`stvg`): C's negative is a
+  training segment whose object set is disjoint from the positive's (here: the first such video
+  of the shuffled batch) and its MIL loss is symmetric; ``next``/``project`` are ``stvg``'s.
+* ``protocol=staged|joint`` -- read by the training recipe, not by the model (see "Components
+  for staged training"): ``staged`` trains the authors' separate components, ``joint`` one model
+  with every switched-on term at once.
 
-Choices where the paper is silent (all exposed as hyperparameters or stated here):
+Today's joint model (before these options existed) is ``protocol=joint`` with ``LEGACY``:
+``intervention=paper style_draw=distinct acl_queries=one bank_update=project frame_norm=region
+bda_form=project negatives=next mil_form=project``; a test pins that it computes exactly the old
+loss.
 
-* ``acl_scale`` (0.3) is the temperature of the ACL log loss; the authors' code uses 0.3.
-* ACL uses one queried object per video per step, drawn uniformly among its queries (the
-  authors' code intervenes once per query, which costs Kq times as much).
-* The temporal intervention re-embeds only the replaced frames (the visual encoder works frame by
-  frame, so the other frames' embeddings are unchanged).
-* Bank entries are re-normalised after each momentum update (inputs are L2-normalised).
-* ``Ev`` is a linear map on the detached self-attended embedding, ``Eq`` a linear map of the
-  class word vectors; the BDA branch reuses the main branch's (detached) query embedding and
-  temporal weights.
+Components for staged training
+------------------------------
+The authors train separate models and ensemble them (spec §6.1). A component is this class with
+one set of switches; ``component_config(cfg, name)`` returns it (every other field kept):
+
+* ``backbone`` -- ``acl_spatial=acl_temporal=bda=False``: plain MIL, the ``stvg`` model (same
+  parameters and state-dict keys; an ``stvg`` checkpoint loads into it). Initialised from scratch.
+* ``spatial`` -- ``acl_spatial=True`` only: MIL + spatial ACL, own region bank; initialised from the
+  backbone's selected checkpoint with ``load_backbone(state_dict)`` (every matching key).
+* ``temporal`` -- ``acl_temporal=True`` only: MIL + temporal ACL, own frame bank; from the backbone.
+* ``deconf`` -- ``bda=True`` only: the deconfounded model (``bda_form``); from scratch (C).
+
+``COMPONENT_INIT`` names each component's initialisation, ``staged_components(cfg)`` the ensemble
+members the switches of a staged config ask for (``acl_spatial=false`` drops ``spatial``, and so on:
+the paper's ablation rows). Each component's proposal score is ``model.proposal_scores(batch)``
+(``S [B, Kq, T, N]``, the raw query-region cosine; with ``bda_form=project`` ``M + M_bda``), and
+``ensemble_scores({name: S}, cfg) = sum_c w_c sigmoid(S_c)`` with ``w_spatial``, ``w_temporal``,
+``w_deconf`` (0.5, 0.5, 1.0 in C); ``CausalEnsemble(components, cfg).predict(batch)`` does both.
+``protocol=joint`` is one stage, this class with the switches as given.
+
+Diagnostics. ``forward`` logs, per ACL term, ``acl_<term>_cge_step`` (1 when the step's mean
+``p_content - p_style >= 0``; the engine's per-epoch mean is the fraction of steps where the
+constraint is violated) and ``acl_<term>_cge_video`` (the fraction of videos); ``neg_shared`` is the
+fraction of negatives sharing an object with their positive. ``epoch_end_logs()`` returns
+``bank_drift_region``/``bank_drift_frame``: the mean cosine of every bank entry to its value at
+the previous call (call it once at every epoch end; the first call compares with the initial
+entries).
+
+Choices where paper and code are silent (stated here):
+
+* Banks start from random training features (seeded by ``info.seed``), ``J`` regions drawn
+  uniformly over (video, frame, proposal) and ``W`` frames over (video, frame); C samples from
+  fixed pools of 700 regions / 1919 frames.
+* ``acl_scale`` (0.3) is C's temperature of the ACL log loss.
+* Under ``intervention=code`` with ``style_draw=distinct`` and ``B_r > N / 2`` the slots pair up
+  position by position over the ``m`` intervened items.
+* Under ``acl_queries=one`` a video without a valid query still draws a slot (as before); under
+  ``all`` such videos are left out of the ACL mean.
+* Under ``negatives=disjoint`` the object set of a segment is its queried objects (what weak
+  supervision sees); the choice is in-batch, so it needs no extra data and stays per-rank under DDP.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import log_loss, mil_ranking_loss
-from .base import DataInfo, check_config
+from ..losses import log_loss, mil_ranking_loss, symmetric_mil_loss
+from .base import DataInfo, check_choice, check_config
 from .memory import MemoryBank
 from .registry import register
-from .stvg import STVG, STVGConfig
+from .stvg import STVG, ProposalEncoder, STVGConfig
+
+CHOICES = {
+    "protocol": ("staged", "joint"),
+    "intervention": ("code", "paper"),
+    "style_draw": ("replace", "distinct"),
+    "acl_queries": ("all", "one"),
+    "bank_update": ("code", "project"),
+    "frame_norm": ("flat", "region"),
+    "bda_form": ("code", "project"),
+    "negatives": ("disjoint", "next"),
+    "mil_form": ("code", "project"),
+}
+
+# Today's joint model, before the authors' code options existed (with protocol=joint).
+LEGACY = {"intervention": "paper", "style_draw": "distinct", "acl_queries": "one", "bank_update": "project",
+          "frame_norm": "region", "bda_form": "project", "negatives": "next", "mil_form": "project"}
+
+COMPONENTS = ("backbone", "spatial", "temporal", "deconf")
+COMPONENT_INIT = {"backbone": None, "spatial": "backbone", "temporal": "backbone", "deconf": None}
+_SWITCHES = {"backbone": (False, False, False), "spatial": (True, False, False),
+             "temporal": (False, True, False), "deconf": (False, False, True)}
+_WEIGHT = {"spatial": "w_spatial", "temporal": "w_temporal", "deconf": "w_deconf", "backbone": "w_backbone"}
 
 
 @dataclasses.dataclass
@@ -64,11 +160,72 @@ class CausalConfig(STVGConfig):
     acl_spatial: bool = True
     acl_temporal: bool = True
     bda: bool = True
+    protocol: str = "staged"  # staged = the authors' separate components + ensemble; joint = one model
+    intervention: str = "code"  # code = content slots get the entries nearest to the style items; paper = Eq. (10)
+    style_draw: str = "replace"  # replace = as many style items as content, with replacement; distinct = min size
+    acl_queries: str = "all"  # all = every valid query intervened; one = one random query per video
+    bank_update: str = "code"  # code = normalised content and style means, two momentum steps; project = one
+    frame_norm: str = "flat"  # flat = frame entries normalised as flattened N x D; region = per proposal
+    bda_form: str = "code"  # code = 0.9/0.1 fusion in the model's own embedding; project = detached branch
+    fusion_coef: float = 0.9  # bda_form=code: weight of the visual branches in the fusion
+    bda_at_test: bool = True  # bda_form=code: apply the fusion when predicting
+    w_spatial: float = 0.5  # ensemble weight of the ACL-spatial component
+    w_temporal: float = 0.5  # ensemble weight of the ACL-temporal component
+    w_deconf: float = 1.0  # ensemble weight of the deconfounded component
+    negatives: str = "disjoint"
+    mil_form: str = "code"
 
     def __post_init__(self):
         super().__post_init__()
         check_config(self, {"J": (1, None), "W": (1, None), "B_r": (1, None), "B_f": (1, None),
-                            "alpha": (0, 1), "acl_scale": (1e-4, None)})
+                            "alpha": (0, 1), "acl_scale": (1e-4, None), "fusion_coef": (0, 1),
+                            "w_spatial": (0, None), "w_temporal": (0, None), "w_deconf": (0, None)})
+        check_choice(self, CHOICES)
+
+
+def component_config(cfg: CausalConfig, name: str) -> CausalConfig:
+    """The config of staged component ``name`` (``COMPONENTS``): ``cfg`` with its switches set."""
+    if name not in _SWITCHES:
+        raise KeyError(f"unknown causal component {name!r}; allowed: {', '.join(COMPONENTS)}")
+    s, t, b = _SWITCHES[name]
+    return dataclasses.replace(cfg, acl_spatial=s, acl_temporal=t, bda=b)
+
+
+def staged_components(cfg: CausalConfig) -> tuple[str, ...]:
+    """The ensemble members a staged ``cfg`` asks for; the backbone alone when every term is off."""
+    out = tuple(n for n, on in (("spatial", cfg.acl_spatial), ("temporal", cfg.acl_temporal),
+                                ("deconf", cfg.bda)) if on)
+    return out or ("backbone",)
+
+
+def ensemble_scores(scores: Mapping[str, torch.Tensor], cfg: CausalConfig) -> torch.Tensor:
+    """``sum_c w_c sigmoid(S_c)`` over the given components (the backbone, alone, has weight 1)."""
+    total = None
+    for name, S in scores.items():
+        w = getattr(cfg, _WEIGHT[name], 1.0)
+        term = w * torch.sigmoid(S)
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("an ensemble needs at least one component's scores")
+    return total
+
+
+class CausalEnsemble(nn.Module):
+    """The staged protocol's predictor: ``predict(batch) = ensemble_scores({c: S_c(batch)})``."""
+
+    task = "wsvog"
+
+    def __init__(self, components: Mapping[str, "Causal"], cfg: CausalConfig):
+        super().__init__()
+        unknown = sorted(set(components) - set(COMPONENTS))
+        if unknown:
+            raise KeyError(f"unknown causal component {', '.join(unknown)}; allowed: {', '.join(COMPONENTS)}")
+        self.components = nn.ModuleDict(dict(components))
+        self.cfg = cfg
+
+    @torch.no_grad()
+    def predict(self, batch) -> torch.Tensor:
+        return ensemble_scores({n: m.proposal_scores(batch) for n, m in self.components.items()}, self.cfg)
 
 
 def _init_bank(info: DataInfo, num: int, frames: bool, seed: int) -> torch.Tensor:
@@ -89,6 +246,28 @@ def _init_bank(info: DataInfo, num: int, frames: bool, seed: int) -> torch.Tenso
     return F.normalize(torch.from_numpy(x.astype(np.float32)), dim=-1)
 
 
+class FusedProposalEncoder(ProposalEncoder):
+    """``bda_form=code``: the backbone encoder with the prior-weighted object shift fused into the
+    summed branches, ``coef * h + (1 - coef) * sum_k P(o_k) (W_g g_k + b)``, before dropout and L2."""
+
+    def __init__(self, D: int, E: int, heads: int, dropout: float, class_vectors: torch.Tensor,
+                 priors: torch.Tensor, coef: float, at_test: bool):
+        super().__init__(D, E, heads, dropout)
+        self.object = nn.Linear(class_vectors.shape[1], E)  # W_g, b
+        nn.init.xavier_uniform_(self.object.weight, gain=nn.init.calculate_gain("relu"))
+        self.register_buffer("class_vectors", class_vectors, persistent=False)
+        self.register_buffer("priors", priors, persistent=False)
+        self.coef, self.at_test = float(coef), bool(at_test)
+
+    def shift(self) -> torch.Tensor:
+        return self.priors @ self.object(self.class_vectors)  # sum_k P(o_k) (W_g g_k + b)
+
+    def fuse(self, h: torch.Tensor) -> torch.Tensor:
+        if not (self.training or self.at_test):
+            return h
+        return self.coef * h + (1 - self.coef) * self.shift()
+
+
 @register("causal")
 class Causal(STVG):
     task = "wsvog"
@@ -96,21 +275,39 @@ class Causal(STVG):
 
     def __init__(self, cfg: CausalConfig, info: DataInfo):
         super().__init__(cfg, info)
-        T, N = info.dims["T"], info.dims["N"]
+        T, N, D = info.dims["T"], info.dims["N"], info.dims["D"]
         if cfg.acl_spatial and cfg.B_r >= N:
             raise ValueError(f"CausalConfig.B_r={cfg.B_r} must be below N={N} proposals")
         if cfg.acl_temporal and cfg.B_f >= T:
             raise ValueError(f"CausalConfig.B_f={cfg.B_f} must be below T={T} frames")
         E = cfg.embed_dim
         if cfg.acl_spatial:
-            self.region_bank = MemoryBank(_init_bank(info, cfg.J, False, info.seed), cfg.alpha, pool_key=False)
+            self.region_bank = MemoryBank(_init_bank(info, cfg.J, False, info.seed), cfg.alpha, pool_key=False,
+                                          norm=cfg.frame_norm)
         if cfg.acl_temporal:
-            self.frame_bank = MemoryBank(_init_bank(info, cfg.W, True, info.seed), cfg.alpha, pool_key=True)
+            init = _init_bank(info, cfg.W, True, info.seed)
+            if cfg.frame_norm == "flat":
+                init = F.normalize(init.reshape(cfg.W, -1), dim=-1).view_as(init)
+            self.frame_bank = MemoryBank(init, cfg.alpha, pool_key=True, norm=cfg.frame_norm)
         if cfg.bda:
             priors = torch.as_tensor(info.class_priors, dtype=torch.float32)
-            self.register_buffer("priors", priors / priors.sum().clamp(min=1e-12), persistent=False)
-            self.bda_visual = nn.Linear(E, E)  # Ev
-            self.bda_object = nn.Linear(self.class_vectors.shape[1], E)  # Eq
+            priors = priors / priors.sum().clamp(min=1e-12)
+            if cfg.bda_form == "code":
+                self.visual = FusedProposalEncoder(D, E, cfg.heads, cfg.dropout, self.class_vectors, priors,
+                                                   cfg.fusion_coef, cfg.bda_at_test)
+            else:
+                self.register_buffer("priors", priors, persistent=False)
+                self.bda_visual = nn.Linear(E, E)  # Ev
+                self.bda_object = nn.Linear(self.class_vectors.shape[1], E)  # Eq
+
+    def load_backbone(self, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+        """Initialise from a backbone (``stvg`` or the ``backbone`` component): every key both have
+        with the same shape; returns this model's keys left as they were (banks, BDA layers)."""
+        own = self.state_dict()
+        take = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
+        own.update(take)
+        self.load_state_dict(own)
+        return sorted(set(own) - set(take))
 
     # ------------------------------------------------------------------- ACL
     @staticmethod
@@ -120,13 +317,20 @@ class Causal(STVG):
         return torch.multinomial(weights, 1).squeeze(1)
 
     @staticmethod
-    def _content_style(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _content_style(scores: torch.Tensor, k: int, replace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Indices of the intervened content and style items along the last dim of ``scores``.
 
-        Content = the top-``k`` items; style = the rest. ``m = min(k, n - k)`` items are
-        intervened in each: the top ``m`` content items and ``m`` random style items.
+        Content = the top-``k`` items; style = the rest. ``replace=False``: ``m = min(k, n - k)``
+        items are intervened in each, the top ``m`` content items and ``m`` distinct random style
+        items. ``replace=True``: all ``k`` content items and ``k`` style items drawn uniformly with
+        replacement from the ``n - k`` others.
         """
         n = scores.shape[-1]
+        if replace:
+            content = scores.topk(k, dim=-1).indices
+            bottom = scores.topk(n - k, dim=-1, largest=False).indices
+            draw = torch.randint(0, n - k, content.shape, device=scores.device)
+            return content, torch.gather(bottom, -1, draw)
         m = min(k, n - k)
         content_all = scores.topk(k, dim=-1).indices
         content = content_all[..., :m]
@@ -135,82 +339,142 @@ class Causal(STVG):
         style = noise.topk(m, dim=-1).indices
         return content, style
 
-    def _acl_spatial(self, parts, Q1, m1, Qs):
+    def _pairs(self, parts) -> dict[str, torch.Tensor]:
+        """The (video ``pb``, query slot ``pk``) pairs ACL intervenes for, every valid one or one per
+        video, with each pair's query ``Q1 [P, 1, E]``, its mask ``m1`` and its sentence ``Qs1``."""
+        mask = parts["mask"]
+        if self.cfg.acl_queries == "one":
+            pk = self._pick_query(mask)
+            pb = torch.arange(len(pk), device=pk.device)
+        else:
+            pb, pk = mask.nonzero(as_tuple=True)
+        return {"pb": pb, "pk": pk, "Q1": parts["Q"][pb, pk][:, None], "Qs1": self._select(pb)(parts["Qs"]),
+                "m1": torch.ones(len(pb), 1, dtype=torch.bool, device=mask.device)}
+
+    def _select(self, pb: torch.Tensor):
+        """``x -> x[pb]``; the identity under ``acl_queries=one`` (one pair per video, in order), which
+        keeps today's autograd graph and so its gradients bit for bit."""
+        if self.cfg.acl_queries == "one":
+            return lambda x: x
+        return lambda x: x[pb]
+
+    def _per_video(self, p: torch.Tensor, pb: torch.Tensor, B: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean of the pair scores ``p [P]`` per video, and the videos that have a pair."""
+        if self.cfg.acl_queries == "one":
+            return p, torch.ones(B, dtype=torch.bool, device=p.device)
+        sums = torch.zeros(B, dtype=p.dtype, device=p.device).index_add(0, pb, p)
+        counts = torch.zeros(B, dtype=p.dtype, device=p.device).index_add(0, pb, torch.ones_like(p))
+        has = counts > 0
+        return (sums / counts.clamp(min=1))[has], has
+
+    def _acl_loss(self, term: str, p_c: torch.Tensor, p_s: torch.Tensor, pb: torch.Tensor, B: int, logs):
+        pc, _ = self._per_video(p_c, pb, B)
+        ps, _ = self._per_video(p_s, pb, B)
+        diff = pc - ps
+        logs[f"acl_{term}_cge_step"] = float(diff.detach().mean() >= 0) if len(diff) else 0.0
+        logs[f"acl_{term}_cge_video"] = float((diff.detach() >= 0).float().mean()) if len(diff) else 0.0
+        if len(diff) == 0:
+            return p_c.sum() * 0.0
+        return log_loss(diff, self.cfg.acl_scale).mean()
+
+    def _update_bank(self, bank: MemoryBank, xc, jc, xs, js) -> None:
+        if self.cfg.bank_update == "code":
+            bank.update_two_step([(xc, jc), (xs, js)])
+        else:
+            bank.update(torch.cat([xc, xs]), torch.cat([jc, js]))
+
+    def _acl_spatial(self, parts, pairs, logs):
+        pb, pk, Q1, m1, Qs1 = (pairs[k] for k in ("pb", "pk", "Q1", "m1", "Qs1"))
         R = parts["R"]
         B, T, N, D = R.shape
-        Mq = parts["M_q"]  # [B, T, N] for the picked query
-        content, style = self._content_style(Mq, self.cfg.B_r)
-        scores, replaced, index = [], [], []
-        for idx in (content, style):
+        Rp = self._select(pb)(R)  # [P, T, N, D]
+        Mq = parts["M"][pb, pk].detach()  # [P, T, N]
+        content, style = self._content_style(Mq, self.cfg.B_r, self.cfg.style_draw == "replace")
+        items = {}
+        for name, idx in (("content", content), ("style", style)):
             gather = idx[..., None].expand(*idx.shape, D)
-            x = torch.gather(R, 2, gather)  # [B, T, m, D]
-            j = self.region_bank.nearest(x.reshape(-1, D))
-            Rint = R.scatter(2, gather, self.region_bank.memory[j].view_as(x))
-            p, _, _ = self.score(Q1, m1, Qs, self.visual(Rint))
+            x = torch.gather(Rp, 2, gather)  # [P, T, m, D]
+            items[name] = (gather, x, self.region_bank.nearest(x.reshape(-1, D)))
+        js = items["style"][2]
+        scores = []
+        for name in ("content", "style"):
+            gather, x, j = items[name]
+            j_in = js if self.cfg.intervention == "code" else j
+            Rint = Rp.scatter(2, gather, self.region_bank.memory[j_in].view_as(x))
+            p, _, _ = self.score(Q1, m1, Qs1, self.visual(Rint))
             scores.append(p)
-            replaced.append(x.reshape(-1, D))
-            index.append(j)
-        loss = log_loss(scores[0] - scores[1], self.cfg.acl_scale).mean()
-        self.region_bank.update(torch.cat(replaced), torch.cat(index))
+        loss = self._acl_loss("spatial", scores[0], scores[1], pb, B, logs)
+        (_, xc, jc), (_, xs, js) = items["content"], items["style"]
+        self._update_bank(self.region_bank, xc.reshape(-1, D), jc, xs.reshape(-1, D), js)
         return loss
 
-    def _acl_temporal(self, parts, Q1, m1, Qs):
+    def _acl_temporal(self, parts, pairs, logs):
+        pb, pk, Q1, m1, Qs1 = (pairs[k] for k in ("pb", "pk", "Q1", "m1", "Qs1"))
         R, V = parts["R"], parts["V"]
         B, T, N, D = R.shape
-        content, style = self._content_style(parts["G_q"].detach(), self.cfg.B_f)  # [B, m]
-        scores, replaced, index = [], [], []
-        for idx in (content, style):
+        sel = self._select(pb)
+        Rp, Vp = sel(R), sel(V)
+        P = len(pb)
+        content, style = self._content_style(parts["G"][pb, pk].detach(), self.cfg.B_f,
+                                             self.cfg.style_draw == "replace")  # [P, m]
+        items = {}
+        for name, idx in (("content", content), ("style", style)):
             m = idx.shape[1]
-            x = torch.gather(R, 1, idx[:, :, None, None].expand(B, m, N, D))  # [B, m, N, D]
-            j = self.frame_bank.nearest(x.reshape(-1, N, D))
-            new = self.visual(self.frame_bank.memory[j].view(B, m, N, D))
-            Vint = V.scatter(1, idx[:, :, None, None].expand(B, m, N, V.shape[-1]), new)
-            p, _, _ = self.score(Q1, m1, Qs, Vint)
+            x = torch.gather(Rp, 1, idx[:, :, None, None].expand(P, m, N, D))  # [P, m, N, D]
+            items[name] = (idx, x, self.frame_bank.nearest(x.reshape(-1, N, D)))
+        js = items["style"][2]
+        scores = []
+        for name in ("content", "style"):
+            idx, x, j = items[name]
+            m = idx.shape[1]
+            j_in = js if self.cfg.intervention == "code" else j
+            new = self.visual(self.frame_bank.memory[j_in].view(P, m, N, D))
+            Vint = Vp.scatter(1, idx[:, :, None, None].expand(P, m, N, V.shape[-1]), new)
+            p, _, _ = self.score(Q1, m1, Qs1, Vint)
             scores.append(p)
-            replaced.append(x.reshape(-1, N, D))
-            index.append(j)
-        loss = log_loss(scores[0] - scores[1], self.cfg.acl_scale).mean()
-        self.frame_bank.update(torch.cat(replaced), torch.cat(index))
+        loss = self._acl_loss("temporal", scores[0], scores[1], pb, B, logs)
+        (_, xc, jc), (_, xs, js) = items["content"], items["style"]
+        self._update_bank(self.frame_bank, xc.reshape(-1, N, D), jc, xs.reshape(-1, N, D), js)
         return loss
 
     # ------------------------------------------------------------------- BDA
     def deconfounded(self, V: torch.Tensor) -> torch.Tensor:
-        """``normalise(sum_k P(o_k) (Ev(V) + Eq(o_k)))`` on the detached embedding ``V``."""
+        """``bda_form=project``: ``normalise(sum_k P(o_k) (Ev(V) + Eq(o_k)))`` on the detached ``V``."""
         shift = self.priors @ self.bda_object(self.class_vectors)  # sum_k P(o_k) Eq(o_k)
         return F.normalize(self.bda_visual(V.detach()) + shift, dim=-1)
 
     def _bda_loss(self, parts):
         Vd = self.deconfounded(parts["V"])
         Q, mask, G = parts["Q"].detach(), parts["mask"], parts["G"].detach()
-        roll = lambda x: torch.roll(x, shifts=-1, dims=0)  # noqa: E731
+        take = self.negative_take(parts["neg"])
         p = self.video_score(self.similarity(Q, Vd), G, mask)
-        # negatives: the next video's embedding under this video's queries (and vice versa);
+        # negatives: the negative video's embedding under this video's queries (and vice versa);
         # the temporal weights of a negative pair come from the pair's own query side.
-        p_nv = self.video_score(self.similarity(Q, roll(Vd)), G, mask)
-        p_nq = self.video_score(self.similarity(roll(Q), Vd), roll(G), roll(mask))
+        p_nv = self.video_score(self.similarity(Q, take(Vd)), G, mask)
+        p_nq = self.video_score(self.similarity(take(Q), Vd), take(G), take(mask))
+        if self.cfg.mil_form == "code":
+            return symmetric_mil_loss(p, take(p), p_nv, p_nq, self.cfg.eta)
         return mil_ranking_loss(p, p_nv, p_nq, self.cfg.eta)
 
     # -------------------------------------------------------------- interface
     def forward(self, batch):
         loss_mil, parts = self.mil(batch)
         logs = {"loss_mil": float(loss_mil.detach())}
+        q = batch["queries"]
+        shared = ((q[:, :, None] == q[parts["neg"]][:, None, :]) & (q[:, :, None] >= 0)).any(-1).any(-1)
+        logs["neg_shared"] = float(shared.float().mean())
         total = loss_mil
         if self.cfg.acl_spatial or self.cfg.acl_temporal:
-            k = self._pick_query(parts["mask"])
-            ar = torch.arange(len(k), device=k.device)
-            Q1 = parts["Q"][ar, k][:, None]  # [B, 1, E]
-            m1 = torch.ones_like(k, dtype=torch.bool)[:, None]
-            parts["M_q"] = parts["M"][ar, k].detach()
-            parts["G_q"] = parts["G"][ar, k]
+            pairs = self._pairs(parts)
             if self.cfg.acl_spatial:
-                l_s = self._acl_spatial(parts, Q1, m1, parts["Qs"])
+                l_s = self._acl_spatial(parts, pairs, logs)
                 logs["loss_acl_spatial"] = float(l_s.detach())
                 total = total + l_s
             if self.cfg.acl_temporal:
-                l_t = self._acl_temporal(parts, Q1, m1, parts["Qs"])
+                l_t = self._acl_temporal(parts, pairs, logs)
                 logs["loss_acl_temporal"] = float(l_t.detach())
                 total = total + l_t
-        if self.cfg.bda:
+        if self.cfg.bda and self.cfg.bda_form == "project":
             l_b = self._bda_loss(parts)
             logs["loss_bda"] = float(l_b.detach())
             total = total + l_b
@@ -221,6 +485,21 @@ class Causal(STVG):
         V = self.visual(self.regions(batch))
         Q, _, _ = self.embed_queries(batch["queries"])
         M = self.similarity(Q, V)
-        if self.cfg.bda:
+        if self.cfg.bda and self.cfg.bda_form == "project":
             M = M + self.similarity(Q, self.deconfounded(V))
         return M
+
+    @torch.no_grad()
+    def proposal_scores(self, batch) -> torch.Tensor:
+        """``S [B, Kq, T, N]``, this component's proposal score (the ensemble takes its sigmoid)."""
+        return self.predict(batch)
+
+    @torch.no_grad()
+    def epoch_end_logs(self) -> dict[str, float]:
+        """Per-epoch diagnostics: each bank's drift since the previous call (mean entry cosine)."""
+        out = {}
+        if self.cfg.acl_spatial:
+            out["bank_drift_region"] = self.region_bank.drift()
+        if self.cfg.acl_temporal:
+            out["bank_drift_frame"] = self.frame_bank.drift()
+        return out

@@ -400,7 +400,8 @@ class CPL(GroundingModel):
                + hinge(pos, neg2, self.cfg.alpha_n)).mean()
         return rec, ivc
 
-    def cpl_loss(self, out: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def cpl_terms(self, out: dict) -> dict[str, torch.Tensor]:
+        """``L_rec``, ``L_ivc`` and ``L_div`` (scalars) of a :meth:`score_all` output."""
         cfg = self.cfg
         B, K = out["center"].shape
         q = out["rest_query"]
@@ -408,9 +409,13 @@ class CPL(GroundingModel):
         best = out["best"]
         rec, ivc = self.contrastive(out["nll_pos"][torch.arange(B, device=best.device), best], neg1, neg2, ref)
         g = gaussian_mask(out["center"], out["width"], self.div_positions, cfg.sigma)
-        div = diversity_penalty(g, cfg.div_lambda).mean()
-        loss = rec + cfg.ivc_weight * ivc + cfg.div_weight * div
-        logs = {"loss_rec": float(rec.detach()), "loss_ivc": float(ivc.detach()), "loss_div": float(div.detach())}
+        return {"rec": rec, "ivc": ivc, "div": diversity_penalty(g, cfg.div_lambda).mean()}
+
+    def cpl_loss(self, out: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.cfg
+        t = self.cpl_terms(out)
+        loss = t["rec"] + cfg.ivc_weight * t["ivc"] + cfg.div_weight * t["div"]
+        logs = {f"loss_{k}": float(v.detach()) for k, v in t.items()}
         return loss, logs
 
     # -------------------------------------------------------------- interface

@@ -10,7 +10,7 @@ from typing import Any
 from .base import DataInfo, GroundingModel, ModelConfig
 
 # Registry key -> module. Every method lives in grounding/models/<key>.py.
-METHODS = ("stvg", "causal", "cpl", "ccr")
+METHODS = ("stvg", "causal", "cpl", "ccr", "tubemil")
 
 _REGISTRY: dict[str, type[GroundingModel]] = {}
 

@@ -15,9 +15,15 @@ Equations (shapes per video b: T frames, N proposals, Kq queried objects):
 
 Choices where the paper is silent:
 
-* In-batch negatives: video ``b`` is paired with the video and the queries of ``b+1 mod B``
-  (one negative video and one negative sentence per positive, as the authors' code samples
-  one negative pair); batches need at least two videos.
+* In-batch negatives (``negatives``): ``next`` (default) pairs video ``b`` with the video and
+  the queries of ``b+1 mod B`` (one negative video and one negative sentence per positive, as the
+  authors' code samples one negative pair); ``disjoint`` pairs it with the first video after
+  ``b`` (cyclically, in the shuffled batch) whose queried-object set shares no object with
+  ``b``'s, as the authors' code draws a training segment with a disjoint object set (falling back
+  to ``b+1`` when no video of the batch is disjoint). Batches need at least two videos.
+* MIL form (``mil_form``): ``project`` (default) is the equation above; ``code`` is the authors'
+  symmetric form, ``(l(p[V'Q] - p[VQ]) + l(p[VQ'] - p[VQ]) + l(p[V'Q] - p[V'Q']) +
+  l(p[VQ'] - p[V'Q'])) / 2``: the negative's own pair is ranked above both cross pairs too.
 * The self-attention projects Q/K/V directly from the D-dim region features (as the authors'
   attention does from 4096-d), which costs half of attending over the E-dim embedding.
 * Prediction: top-1 proposal of ``M`` per (query, frame).
@@ -32,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import mil_ranking_loss
-from .base import DataInfo, GroundingModel, ModelConfig, check_config
+from ..losses import mil_ranking_loss, symmetric_mil_loss
+from .base import DataInfo, GroundingModel, ModelConfig, check_choice, check_config
 from .registry import register
 
 
@@ -43,10 +49,13 @@ class STVGConfig(ModelConfig):
     heads: int = 8  # self-attention heads over the proposals of a frame
     dropout: float = 0.1
     eta: float = 0.2  # temperature of the log loss l(x) = log(1 + exp(x / eta))
+    negatives: str = "next"  # in-batch negative of video b: next = b+1; disjoint = no shared object
+    mil_form: str = "project"  # project = one ranking per positive; code = the authors' symmetric form
 
     def __post_init__(self):
         check_config(self, {"embed_dim": (1, None), "heads": (1, None), "dropout": (0, 0.9),
                             "eta": (1e-4, None)})
+        check_choice(self, {"negatives": ("next", "disjoint"), "mil_form": ("project", "code")})
         if self.embed_dim % self.heads:
             raise ValueError(f"embed_dim={self.embed_dim} must be divisible by heads={self.heads}")
 
@@ -71,8 +80,12 @@ class ProposalEncoder(nn.Module):
         a = F.scaled_dot_product_attention(split(q), split(k), split(v),
                                            dropout_p=self.dropout if self.training else 0.0)
         a = self.out(a.transpose(1, 2).reshape(-1, N, E))
-        V = self.drop(torch.tanh(self.proj(x)) + torch.tanh(a))
+        V = self.drop(self.fuse(torch.tanh(self.proj(x)) + torch.tanh(a)))
         return F.normalize(V, dim=-1).view(*lead, N, E)
+
+    def fuse(self, h: torch.Tensor) -> torch.Tensor:
+        """Hook on the summed branches before dropout and L2 (``causal``'s BDA fusion); identity."""
+        return h
 
 
 class TemporalAttention(nn.Module):
@@ -151,12 +164,38 @@ class STVG(GroundingModel):
         V = self.visual(R)
         Q, mask, Qs = self.embed_queries(batch["queries"])
         p, M, G = self.score(Q, mask, Qs, V)
-        roll = lambda x: torch.roll(x, shifts=-1, dims=0)  # noqa: E731
-        p_neg_video, _, _ = self.score(Q, mask, Qs, roll(V))
-        p_neg_query, _, _ = self.score(roll(Q), roll(mask), roll(Qs), V)
-        loss = mil_ranking_loss(p, p_neg_video, p_neg_query, self.cfg.eta)
-        return loss, dict(R=R, V=V, Q=Q, mask=mask, Qs=Qs, p=p, M=M, G=G,
+        neg = self.negative_index(batch["queries"])
+        take = self.negative_take(neg)
+        p_neg_video, _, _ = self.score(Q, mask, Qs, take(V))
+        p_neg_query, _, _ = self.score(take(Q), take(mask), take(Qs), V)
+        if self.cfg.mil_form == "code":
+            loss = symmetric_mil_loss(p, take(p), p_neg_video, p_neg_query, self.cfg.eta)
+        else:
+            loss = mil_ranking_loss(p, p_neg_video, p_neg_query, self.cfg.eta)
+        return loss, dict(R=R, V=V, Q=Q, mask=mask, Qs=Qs, p=p, M=M, G=G, neg=neg,
                           p_neg_video=p_neg_video, p_neg_query=p_neg_query)
+
+    def negative_take(self, neg: torch.Tensor):
+        """``x -> x[neg]`` along the batch; ``negatives=next`` rolls (same values and gradients as
+        before the option existed)."""
+        if self.cfg.negatives == "next":
+            return lambda x: torch.roll(x, shifts=-1, dims=0)
+        return lambda x: x[neg]
+
+    def negative_index(self, queries: torch.Tensor) -> torch.Tensor:
+        """``neg [B]``: the batch row that serves as video ``b``'s negative (see ``negatives``)."""
+        B = queries.shape[0]
+        ar = torch.arange(B, device=queries.device)
+        nxt = (ar + 1) % B
+        if self.cfg.negatives == "next":
+            return nxt
+        valid = queries >= 0
+        objects = (F.one_hot(queries.clamp(min=0), self.class_vectors.shape[0]) * valid[..., None]).amax(1)
+        shared = (objects.float() @ objects.float().T) > 0  # [B, B]: the two object sets intersect
+        offset = (ar[None, :] - ar[:, None]) % B  # how far after b row j comes, cyclically
+        cost = torch.where(shared, offset + B, offset)  # disjoint rows first, nearest first
+        cost = cost.masked_fill(torch.eye(B, dtype=torch.bool, device=queries.device), 3 * B)
+        return cost.argmin(dim=1)
 
     def forward(self, batch):
         loss, parts = self.mil(batch)

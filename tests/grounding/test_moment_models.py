@@ -180,12 +180,12 @@ def test_config_validation_messages():
 def test_aggregation_and_rectification():
     x, y = torch.tensor([2.0, -1.0]), torch.tensor([0.0, math.log(3.0)])
     assert torch.allclose(aggregate(x, y), torch.tensor([1.0, -0.75]))
-    m = _model("ccr")
+    m = _model("ccr", rank="rectified")
     with torch.no_grad():
         m.mu.fill_(0.7)
     phi, words_in = torch.randn(2, 4, V), torch.randn(2, 4, 16)
     ids, wmask = torch.randint(1, V, (2, 4)), torch.ones(2, 4, dtype=torch.bool)
-    psi = m.psi_head(words_in)
+    psi = m.psi(words_in)
     rect = phi * torch.sigmoid(psi) - 0.7 * torch.sigmoid(psi)  # q - q_c = (phi - mu) sigmoid(psi)
     want = F.cross_entropy(rect.flatten(0, 1), ids.flatten(), reduction="none",
                            label_smoothing=m.cfg.label_smoothing).view(2, 4).mean(1)
@@ -197,7 +197,7 @@ def test_kl_value_and_it_updates_mu_alone():
     with torch.no_grad():
         m.mu.fill_(0.3)
     words_in = torch.randn(2, 3, 16, requires_grad=True)
-    psi = m.psi_head(words_in)
+    psi = m.psi(words_in)
     q_star = aggregate(m.fc_comp(words_in), psi)
     wmask = torch.tensor([[True, True, False], [True, True, True]])
     kl = kl_to_counterfactual(q_star, m.mu, psi, wmask)
@@ -213,16 +213,17 @@ def test_kl_value_and_it_updates_mu_alone():
     assert all(g is None or not g.abs().any() for k, g in named.items() if k != "mu")
 
 
-def test_mu_learns_only_through_the_kl_term():
+@pytest.mark.parametrize("score", ["paper", "code"])
+def test_mu_learns_only_through_the_kl_term(score):
     b = _batch()
-    m = _model("ccr", kl_weight=0.0)
+    m = _model("ccr", kl_weight=0.0, score=score)
     loss, _ = m(b)
     loss.backward()
     assert m.mu.grad is None or m.mu.grad.abs().item() == 0
-    m = _model("ccr")
+    m = _model("ccr", score=score)
     loss, logs = m(b)
     loss.backward()
-    assert m.mu.grad.abs().item() > 0 and "loss_kl" in logs
+    assert m.mu.grad.abs().item() > 0 and ("loss_kl" in logs) == (score == "paper")
 
 
 # --------------------------------------------------------------------------------- smoke run

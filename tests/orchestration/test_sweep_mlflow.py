@@ -58,16 +58,19 @@ def test_smoke_sweep_records_parent_children_curves_and_test_metrics(tmp_path, s
         for k in searched:
             assert k in child.data.params
         assert _steps(client, child, "train/loss") == [1, 2]
+        selected = int(child.data.tags["selected_epoch"])
+        assert child.data.tags["test_evaluated"] == "true"
         for m in task.metric_names:
             assert _steps(client, child, f"val/{m}") == [1, 2]
+            assert _steps(client, child, f"epoch_val/{m}") == [1, 2]
             for split in ("test_iid", "test_ood"):
-                assert _steps(client, child, f"{split}/{m}") == [2]  # fifo: tested at the last epoch
+                assert _steps(client, child, f"{split}/{m}") == [selected]  # once, at the selected epoch
                 assert 0.0 <= child.data.metrics[f"{split}/{m}"] <= 1.0
         assert child.data.metrics[f"val/{task.default_metric}"] == pytest.approx(
             client.get_metric_history(child.info.run_id, f"val/{task.default_metric}")[-1].value)
         assert child.data.metrics["time/startup_s"] > 0
         if method == "causal":
-            assert "train/loss_acl_spatial" in child.data.metrics and "train/loss_bda" in child.data.metrics
+            assert "train/loss_acl_spatial" in child.data.metrics and "train/acl_spatial_cge_step" in child.data.metrics
         if method == "ccr":
             assert any(k.startswith("train/") and "kl" in k for k in child.data.metrics), sorted(child.data.metrics)
     assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
@@ -126,5 +129,7 @@ def test_asha_stops_weak_trials_and_leaves_nothing_running(tmp_path, smoke_root)
         assert done == list(range(1, len(done) + 1))  # no gap, no duplicate epoch
         last = done[-1]
         assert last in (1, 2, 3)  # ASHA(max_t=3, grace=1, rf=2) stops only after epoch 1 or 2
-        assert _steps(client, c, "test_iid/box_micro")[-1] == last  # final test metrics even when stopped
+        # tested once, stopped or not, at the epoch the trial selected (no later than its last)
+        assert _steps(client, c, "test_iid/box_micro") == [int(c.data.tags["selected_epoch"])]
+        assert int(c.data.tags["selected_epoch"]) <= last
     assert all(int(c.data.tags["epochs_completed"]) < 3 for c in stopped)

@@ -1,27 +1,14 @@
-"""Tuner pieces without a Ray cluster: ASHA rungs, test epochs, the Optuna translation."""
+"""Tuner pieces without a Ray cluster: the Optuna translation."""
 
 from __future__ import annotations
 
 import optuna
 import pytest
-from ray.tune.schedulers.async_hyperband import _Bracket
 
 import search_spaces
 from grounding.models import registry
-from orchestration.tuner import DefineByRun, asha_milestones, final_eval_epochs, searcher_for
+from orchestration.tuner import DefineByRun, searcher_for
 from search_spaces import Choice, Float, Int
-
-
-@pytest.mark.parametrize("max_t, grace, rf", [(4, 1, 2), (6, 1, 2), (8, 1, 2), (10, 2, 3), (9, 3, 3), (5, 5, 2), (16, 1, 4)])
-def test_asha_milestones_match_rays_rungs(max_t, grace, rf):
-    rays = sorted(m for m, _ in _Bracket(grace, max_t, rf, 0)._rungs if m < max_t)
-    assert asha_milestones(max_t, grace, rf) == rays
-
-
-def test_test_epochs_cover_every_possible_stop():
-    # ASHA(max_t=6, grace=1, rf=2) can stop a trial after epochs 1, 2 and 4; the last epoch is 6
-    assert final_eval_epochs(6, "asha", 1, 2) == [1, 2, 4, 6]
-    assert final_eval_epochs(6, "fifo", 1, 2) == [6]
 
 
 def _suggest(space, known):

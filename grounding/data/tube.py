@@ -1,0 +1,333 @@
+"""Tube-grounding rows (task ``tube``) as numpy arrays, and batches of torch tensors for the models.
+
+A tube dataset stores one row per video (see :func:`grounding.data.schema.tube_schema`): its
+frame features, region features, proposal boxes and linked tubes once, and all of its sentences
+with their ground truth. :class:`TubeArrays` keeps the video tensors per video and expands the
+sentences into samples that point at their video (``video_index``); ``batch(idx)`` gathers the
+videos of the sampled sentences, so a split never holds a copy of the features per sentence.
+
+Also here, shared by the generator (:mod:`grounding.data.vidstg`) and the VidSTG/HC-STVG
+converters:
+
+* :func:`tube_tokens`: the tokeniser of the family (``grounding.data.moment.tokenize``, lower-case,
+  punctuation dropped, as the WINNER spec §1.3 asks);
+* :func:`subject_position` and :func:`relation_positions`: the grounded word and the
+  subject/object words of a relation, found by a noun-lexicon heuristic (spec §3.9: declarative =
+  the first lexicon noun before the first verb, else the first lexicon noun, else token 0;
+  interrogative = the wh-word, token 0);
+* :func:`link_tubes`: VCMA Eq. 4 tube linking (``s_link = cos(v_t,i, v_t+1,j) + alpha IoU``,
+  ``alpha`` = 0.5), greedy Viterbi: the best path over the remaining proposals, removed, M times;
+* :func:`tube_table`: per-video row dicts -> a Parquet table of the schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from .moment import tokenize
+from .schema import tube_schema
+from .wsvog import fixed_list_to_numpy
+
+PAD_ID = 0
+UNK_ID = 1
+DECLARATIVE, INTERROGATIVE = 0, 1
+FORMS = ("declarative", "interrogative")
+
+# Person nouns (VidSTG captions call the categories adult/child/baby "man", "woman", "boy", ...).
+PERSON_NOUNS = frozenset("""
+man men woman women boy boys girl girls lady ladies guy guys person people kid kids child children
+baby babies adult adults player players gentleman toddler mother father mom dad grandma grandpa
+""".split())
+WH_WORDS = frozenset({"who", "what", "whom", "whose", "which"})
+_VERBISH = re.compile(r"^(is|are|was|were|be|being|been|has|have|had|does|do|did|can|could|will|"
+                      r"would|should|may|might|must|.*ing|.*es|.*ed)$")
+
+
+def tube_tokens(sentence: str) -> list[str]:
+    """Lower-cased tokens without punctuation (``tokenize`` then drop non-word tokens)."""
+    return [t for t in tokenize(sentence) if re.search(r"[a-z0-9]", t)]
+
+
+def category_words(category: str) -> list[str]:
+    """Words of a VidOR category name: ``ball/sports_ball`` -> ``[ball, sports, ball]``."""
+    return [w for w in re.split(r"[/_()\s]+", category.lower()) if w]
+
+
+def noun_lexicon(categories: list[str]) -> frozenset[str]:
+    """Category words (and their plural ``-s``) plus person nouns."""
+    words = set(PERSON_NOUNS)
+    for c in categories:
+        for w in category_words(c):
+            words.update({w, w + "s", w + "es"})
+    return frozenset(words)
+
+
+def subject_position(tokens: list[str], form: int, lexicon: frozenset[str]) -> int:
+    """Index of the grounded word (spec §3.9 heuristic), -1 for an empty sentence."""
+    if not tokens:
+        return -1
+    if form == INTERROGATIVE:
+        return next((i for i, t in enumerate(tokens) if t in WH_WORDS), 0)
+    for i, t in enumerate(tokens):
+        if t in lexicon:
+            return i
+        if i > 0 and _VERBISH.match(t):
+            break
+    return next((i for i, t in enumerate(tokens) if t in lexicon), 0)
+
+
+def relation_positions(tokens: list[str], form: int, subj_pos: int, target_is_subject: bool,
+                       lexicon: frozenset[str]) -> tuple[int, int]:
+    """(subject, object) token indices of the sentence's main relation (-1 when not found).
+
+    The grounded word is the relation's subject, unless a question asks about the object
+    (``target_is_subject`` False): then the wh-word is the object and the subject is the first
+    lexicon noun after it. The other argument is the first lexicon noun after the grounded word.
+    """
+    after = [i for i, t in enumerate(tokens) if t in lexicon and i > max(subj_pos, 0)]
+    other = after[0] if after else -1
+    if form == INTERROGATIVE and not target_is_subject:
+        return other, subj_pos
+    return subj_pos, other
+
+
+# ------------------------------------------------------------------------------ geometry
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Broadcast IoU of boxes ``a[..., 4]`` and ``b[..., 4]`` (x1, y1, x2, y2), no +1."""
+    x1 = np.maximum(a[..., 0], b[..., 0])
+    y1 = np.maximum(a[..., 1], b[..., 1])
+    x2 = np.minimum(a[..., 2], b[..., 2])
+    y2 = np.minimum(a[..., 3], b[..., 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = lambda z: np.clip(z[..., 2] - z[..., 0], 0, None) * np.clip(z[..., 3] - z[..., 1], 0, None)  # noqa: E731
+    union = area(a) + area(b) - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def link_tubes(feats: np.ndarray, boxes: np.ndarray, frame_valid: np.ndarray | None = None,
+               alpha: float = 0.5, M: int | None = None) -> np.ndarray:
+    """VCMA Eq. 4 linking: ``[M, T]`` proposal index per frame.
+
+    ``s_link(i -> j) = cos(v[t, i], v[t+1, j]) + alpha * IoU(b[t, i], b[t+1, j])``; tube k is the
+    highest-scoring path (dynamic programming over frames, ties to the lower index) through the
+    proposals not used by tubes 0..k-1, so the M = N tubes cover every (frame, proposal) once.
+    Invalid (padded) frames are skipped by the links and carry index ``k`` in tube ``k`` (masked
+    by ``frame_valid`` downstream).
+    """
+    T, N, _ = feats.shape
+    M = N if M is None else M
+    valid = np.ones(T, bool) if frame_valid is None else np.asarray(frame_valid, bool)
+    frames = np.flatnonzero(valid)
+    out = np.tile(np.arange(M, dtype=np.int64)[:, None], (1, T))
+    if len(frames) == 0:
+        return out
+    v = feats[frames].astype(np.float64)
+    v = v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-8)
+    b = boxes[frames].astype(np.float64)
+    Tv = len(frames)
+    links = np.einsum("tid,tjd->tij", v[:-1], v[1:]) + alpha * box_iou(b[:-1, :, None], b[1:, None])
+    used = np.zeros((Tv, N), bool)
+    cols = np.arange(N)
+    for k in range(min(M, N)):
+        score = np.where(used[0], -np.inf, 0.0)
+        back = np.zeros((Tv, N), np.int64)
+        for t in range(1, Tv):
+            cand = score[:, None] + links[t - 1]  # [from, to]
+            back[t] = cand.argmax(0)
+            score = cand[back[t], cols]
+            score[used[t]] = -np.inf
+        j = int(np.argmax(score))
+        path = np.empty(Tv, np.int64)
+        for t in range(Tv - 1, -1, -1):
+            path[t] = j
+            used[t, j] = True
+            j = back[t, j]
+        out[k, frames] = path
+    return out
+
+
+# -------------------------------------------------------------------------------- tables
+def _fixed(values: np.ndarray, type_: pa.DataType) -> pa.Array:
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), type=type_.value_type), type_.list_size)
+
+
+def _per_sentence(rows: list[dict], key: str, field: pa.Field, dtype) -> pa.Array:
+    """A list<fixed_size_list> column from per-row ``[S, ...]`` arrays."""
+    inner = field.type.value_type
+    counts = [len(r[key]) for r in rows]
+    flat = np.concatenate([np.asarray(r[key], dtype).reshape(len(r[key]), -1) for r in rows]) if rows else \
+        np.zeros((0, inner.list_size), dtype)
+    values = _fixed(flat.reshape(-1), inner)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+    return pa.ListArray.from_arrays(offsets, values)
+
+
+def tube_table(rows: list[dict], dims: dict, feature_dtype: str) -> pa.Table:
+    """Per-video row dicts -> a table of :func:`tube_schema`. Each dict holds the video columns
+    (``frame_features [T, Df]``, ``region_features [T, N, Dr]``, ``proposals [T, N, 4]``,
+    ``tubes [M, T]``, ...) and per-sentence lists/arrays with one entry per sentence."""
+    d = {k: int(dims[k]) for k in ("T", "N", "Df", "Dr", "L", "R", "P", "M")}
+    schema = tube_schema(**d, feature_dtype=feature_dtype)
+    ft = np.float16 if feature_dtype == "float16" else np.float32
+    stack = lambda k, dt: np.stack([np.asarray(r[k], dt) for r in rows])  # noqa: E731
+    cols = {
+        "video_id": pa.array([r["video_id"] for r in rows], pa.string()),
+        "source_video": pa.array([r["source_video"] for r in rows], pa.string()),
+        "frame_width": pa.array([r["frame_width"] for r in rows], pa.int16()),
+        "frame_height": pa.array([r["frame_height"] for r in rows], pa.int16()),
+        "frame_ids": _fixed(stack("frame_ids", np.int32), schema.field("frame_ids").type),
+        "frame_valid": _fixed(stack("frame_valid", bool), schema.field("frame_valid").type),
+        "frame_features": _fixed(stack("frame_features", ft), schema.field("frame_features").type),
+        "region_features": _fixed(stack("region_features", ft), schema.field("region_features").type),
+        "proposals": _fixed(stack("proposals", np.float32), schema.field("proposals").type),
+        "tubes": _fixed(stack("tubes", np.int16), schema.field("tubes").type),
+        "sample_ids": pa.array([list(r["sample_ids"]) for r in rows], pa.list_(pa.string())),
+        "sentences": pa.array([list(r["sentences"]) for r in rows], pa.list_(pa.string())),
+        "word_ids": pa.array([[list(map(int, w[: d["L"]])) for w in r["word_ids"]] for r in rows],
+                             pa.list_(pa.list_(pa.int32()))),
+        "sentence_form": pa.array([list(map(int, r["sentence_form"])) for r in rows], pa.list_(pa.int8())),
+        "subject_pos": pa.array([list(map(int, r["subject_pos"])) for r in rows], pa.list_(pa.int16())),
+        "subject_class": pa.array([list(map(int, r["subject_class"])) for r in rows], pa.list_(pa.int16())),
+    }
+    for key, dt in (("rel_subj", np.int16), ("rel_obj", np.int16), ("rel_pred", np.int32), ("rel_valid", bool),
+                    ("gt_segment", np.int32), ("gt_fids", np.int32), ("gt_boxes", np.float32),
+                    ("gt_box_valid", bool)):
+        cols[key] = _per_sentence(rows, key, schema.field(key), dt)
+    return pa.Table.from_arrays([cols[n] for n in schema.names], schema=schema)
+
+
+def _list_fixed(col, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """A list<fixed_size_list> column as ``[sentences, *shape]`` plus the count per row."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    per_row = np.diff(col.offsets.to_numpy())
+    inner = col.flatten()
+    return inner.flatten().to_numpy(zero_copy_only=False).reshape((len(inner), *shape)), per_row
+
+
+def _list_flat(col) -> np.ndarray:
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    return col.flatten().to_numpy(zero_copy_only=False)
+
+
+# -------------------------------------------------------------------------------- arrays
+@dataclasses.dataclass
+class TubeArrays:
+    """One split (or one rank's part of it) of a tube dataset, one sample per sentence."""
+
+    frame_feats: np.ndarray  # [V, T, Df] float16/float32
+    region_feats: np.ndarray  # [V, T, N, Dr]
+    boxes: np.ndarray  # [V, T, N, 4] float32, normalised to [0, 1]
+    frame_valid: np.ndarray  # [V, T] bool
+    frame_ids: np.ndarray  # [V, T] int64 (-1 padding)
+    tubes: np.ndarray  # [V, M, T] int64
+    video_index: np.ndarray  # [Q] int64
+    tokens: np.ndarray  # [Q, L] int64
+    sentence_form: np.ndarray  # [Q]
+    subject_pos: np.ndarray  # [Q]
+    subject_class: np.ndarray  # [Q]
+    rel_subj: np.ndarray  # [Q, R]
+    rel_obj: np.ndarray  # [Q, R]
+    rel_pred: np.ndarray  # [Q, R, P]
+    rel_valid: np.ndarray  # [Q, R] bool
+    gt_segment: np.ndarray  # [Q, 2] half-open, sampled grid
+    gt_fids: np.ndarray  # [Q, 2] half-open, original frame ids
+    gt_boxes: np.ndarray  # [Q, T, 4] normalised
+    gt_box_valid: np.ndarray  # [Q, T] bool
+    sample_ids: list[str]
+    video_ids: list[str]
+
+    @classmethod
+    def from_table(cls, table: pa.Table, dims: dict) -> "TubeArrays":
+        T, N, Df, Dr, L, R, P, M = (int(dims[k]) for k in ("T", "N", "Df", "Dr", "L", "R", "P", "M"))
+        V = table.num_rows
+        if V == 0:
+            z = lambda *s, dt=np.int64: np.zeros(s, dt)  # noqa: E731
+            return cls(z(0, T, Df, dt=np.float32), z(0, T, N, Dr, dt=np.float32), z(0, T, N, 4, dt=np.float32),
+                       z(0, T, dt=bool), z(0, T), z(0, M, T), z(0), z(0, L), z(0), z(0), z(0), z(0, R), z(0, R),
+                       z(0, R, P), z(0, R, dt=bool), z(0, 2), z(0, 2), z(0, T, 4, dt=np.float32), z(0, T, dt=bool),
+                       [], [])
+        size = np.stack([table["frame_width"].to_numpy(), table["frame_height"].to_numpy()], 1).astype(np.float32)
+        scale = np.concatenate([size, size], 1)  # [V, 4] (w, h, w, h)
+        boxes = fixed_list_to_numpy(table["proposals"], (T, N, 4)).astype(np.float32) / scale[:, None, None, :]
+        gt_boxes, per_row = _list_fixed(table["gt_boxes"], (T, 4))
+        video_index = np.repeat(np.arange(V), per_row).astype(np.int64)
+        words = table["word_ids"].combine_chunks() if isinstance(table["word_ids"], pa.ChunkedArray) else table["word_ids"]
+        inner = words.flatten()
+        lengths = np.minimum(np.diff(inner.offsets.to_numpy()), L)
+        starts = inner.offsets.to_numpy()[:-1] - inner.offsets.to_numpy()[0]
+        values = inner.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+        tokens = np.zeros((len(lengths), L), np.int64)
+        for q, (s, n) in enumerate(zip(starts, lengths)):
+            tokens[q, :n] = values[s:s + n]
+        rel_pred = _list_fixed(table["rel_pred"], (R, P))[0].astype(np.int64)
+        return cls(
+            frame_feats=fixed_list_to_numpy(table["frame_features"], (T, Df)),
+            region_feats=fixed_list_to_numpy(table["region_features"], (T, N, Dr)),
+            boxes=np.clip(boxes, 0.0, 1.0),
+            frame_valid=fixed_list_to_numpy(table["frame_valid"], (T,)).astype(bool),
+            frame_ids=fixed_list_to_numpy(table["frame_ids"], (T,)).astype(np.int64),
+            tubes=fixed_list_to_numpy(table["tubes"], (M, T)).astype(np.int64),
+            video_index=video_index,
+            tokens=tokens,
+            sentence_form=_list_flat(table["sentence_form"]).astype(np.int64),
+            subject_pos=_list_flat(table["subject_pos"]).astype(np.int64),
+            subject_class=_list_flat(table["subject_class"]).astype(np.int64),
+            rel_subj=_list_fixed(table["rel_subj"], (R,))[0].astype(np.int64),
+            rel_obj=_list_fixed(table["rel_obj"], (R,))[0].astype(np.int64),
+            rel_pred=rel_pred,
+            rel_valid=_list_fixed(table["rel_valid"], (R,))[0].astype(bool),
+            gt_segment=_list_fixed(table["gt_segment"], (2,))[0].astype(np.int64),
+            gt_fids=_list_fixed(table["gt_fids"], (2,))[0].astype(np.int64),
+            gt_boxes=np.clip(gt_boxes.astype(np.float32) / scale[video_index][:, None, :], 0.0, 1.0),
+            gt_box_valid=_list_fixed(table["gt_box_valid"], (T,))[0].astype(bool),
+            sample_ids=[s for row in table["sample_ids"].to_pylist() for s in row],
+            video_ids=table["video_id"].to_pylist(),
+        )
+
+    def __len__(self) -> int:
+        return len(self.video_index)
+
+    @property
+    def num_videos(self) -> int:
+        return len(self.frame_feats)
+
+    @property
+    def features(self) -> np.ndarray:
+        """Region features per video (what ``DataInfo.train_features`` carries)."""
+        return self.region_feats
+
+    def batch(self, idx, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """Tensors for sentences ``idx`` (the keys and shapes of TUBE_CONTRACT.md)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        vids = self.video_index[idx]
+        dev = torch.device(device)
+        t = lambda a, dtype=None: torch.from_numpy(np.ascontiguousarray(a)).to(dev, dtype)  # noqa: E731
+        return {
+            "frame_feats": t(self.frame_feats[vids], torch.float32),
+            "region_feats": t(self.region_feats[vids], torch.float32),
+            "boxes": t(self.boxes[vids]),
+            "frame_valid": t(self.frame_valid[vids]),
+            "frame_ids": t(self.frame_ids[vids]),
+            "tokens": t(self.tokens[idx]),
+            "token_mask": t(self.tokens[idx] != PAD_ID),
+            "subject_pos": t(self.subject_pos[idx]),
+            "subject_class": t(self.subject_class[idx]),
+            "sentence_form": t(self.sentence_form[idx]),
+            "rel_subj": t(self.rel_subj[idx]),
+            "rel_obj": t(self.rel_obj[idx]),
+            "rel_pred": t(self.rel_pred[idx]),
+            "rel_valid": t(self.rel_valid[idx]),
+            "tubes": t(self.tubes[vids]),
+            "gt_segment": t(self.gt_segment[idx]),
+            "gt_fids": t(self.gt_fids[idx]),
+            "gt_boxes": t(self.gt_boxes[idx]),
+            "gt_box_valid": t(self.gt_box_valid[idx]),
+            "video_index": t(vids),
+        }
