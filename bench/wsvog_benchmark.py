@@ -1,8 +1,8 @@
 """WSVOG results on the generated YouCook2-BB benchmark: Random, Upper Bound, stvg, causal and its
 ablations, IID test and OOD test, the four accuracies, mean ± std over seeds.
 
-    .venv/bin/python bench/wsvog_benchmark.py --epochs 5 --seeds 3
-    .venv/bin/python bench/wsvog_benchmark.py --epochs 1 --seeds 2 --smoke   # plumbing, ~2 min
+    .venv/bin/python bench/wsvog_benchmark.py --epochs 5 --seeds 0 1 2 --jobs 2
+    .venv/bin/python bench/wsvog_benchmark.py --epochs 1 --seeds 0 1 --smoke   # plumbing, ~2 min
 
 The trained rows come from the comparison command users run,
 
@@ -57,9 +57,9 @@ def main(argv=None) -> int:
     ap.add_argument("--root", default=str(REPO / "data" / "youcook2"), help="dataset (generated if missing)")
     ap.add_argument("--smoke", action="store_true", help="the benchmark's smoke size (a separate dataset)")
     ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     ap.add_argument("--variants", default="all", help="causal ablations (comma-separated) or all")
-    ap.add_argument("--concurrent", type=int, default=2, help="concurrent trials")
+    ap.add_argument("--concurrent", "--jobs", type=int, default=2, help="concurrent trials")
     ap.add_argument("--mlflow", default=f"sqlite:///{REPO / 'mlflow.db'}", help="MLflow tracking URI")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "wsvog_benchmark.json"))
     ap.add_argument("overrides", nargs="*", help="extra key=value arguments for orchestration.compare")
@@ -77,10 +77,10 @@ def main(argv=None) -> int:
         scored = data.task.baselines(data[sp], data.info)
         baselines["Random"][sp], baselines["Upper Bound"][sp] = scored["random"], scored["upper_bound"]
 
-    result = compare(["methods=stvg,causal", f"variants={args.variants}", f"seeds={args.seeds}",
+    result = compare(["methods=stvg,causal", f"variants={args.variants}", "seeds=[" + ",".join(map(str, args.seeds)) + "]",
                       f"epochs={args.epochs}", f"data.root={ds.root}", f"concurrent={args.concurrent}",
                       *args.overrides], cwd=REPO, tracking_uri=args.mlflow)
-    out = {"dataset": str(ds.root), "digest": ds.digest, "epochs": args.epochs, "seeds": list(range(args.seeds)),
+    out = {"dataset": str(ds.root), "digest": ds.digest, "epochs": args.epochs, "seeds": args.seeds,
            "baselines": baselines, **result, "table": table(baselines, result["rows"])}
     write(args.out, out)
     print(out["table"])

@@ -111,7 +111,7 @@ def test_compare_two_methods_two_seeds_one_parent_four_children_table_by_hand(co
         assert c.data.params["seed"] == c.data.tags["seed"]
         assert c.inputs.dataset_inputs[0].dataset.name == "youcook2-smoke"
         files = {a.path for a in client.list_artifacts(c.info.run_id, "model")}
-        assert files == {"model/config.json", "model/state.pt"}  # every cell's selected model
+        assert files == {"model/config.json", "model/selected.pt"}  # every cell's selected model
     assert parent.inputs.dataset_inputs[0].dataset.name == "youcook2-smoke"
     assert "figures/iid_vs_ood.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
     assert "compare_table.json" in parent.data.tags["mlflow.note.content"]

@@ -104,7 +104,7 @@ def _assert_lineage_and_figures(tmp_path, client, parent, children, name, root):
         assert "figures/learning_curves.png" in {a.path for a in client.list_artifacts(child.info.run_id, "figures")}
     best = client.get_run(parent.data.tags["best_run_id"])
     assert client.get_run(parent.info.run_id).data.tags["best_model_uri"] == f"runs:/{best.info.run_id}/model"
-    assert {a.path for a in client.list_artifacts(best.info.run_id, "model")} == {"model/config.json", "model/state.pt"}
+    assert {a.path for a in client.list_artifacts(best.info.run_id, "model")} == {"model/config.json", "model/selected.pt"}
     cfg = json.load(open(client.download_artifacts(best.info.run_id, "model/config.json", str(tmp_path))))
     assert cfg["method"] == best.data.params["method"] and cfg["data"]["manifest_sha256"] == digest
     for k, v in cfg["model"].items():
