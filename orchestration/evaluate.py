@@ -124,6 +124,7 @@ def evaluate(values: dict) -> int:
 
     from grounding import engine, tasks
     from grounding.data.manifest import DataError
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr is for the one-line errors
     client = MlflowClient(values["mlflow.tracking_uri"])
     with tempfile.TemporaryDirectory() as tmp:
         try:
