@@ -1,142 +1,92 @@
-"""WSVOG results on the generated YouCook2-BB benchmark: Random, Upper Bound, stvg, causal and its
-ablations, IID test and OOD test, the four accuracies, mean ± std over seeds.
+"""WSVOG results on the generated YouCook2-BB benchmark: Random, Upper Bound, stvg, causal, scl and
+their ablations, IID test and OOD test, the four accuracies, mean ± std over seeds.
 
     .venv/bin/python bench/wsvog_benchmark.py --epochs 5 --seeds 0 1 2 --jobs 2
+    .venv/bin/python bench/wsvog_benchmark.py --epochs 1 --seeds 0 1 --smoke   # plumbing, ~2 min
 
-Each (variant, seed) trains with the published hyperparameters (search_spaces/<method>.py PAPER,
-FIXED) for ``--epochs`` epochs; the epoch with the best validation box accuracy (micro) is
-selected and its IID/OOD test metrics are reported. Writes bench/results/wsvog_benchmark.json and
-prints the markdown table used in docs/benchmark.md.
+The trained rows come from the comparison command users run,
+
+    python -m orchestration.compare methods=stvg,causal,scl variants=all seeds=N epochs=E data.root=ROOT
+
+(Ray Tune trials, one MLflow parent with a child per (method, variant, seed); the ablations are
+``VARIANTS`` of ``search_spaces/<method>.py``; each trial's IID/OOD test metrics are what the trial
+reports, the selection rule being the trial's own). Random and Upper Bound need no training and are
+scored here on the same test splits. Extra ``key=value`` arguments go to the comparison as they are
+(e.g. ``concurrent=1``, ``model.embed_dim=512 model.heads=8``). Writes
+bench/results/wsvog_benchmark.json (the command, the MLflow parent run, the comparison's table and
+every child's metrics) and prints the markdown table used in docs/benchmark.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
-import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-VARIANTS = {
-    "stvg": ("stvg", {}),
-    "causal": ("causal", {}),
-    "causal w/o spatial ACL": ("causal", {"acl_spatial": False}),
-    "causal w/o temporal ACL": ("causal", {"acl_temporal": False}),
-    "causal w/o BDA": ("causal", {"bda": False}),
-    "causal, frozen banks (alpha=1)": ("causal", {"alpha": 1.0}),
-    # scl at the paper's SCL weights with stvg's optimiser settings (search_spaces/scl.py POINTS
-    # "stvg_optim"), so that the comparison with stvg differs in the method only
-    "scl": ("scl", {"lr": 1e-3, "weight_decay": 1e-6, "batch_size": 32}),
-    "scl w/o CAOS": ("scl", {"lr": 1e-3, "weight_decay": 1e-6, "batch_size": 32, "caos": False}),
-    "scl w/o spatial transfer": ("scl", {"lr": 1e-3, "weight_decay": 1e-6, "batch_size": 32, "spatial_transfer": False}),
-    "scl w/o temporal transfer": ("scl", {"lr": 1e-3, "weight_decay": 1e-6, "batch_size": 32, "temporal_transfer": False}),
-    "scl, bi-LSTM context": ("scl", {"lr": 1e-3, "weight_decay": 1e-6, "batch_size": 32, "context": "bilstm"}),
-}
+from bench._compare import compare, label, write  # noqa: E402
+
 METRICS = ("box_macro", "box_micro", "query_macro", "query_micro")
+SPLITS = ("test_iid", "test_ood")
 
 
-def _params(method: str, extra: dict, embed_dim: int | None):
-    import search_spaces
-    from grounding.engine import OPTIM_KEYS, OptimConfig
-    from grounding.models import registry
-
-    mod = search_spaces.load(method)
-    merged = {**mod.PAPER, **getattr(mod, "FIXED", {}), **extra}
-    if embed_dim:
-        merged.update(embed_dim=embed_dim, heads=8 if embed_dim >= 256 else 4)
-    fields = registry.config_fields(method)
-    return ({k: v for k, v in merged.items() if k in fields},
-            OptimConfig(**{k: v for k, v in merged.items() if k in OPTIM_KEYS}))
-
-
-def run_one(root: str, variant: str, seed: int, epochs: int, embed_dim: int | None) -> dict:
-    import torch
-
-    from grounding import engine, tasks
-    from grounding.data.shards import Dataset
-    from grounding.models import registry
-
-    torch.set_num_threads(1)
-    method, extra = VARIANTS[variant]
-    data = tasks.load(Dataset.open(root), seed=seed)
-    params, optim = _params(method, extra, embed_dim)
-    engine.seed_everything(seed)
-    model = registry.build(method, params, data.info)
-    opt = engine.make_optimizer(model, optim)
-    history, t0 = [], time.time()
-    for epoch in range(epochs):
-        logs = engine.train_one_epoch(model, opt, data["train"], optim, epoch, seed)
-        row = {"epoch": epoch + 1, "loss": logs["loss"]}
-        for split in ("val", "test_iid", "test_ood"):
-            row[split] = engine.evaluate(model, data[split], data.task, data.info)
-        history.append(row)
-    best = max(history, key=lambda r: r["val"]["box_micro"])
-    return {"variant": variant, "seed": seed, "params": params, "optim": vars(optim), "best_epoch": best["epoch"],
-            "test_iid": best["test_iid"], "test_ood": best["test_ood"], "val": best["val"],
-            "history": history, "seconds": time.time() - t0}
-
-
-def table(results: dict) -> str:
+def table(baselines: dict, rows: list[dict]) -> str:
     head = "| method | " + " | ".join(f"IID {m}" for m in METRICS) + " | " + " | ".join(f"OOD {m}" for m in METRICS) + " |"
     lines = [head, "|" + "---|" * (1 + 2 * len(METRICS))]
-    for name, row in results.items():
+    for name, per_split in baselines.items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * per_split[sp][m]:.1f}" for sp in SPLITS for m in METRICS) + " |")
+    for method, variant in dict.fromkeys((r["method"], r["variant"]) for r in rows):
         cells = []
-        for split in ("test_iid", "test_ood"):
+        for sp in SPLITS:
             for m in METRICS:
-                vals = [100 * v for v in row[split][m]]
-                mean = statistics.fmean(vals)
-                std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                cells.append(f"{mean:.1f} ± {std:.1f}" if len(vals) > 1 else f"{mean:.1f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+                r = next((r for r in rows if (r["method"], r["variant"], r["split"], r["metric"]) == (method, variant, sp, m)), None)
+                if r is None:
+                    cells.append("-")
+                elif r["n"] > 1:
+                    cells.append(f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}")
+                else:
+                    cells.append(f"{100 * r['mean']:.1f}")
+        lines.append(f"| {label(method, variant)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default=str(REPO / "data" / "youcook2"), help="dataset (generated if missing)")
+    ap.add_argument("--smoke", action="store_true", help="the benchmark's smoke size (a separate dataset)")
     ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--embed-dim", type=int, default=None, help="override the sweep's FIXED embed_dim")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    ap.add_argument("--methods", default="stvg,causal,scl", help="WSVOG methods (comma-separated)")
+    ap.add_argument("--variants", default="all", help="each method's VARIANTS (comma-separated) or all")
+    ap.add_argument("--concurrent", "--jobs", type=int, default=2, help="concurrent trials")
+    ap.add_argument("--mlflow", default=f"sqlite:///{REPO / 'mlflow.db'}", help="MLflow tracking URI")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "wsvog_benchmark.json"))
-    args = ap.parse_args()
+    ap.add_argument("overrides", nargs="*", help="extra key=value arguments for orchestration.compare")
+    args = ap.parse_args(argv)
 
     from grounding import tasks
     from grounding.data import benchmarks
 
-    ds = benchmarks.ensure(args.root, "youcook2")
-    data = tasks.load(ds, splits=("test_iid", "test_ood"))
-    results: dict[str, dict] = {}
-    for mode, label in (("random", "Random"), ("upper_bound", "Upper Bound")):
-        results[label] = {s: {m: [] for m in METRICS} for s in ("test_iid", "test_ood")}
-        for split in ("test_iid", "test_ood"):
-            vals = data.task.baselines(data[split], data.info)[mode]
-            for m in METRICS:
-                results[label][split][m].append(vals[m])
-    jobs = [(v, s) for v in args.variants for s in args.seeds]
-    runs = []
-    with ProcessPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(run_one, str(ds.root), v, s, args.epochs, args.embed_dim) for v, s in jobs]
-        for f in futures:
-            r = f.result()
-            runs.append(r)
-            print(f"{r['variant']:<32} seed {r['seed']}  best epoch {r['best_epoch']}  "
-                  f"IID box_micro {r['test_iid']['box_micro']:.3f}  OOD box_micro {r['test_ood']['box_micro']:.3f}  "
-                  f"({r['seconds']:.0f}s)", flush=True)
-    for v in args.variants:
-        results[v] = {s: {m: [r[s][m] for r in runs if r["variant"] == v] for m in METRICS} for s in ("test_iid", "test_ood")}
+    smoke = dict(benchmarks.get("youcook2").smoke) if args.smoke else {}
+    root = args.root + ("-smoke" if args.smoke else "")
+    ds = benchmarks.ensure(root, "youcook2", smoke)
+    data = tasks.load(ds, splits=SPLITS)
+    baselines = {"Random": {}, "Upper Bound": {}}
+    for sp in SPLITS:
+        scored = data.task.baselines(data[sp], data.info)
+        baselines["Random"][sp], baselines["Upper Bound"][sp] = scored["random"], scored["upper_bound"]
+
+    result = compare([f"methods={args.methods}", f"variants={args.variants}", "seeds=[" + ",".join(map(str, args.seeds)) + "]",
+                      f"epochs={args.epochs}", f"data.root={ds.root}", f"concurrent={args.concurrent}",
+                      *args.overrides], cwd=REPO, tracking_uri=args.mlflow)
     out = {"dataset": str(ds.root), "digest": ds.digest, "epochs": args.epochs, "seeds": args.seeds,
-           "embed_dim": args.embed_dim, "table": table(results), "summary": results, "runs": runs}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
+           "baselines": baselines, **result, "table": table(baselines, result["rows"])}
+    write(args.out, out)
     print(out["table"])
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

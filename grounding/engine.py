@@ -188,10 +188,16 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: An
     return out
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, data: Any, task, info, batch_size: int = 64,
              device: str | torch.device = "cpu") -> dict[str, float]:
     """Score this rank's rows; counts are summed over ranks before the metrics are computed."""
+    return accumulate(model, data, task, info, batch_size, device).compute()
+
+
+@torch.no_grad()
+def accumulate(model: nn.Module, data: Any, task, info, batch_size: int = 64,
+               device: str | torch.device = "cpu"):
+    """The task's metric accumulator over every rank's rows (``compute()``, ``per_class()``)."""
     net = unwrap(model)
     net.eval()
     acc = task.accumulator(info)
@@ -201,6 +207,5 @@ def evaluate(model: nn.Module, data: Any, task, info, batch_size: int = 64,
     local = np.array(acc.state(), dtype=np.float64)
     total = _all_reduce(torch.from_numpy(local.copy())).numpy()
     acc.merge(total - local)  # local counts + every other rank's
-
-    return acc.compute()
+    return acc
 

@@ -62,6 +62,8 @@ KEYS: tuple[Key, ...] = (
     Key("search.algo", str, "tpe", "Optuna sampler: tpe (Bayesian) or random", _one_of("tpe", "random")),
     Key("search.seed", int, 0, "seed of the search algorithm", _at_least(0)),
     Key("search.metric", str, "", "validation metric to maximise (default: the task's, e.g. box_micro)"),
+    Key("search.storage", str, "", "Optuna study storage: an RDB URL (default: a journal file under the "
+        "sweep's path; in memory on an object store)"),
     Key("data.root", str, "", "dataset root: local folder or s3://bucket/prefix (default: ./data/<benchmark>)",
         env="GROUNDING_DATA_ROOT"),
     Key("data.generate", bool, False, "generate the benchmark at a given local data.root that holds no dataset "
@@ -83,6 +85,7 @@ KEYS: tuple[Key, ...] = (
     Key("eval_batch_size", int, 128, "evaluation batch size", _at_least(1)),
     Key("resume", str, "", "resume an interrupted sweep: its name or its experiment path (only "
         "mlflow.tracking_uri, ray.address, data.cache_dir may be given with it)"),
+    Key("verbose", int, 0, "0: one line per trial start/end; 1-3: Ray Tune's status tables too", _one_of(0, 1, 2, 3)),
     Key("backbone", str, "", "start from an existing backbone stage instead of training one: the stage's MLflow "
         "run id or its folder (…/stages/backbone-<key>); must match the data digest and dims"),
 )

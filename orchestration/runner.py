@@ -182,7 +182,7 @@ def run_sweep(cfg: SweepConfig) -> int:
         _log(f"clipped to these data: {note}")
     metric = f"val/{cfg['search.metric'] or task.default_metric}"
 
-    from . import tracking  # MLflow
+    from . import lineage, study, sweep_outputs, tracking  # MLflow
 
     # the tracking server's own retries would hold the driver for minutes; the sender retries instead
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -221,10 +221,13 @@ def run_sweep(cfg: SweepConfig) -> int:
 
     interrupt = _Interrupt()
     interrupt.install()
+    from .progress import ProgressLines, console
+
     try:
         t0 = time.time()
         address = cfg["ray.address"] or None
-        ray.init(address=address, log_to_driver=True, configure_logging=True, logging_level="WARNING")
+        ray.init(address=address, log_to_driver=True, configure_logging=True, logging_level="WARNING",
+                 **console(cfg["verbose"]))
     except KeyboardInterrupt:
         ray.shutdown()
         interrupt.restore()
@@ -245,6 +248,7 @@ def run_sweep(cfg: SweepConfig) -> int:
     parent = None
     results = None
     sender = None
+    artifacts: list[str] = []
     try:
         client = MlflowClient(tracking_uri)
         exp_id = tracking.experiment_id(client, cfg["mlflow.experiment"])
@@ -257,7 +261,9 @@ def run_sweep(cfg: SweepConfig) -> int:
             params=scrub_tree({**{k: v for k, v in cfg.to_flat().items() if k not in ("resume",)},
                                "searched": ",".join(space), "metric": metric}),
             parent_run_id=(state or {}).get("parent_run_id"))
+        lineage.mark_training_experiment(client, exp_id)
         if state is None:
+            lineage.log_dataset(client, parent, ds)
             _write_state(exp_path, {"name": name, "argv": cfg.argv, "parent_run_id": parent,
                                     "experiment_id": exp_id, "tracking_uri": tracking_uri,
                                     "data_digest": ds.digest, "created": time.time()})
@@ -273,6 +279,9 @@ def run_sweep(cfg: SweepConfig) -> int:
                      f"written ({sender.last_error}); try resume= again when the server is back")
         logger = tracking.MlflowTrialLogger(tracking_uri, exp_id, parent, name, method, fixed, cfg["epochs"],
                                             pending_path=pending)
+        logger.dataset_input = lineage.dataset_input(ds)
+        progress = ProgressLines(metric, cfg["trials"])
+        study_storage = study.storage_for(exp_path, cfg["search.storage"])
         from ray import tune
 
         from .final_test import FinalTest, catch_up
@@ -288,12 +297,14 @@ def run_sweep(cfg: SweepConfig) -> int:
             tuner = tuner_mod.restore(exp_path, run)
         else:
             searcher = tuner_mod.searcher_for(cfg["search.algo"], cfg["search.seed"], space,
-                                              {**defaults, **fixed}, points, metric)
+                                              {**defaults, **fixed}, points, metric,
+                                              study_name=name, storage=study_storage)
             scheduler = tuner_mod.scheduler_for(cfg["scheduler"], cfg["epochs"], cfg["asha.grace_period"],
                                                 cfg["asha.reduction_factor"])
             tuner = tuner_mod.build(run, name=name, storage_path=storage_path, trials=cfg["trials"],
                                     concurrent=cfg["concurrent"], metric=metric, searcher=searcher,
-                                    scheduler=scheduler, callbacks=[logger, FinalTest(run, logger)])
+                                    scheduler=scheduler, callbacks=[logger, FinalTest(run, logger), progress],
+                                    verbose=cfg["verbose"])
         t_fit = time.time()
         interrupt.in_fit = True
         results = tuner.fit()
@@ -312,6 +323,8 @@ def run_sweep(cfg: SweepConfig) -> int:
         else:
             status = "FINISHED" if not errors else "FAILED"
             _log(f"tune finished in {time.time() - t_fit:.0f}s; {len(results)} trials, {len(errors)} failed")
+        artifacts = sweep_outputs.record(client, exp_id, parent, results, logger, ds, run, metric, task, name,
+                                         study_storage)
     except KeyboardInterrupt:
         status = "KILLED"
         _log(f"interrupted; continue with: python -m orchestration.sweep resume={name}")
@@ -326,7 +339,7 @@ def run_sweep(cfg: SweepConfig) -> int:
             pass
         if parent is not None:
             _finish(cfg, client, exp_id, parent, name, method, metric, task, space, tracking_uri, status,
-                    sender, results, tracking)
+                    sender, results, tracking, artifacts)
         interrupt.restore()
     if interrupt.signum is not None:
         return interrupt.exit_code
@@ -334,7 +347,7 @@ def run_sweep(cfg: SweepConfig) -> int:
 
 
 def _finish(cfg, client, exp_id, parent, name, method, metric, task, space, tracking_uri, status, sender,
-            results, tracking) -> None:
+            results, tracking, artifacts) -> None:
     """Write what is left, then the summary and the parent's end (or say why they must wait)."""
     from .report import summary
 
@@ -350,12 +363,18 @@ def _finish(cfg, client, exp_id, parent, name, method, metric, task, space, trac
         return
     try:
         runs = tracking.children(client, exp_id, parent)
-        text = summary(name, method, runs, metric, task.metric_names, list(space), tracking.ui_command(tracking_uri))
+        text = summary(name, method, runs, metric, task.metric_names, list(space),
+                       tracking.ui_command(tracking_uri, exp_id))
         if status == "KILLED":
             text += f"\n\ninterrupted: continue with python -m orchestration.sweep resume={name}"
         if note:
             text += "\n\n" + note
         tracking.finish_parent(client, exp_id, parent, metric, text, status=status)
+        from . import lineage
+
+        lineage.describe(client, exp_id, parent, f"Sweep of `{method}` ({cfg['trials']} trials, ≤{cfg['epochs']} "
+                         f"epochs) ranked by {metric}; each trial is a child run with its learning curves, the "
+                         f"best one with its selected model under `model/`.", ["summary.txt", *artifacts])
     except Exception as e:  # noqa: BLE001 - the server went away at the very end
         text = (_local_summary(name, method, metric, sender, results) +
                 f"\n\nMLflow failed while the sweep was being closed ({type(e).__name__}); "

@@ -96,6 +96,7 @@ class Sender:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._client: MlflowClient | None = None
+        self.dataset_input = None  # lineage.dataset_input(ds): logged as every new child's input
         self._runs: dict[str, str] = {}
         self._sent_epoch: dict[str, int] = {}
         self._verify = False  # after a failed request: check the history before logging an epoch
@@ -238,6 +239,8 @@ class Sender:
             run_id = self.client.create_run(self.experiment_id, run_name=op.get("run_name") or tid,
                                             tags=op.get("tags") or {"mlflow.parentRunId": self.parent_run_id,
                                                                     "trial_id": tid}).info.run_id
+            if self.dataset_input is not None:
+                self.client.log_inputs(run_id, datasets=[self.dataset_input])
             self._sent_epoch[tid] = 0
         else:  # a resumed sweep (or a retried request): continue after its last logged epoch
             hist = self.client.get_metric_history(run_id, "epoch")
@@ -289,6 +292,13 @@ class Sender:
             if op.get("stopped_early_check"):
                 tags.append(RunTag("stopped_early", str(done < self.epochs).lower()))
             self.client.log_batch(run_id, tags=tags)
+            if op["status"] == "FINISHED":
+                try:
+                    from .figures import learning_curves
+
+                    learning_curves(self.client, run_id)
+                except Exception as e:  # noqa: BLE001 - a figure never fails a sweep
+                    print(f"[mlflow] learning-curve figure of {tid} not logged: {scrub(str(e))}", flush=True)
             self.client.set_terminated(run_id, status=op["status"])
         self._verify = False
 
@@ -347,6 +357,7 @@ class MlflowTrialLogger(Callback):
         self.pending_path = pending_path
         self._last_epoch: dict[str, int] = {}
         self._started: dict[str, float] = {}
+        self.dataset_input = None  # lineage.dataset_input(ds): logged as every child's input
 
     def __getstate__(self):  # Tune pickles callbacks into its experiment state: no credential there
         state = dict(self.__dict__)
@@ -355,17 +366,32 @@ class MlflowTrialLogger(Callback):
 
     @property
     def sender(self) -> Sender:
-        return sender(self.tracking_uri, self.experiment_id, self.parent_run_id, self.epochs,
-                      getattr(self, "pending_path", None))
+        s = sender(self.tracking_uri, self.experiment_id, self.parent_run_id, self.epochs,
+                   getattr(self, "pending_path", None))
+        if s.dataset_input is None:
+            s.dataset_input = getattr(self, "dataset_input", None)
+        return s
+
+    def run_ids(self) -> dict[str, str]:
+        """trial id -> child run id of the children the sender has created so far."""
+        return dict(self.sender._runs)
+
+    # what a new child run is called, tagged and parameterised with (a comparison overrides these)
+    def child_name(self, trial) -> str:
+        return f"{self.sweep}-{trial.trial_id}"
+
+    def child_tags(self, trial) -> dict[str, str]:
+        return {"trial_id": trial.trial_id, "sweep": self.sweep, "method": self.method,
+                "trial_number": _trial_number(trial)}
+
+    def child_params(self, trial) -> dict[str, Any]:
+        return {**self.fixed, **dict(trial.config), "method": self.method, "trial_id": trial.trial_id}
 
     def _start(self, trial) -> None:
-        tid = trial.trial_id
-        params = {**self.fixed, **dict(trial.config), "method": self.method, "trial_id": tid}
         self.sender.put({
-            "op": "start", "tid": tid, "run_name": f"{self.sweep}-{tid}",
-            "tags": {"mlflow.parentRunId": self.parent_run_id, "trial_id": tid, "sweep": self.sweep,
-                     "method": self.method, "trial_number": _trial_number(trial)},
-            "params": {k: scrub(str(v)) for k, v in params.items()}})
+            "op": "start", "tid": trial.trial_id, "run_name": self.child_name(trial),
+            "tags": {"mlflow.parentRunId": self.parent_run_id, **self.child_tags(trial)},
+            "params": {k: scrub(str(v)) for k, v in self.child_params(trial).items()}})
 
     # ------------------------------------------------------------- callbacks
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -443,10 +469,18 @@ def finish_parent(client: MlflowClient, experiment_id: str, parent_run_id: str, 
     return best
 
 
-def ui_command(tracking_uri: str) -> str:
+def runs_url(base: str, experiment_id: str) -> str:
+    """The experiment's runs table in the MLflow UI. The experiment's kind is set to training
+    (orchestration/lineage.py), but MLflow 3.17's UI opens any experiment in the GenAI view until
+    a browser has chosen "Model training" once; ``workflowType`` in the link chooses it."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def ui_command(tracking_uri: str, experiment_id: str | None = None) -> str:
     if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri}"
-    return f"mlflow ui --backend-store-uri {tracking_uri}"
+        return f"open {runs_url(tracking_uri, experiment_id) if experiment_id else tracking_uri}"
+    line = f"mlflow ui --backend-store-uri {tracking_uri}"
+    return line + (f"\n  then open {runs_url('http://127.0.0.1:5000', experiment_id)}" if experiment_id else "")
 
 
 def default_tracking_uri(cwd: Path) -> str:

@@ -79,7 +79,7 @@ class TrainSession(Session):
 
 def load_data(run: dict, rank: int, world: int, splits: tuple | None = None) -> tasks.TaskData:
     """This rank's share of the dataset (``splits``: a subset, e.g. the test splits only)."""
-    key = (run["data_root"], run["data_digest"], rank, world, splits)
+    key = (run["data_root"], run["data_digest"], rank, world, splits, run["seed"])  # DataInfo holds the seed
     if key not in _DATA:
         _DATA.clear()  # keep one dataset per process
         cache = ShardCache(run.get("cache_dir") or None, run.get("cache_max_bytes"))

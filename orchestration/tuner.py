@@ -45,16 +45,19 @@ def scheduler_for(name: str, epochs: int, grace_period: int, reduction_factor: i
 
 
 def searcher_for(algo: str, seed: int, space: dict[str, Param], known: dict[str, Any],
-                 points: list[dict], metric: str):
-    """OptunaSearch over ``space``; ``known`` (config defaults + fixed values) decides conditions."""
+                 points: list[dict], metric: str, study_name: str | None = None, storage=None):
+    """OptunaSearch over ``space``; ``known`` (config defaults + fixed values) decides conditions.
+    With ``storage`` (orchestration/study.py) the study named ``study_name`` is persisted."""
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is the progress display's
     sampler = optuna.samplers.RandomSampler(seed=seed) if algo == "random" else optuna.samplers.TPESampler(seed=seed)
     return OptunaSearch(space=DefineByRun(space, known), metric=metric, mode="max",
-                        points_to_evaluate=points or None, sampler=sampler)
+                        points_to_evaluate=points or None, sampler=sampler, study_name=study_name,
+                        storage=storage)
 
 
-def trainable(run: dict):
+def trainable(run: dict, fn=trial_fn):
     """The trial function with its resources: the worker's own when training in the trial actor,
     none when the trial only drives a TorchTrainer whose workers hold the resources (Tune refuses
     an empty request, so it asks for one byte of memory, a purely logical resource)."""
@@ -62,13 +65,14 @@ def trainable(run: dict):
         resources = {"cpu": 0, "memory": 1}
     else:
         resources = {"cpu": run["cpus_per_worker"], "gpu": run["gpus_per_worker"]}
-    return tune.with_resources(tune.with_parameters(trial_fn, run=run), resources)
+    return tune.with_resources(tune.with_parameters(fn, run=run), resources)
 
 
 def build(run: dict, *, name: str, storage_path: str, trials: int, concurrent: int, metric: str,
-          searcher, scheduler, callbacks: list, verbose: int = 1) -> tune.Tuner:
+          searcher, scheduler, callbacks: list, verbose: int = 1, fn=trial_fn,
+          param_space: dict | None = None) -> tune.Tuner:
     return tune.Tuner(
-        trainable(run),
+        trainable(run, fn), param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=metric, mode="max", num_samples=trials, max_concurrent_trials=concurrent,
             search_alg=searcher, scheduler=scheduler,

@@ -6,6 +6,19 @@ first. An optional ``POINTS = {name: {...}}`` holds further named points (e.g. t
 values where they differ from the paper's), evaluated right after ``PAPER`` in their order. Parameters may be conditional: ``when={"acl_spatial": True}`` means the parameter only
 exists where ``acl_spatial`` is True (pinned on the command line or drawn earlier in the space).
 
+``python -m orchestration.compare`` (fixed configurations, no search) reads two of them:
+
+* ``VARIANTS = {name: {hyperparameter: value}}`` — the method's ablations, each a set of
+  overrides on top of the compared point (e.g. ``causal``'s ``"no_bda": {"bda": False}``).
+  Names are snake_case; ``base`` is reserved (the point itself, no overrides). A new method
+  declares its own ablation switches here, next to its space, never in a bench script.
+* ``POINTS`` (above) — a comparison's ``point=<name>`` picks one of them instead of ``paper``
+  (``PAPER``, the default) or ``defaults`` (the config defaults, nothing set), both always
+  present. ``FIXED`` applies under every point and variant unless pinned otherwise.
+
+Every key of a variant or point must be a field of the method's config or an optimiser key
+(``tests/search_spaces`` checks this for every registered method).
+
 This package is declarative and imports neither Ray nor Optuna; orchestration translates it.
 """
 
@@ -87,3 +100,17 @@ def resolve(method: str, dims: dict[str, int], pinned: dict[str, Any],
         if point and point not in points:
             points.append(point)
     return space, points
+
+
+RESERVED_VARIANT = "base"
+
+
+def variants(method: str) -> dict[str, dict[str, Any]]:
+    """The method's declared ablations (``VARIANTS``), without the reserved ``base``."""
+    return dict(getattr(load(method), "VARIANTS", {}))
+
+
+def points(method: str) -> dict[str, dict[str, Any]]:
+    """Named fixed configurations: ``paper`` (``PAPER``), ``defaults`` (nothing set) and ``POINTS``."""
+    mod = load(method)
+    return {"paper": dict(mod.PAPER), "defaults": {}, **{k: dict(v) for k, v in getattr(mod, "POINTS", {}).items()}}

@@ -43,6 +43,15 @@ POINTS = {
 FIXED = {"embed_dim": 128, "heads": 4, "weight_decay": 1e-4, "batch_size": 48, "dropout": 0.1,
          "schedule": "step", "step_epochs": 40, "step_gamma": 0.1, "grad_clip": 10.0}
 
+# Ablations for ``python -m orchestration.compare methods=causal variants=...``: each removes one
+# component of the method (the paper's Table 3 rows) or freezes the memory banks.
+VARIANTS = {
+    "no_acl_spatial": {"acl_spatial": False},
+    "no_acl_temporal": {"acl_temporal": False},
+    "no_bda": {"bda": False},
+    "frozen_banks": {"alpha": 1.0},
+}
+
 
 def space(dims: dict[str, int]) -> dict:
     N, T = dims["N"], dims["T"]

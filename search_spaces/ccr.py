@@ -8,6 +8,7 @@ the rectified/aggregated contrastive losses (``cf_weight``), the query-only bran
 from . import Float
 from .cpl import FIXED as CPL_FIXED
 from .cpl import PAPER as CPL_PAPER
+from .cpl import VARIANTS as CPL_VARIANTS
 from .cpl import space as cpl_space
 
 # CPL's published values (the authors' CCR config keeps them, schedule included; its
@@ -30,6 +31,13 @@ VARIANTS: dict = {
     "paper_rectified": {"score": "paper", "rank": "rectified"},
     "project_v0": {"score": "paper", "rank": "rectified", "side_head": "copy", "rec_norm": "halves"},
     "project_v0_main": {"score": "paper", "rank": "main", "side_head": "copy", "rec_norm": "halves"},
+    # CPL's ablations, and each of CCR's three terms switched off (no_cf without the rectified
+    # contrastive losses, no_psi without the query-only branch's loss, no_kl without the term that
+    # fits the counterfactual logit)
+    **CPL_VARIANTS,
+    "no_cf": {"cf_weight": 0.0},
+    "no_psi": {"psi_weight": 0.0},
+    "no_kl": {"kl_weight": 0.0},
 }
 
 

@@ -24,6 +24,11 @@ FIXED: dict = {"schedule": "warmup_rsqrt", "warmup_init_lr": 1e-7, "weight_decay
 VARIANTS: dict = {
     "authors": {},  # the released runner's schedule (FIXED) at the published values
     "constant_lr": {"schedule": "constant", "grad_clip": 0.0},  # the project's earlier protocol
+    # ablations: top-1 proposal instead of the vote, no diversity penalty, no intra-video contrast
+    # (reconstruction alone)
+    "no_vote": {"vote": False},
+    "no_div": {"div_weight": 0.0},
+    "no_ivc": {"ivc_weight": 0.0},
 }
 
 

@@ -11,6 +11,9 @@ PAPER = {"eta": 0.2, "lr": 1e-3, "weight_decay": 1e-6, "dropout": 0.1, "batch_si
 # 2-core CPU.
 FIXED = {"embed_dim": 128, "heads": 4}
 
+# The baseline has no component to ablate.
+VARIANTS: dict = {}
+
 
 def space(dims: dict[str, int]) -> dict:
     return {

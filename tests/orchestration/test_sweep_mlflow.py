@@ -87,6 +87,44 @@ def test_smoke_sweep_records_parent_children_curves_and_test_metrics(tmp_path, s
             assert {"train/loss_cf_rec", "train/loss_cf_ivc"} <= set(child.data.metrics), sorted(child.data.metrics)
     assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
     assert "best trial" in proc.stdout and "OOD" in proc.stdout
+    _assert_lineage_and_figures(tmp_path, client, parent, children, f"smoke-{method}", smoke_roots[task.name])
+
+
+def _assert_lineage_and_figures(tmp_path, client, parent, children, name, root):
+    """Where users land, the dataset of every run, the figures and the best trial's model."""
+    import json
+
+    import optuna
+
+    from grounding.data.shards import Dataset
+
+    exp = client.get_experiment(parent.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on the runs
+    digest = Dataset.open(root).digest
+    for run in [parent, *children]:
+        (inp,) = client.get_run(run.info.run_id).inputs.dataset_inputs
+        tags = {t.key: t.value for t in inp.tags}
+        assert inp.dataset.name == root.rstrip("/").rsplit("/", 1)[-1] and inp.dataset.digest == digest[:16]
+        assert tags["manifest_sha256"] == digest and tags["splits"].startswith("train:")
+        assert root in inp.dataset.source
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert {"figures/optimization_history.png", "figures/parallel_coordinate.png",
+            "figures/iid_vs_ood.png"} <= parent_files, parent_files
+    note = client.get_run(parent.info.run_id).data.tags["mlflow.note.content"]
+    assert "figures/optimization_history.png" in note and "summary.txt" in note
+    for child in children:
+        assert "figures/learning_curves.png" in {a.path for a in client.list_artifacts(child.info.run_id, "figures")}
+    best = client.get_run(parent.data.tags["best_run_id"])
+    assert client.get_run(parent.info.run_id).data.tags["best_model_uri"] == f"runs:/{best.info.run_id}/model"
+    assert {a.path for a in client.list_artifacts(best.info.run_id, "model")} == {"model/config.json", "model/selected.pt"}
+    cfg = json.load(open(client.download_artifacts(best.info.run_id, "model/config.json", str(tmp_path))))
+    assert cfg["method"] == best.data.params["method"] and cfg["data"]["manifest_sha256"] == digest
+    for k, v in cfg["model"].items():
+        assert str(v) == best.data.params[k]
+    journal = tmp_path / "ray_results" / name / "optuna.journal"
+    study = optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))))
+    assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == len(children)
 
 
 def test_asha_stops_weak_trials_and_leaves_nothing_running(tmp_path, smoke_root):

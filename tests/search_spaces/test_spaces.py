@@ -62,3 +62,25 @@ def test_config_fields_are_plain_types():
     for method in registry.names():
         for f in dataclasses.fields(registry.get(method).Config):
             assert f.type in (int, float, bool, str, "int", "float", "bool", "str"), (method, f.name, f.type)
+
+
+@pytest.mark.parametrize("method", registry.names())
+def test_variants_and_points_are_valid_configurations(method):
+    """Every declared ablation and named point builds on top of the published point."""
+    mod = search_spaces.load(method)
+    fields = registry.config_fields(method)
+    named = {**{f"variant {k}": v for k, v in search_spaces.variants(method).items()},
+             **{f"point {k}": v for k, v in search_spaces.points(method).items()}}
+    assert search_spaces.RESERVED_VARIANT not in search_spaces.variants(method)
+    assert "paper" in search_spaces.points(method) and search_spaces.points(method)["defaults"] == {}
+    for label, overrides in named.items():
+        assert overrides is not None and all(k.isidentifier() for k in overrides), (method, label)
+        for name in overrides:
+            assert name in fields or name in OPTIM_KEYS, f"{method} {label}: {name} is not a hyperparameter"
+        merged = {**mod.PAPER, **getattr(mod, "FIXED", {}), **overrides}
+        registry.make_config(method, {k: v for k, v in merged.items() if k in fields})
+
+
+def test_the_ablations_the_methods_have_are_declared():
+    assert {"no_acl_spatial", "no_acl_temporal", "no_bda"} <= set(search_spaces.variants("causal"))
+    assert set(search_spaces.variants("cpl")) <= set(search_spaces.variants("ccr"))

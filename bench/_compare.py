@@ -1,0 +1,63 @@
+"""What the benchmark scripts share: run ``python -m orchestration.compare`` and read its results
+back from MLflow (the parent's table and the child runs), so every number a benchmark writes comes
+from the comparison command users run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def compare(args: list[str], cwd: Path, tracking_uri: str, experiment: str = "video-grounding") -> dict:
+    """Run the comparison (its console output streams through); return its parent, children and table."""
+    name = f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    argv = [sys.executable, "-m", "orchestration.compare", *args, f"name={name}",
+            f"mlflow.tracking_uri={tracking_uri}", f"mlflow.experiment={experiment}"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    print("$ " + " ".join(argv[1:]), flush=True)
+    proc = subprocess.run(argv, cwd=cwd, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"orchestration.compare exited with {proc.returncode}")
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from orchestration.compare import MARKDOWN_FILE, TABLE_FILE
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    parent = next(r for r in client.search_runs([exp.experiment_id], filter_string=f"tags.sweep = '{name}'")
+                  if "mlflow.parentRunId" not in r.data.tags)
+    children = client.search_runs([exp.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=10000)
+    mlflow.set_tracking_uri(tracking_uri)
+    table = client.load_table(exp.experiment_id, TABLE_FILE, run_ids=[parent.info.run_id])
+    local = client.download_artifacts(parent.info.run_id, MARKDOWN_FILE)
+    return {
+        "name": name, "parent_run_id": parent.info.run_id, "command": parent.data.tags["command"],
+        "tracking_uri": tracking_uri, "markdown": Path(local).read_text(),
+        "rows": json.loads(table.to_json(orient="records", double_precision=15)),
+        "runs": [{"run_id": c.info.run_id, "method": c.data.tags.get("method"), "variant": c.data.tags.get("variant"),
+                  "seed": int(c.data.tags.get("seed", -1)), "status": c.info.status, "params": dict(c.data.params),
+                  "metrics": {k: v for k, v in c.data.metrics.items() if k.startswith(("val/", "test_iid/", "test_ood/"))}}
+                 for c in children],
+    }
+
+
+def label(method: str, variant: str) -> str:
+    return method if variant == "base" else f"{method} {variant}"
+
+
+def write(path: str, out: dict) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(json.dumps(out, indent=1))
+    tmp.replace(p)
+    print(f"\nwrote {p}")

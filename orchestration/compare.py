@@ -1,0 +1,429 @@
+"""``python -m orchestration.compare methods=stvg,causal seeds=3 variants=all`` — see ``--help``.
+
+A comparison trains fixed configurations, no search: every (method, variant, seed) cell is one
+Ray Tune trial running the sweep's own trial function (``orchestration.trial.trial_fn``) on one
+dataset, all under one MLflow parent run with one child run per cell. A cell's configuration is,
+in order of precedence (later wins):
+
+1. the point: ``point=paper`` (the method's ``PAPER``, default), ``point=defaults`` (config
+   defaults) or a name from the method's ``POINTS``; or, for the method of a finished sweep named
+   in ``from_sweep=<name>``, that sweep's best configuration (read from its MLflow runs);
+2. the method's ``FIXED`` values (the sweep's CPU-sized embedding);
+3. the variant's overrides (``search_spaces/<method>.py`` ``VARIANTS``; ``base`` = none);
+4. ``model.<name>=`` / ``optim.<name>=`` pins from the command line (for every method that has
+   the hyperparameter).
+
+When the trials end, the parent gets, for every (method, variant), split (IID test, OOD test,
+val) and metric, the mean, the sample std and the 95% confidence interval (Student's t) over the
+seeds, computed from the child runs' final metrics: an MLflow table (``compare_table.json``, one
+row per method, variant, split and metric), the markdown tables (``compare.md``, also printed).
+
+Keys shared with the sweep (data, MLflow, Ray, resources) are the sweep's own
+(:mod:`orchestration.config`), parsed and validated by the same code; everything is checked
+before Ray starts (one line on stderr, exit code 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import search_spaces
+from grounding.engine import OPTIM_KEYS, OptimConfig
+from grounding.models import registry
+
+from . import config as sweep_config
+from .config import ConfigError, Key, SweepConfig, fail
+
+# keys of the sweep that mean the same here
+SHARED = ("name", "epochs", "concurrent", "workers", "trainer", "cpus_per_worker", "gpus_per_worker",
+          "smoke", "search.metric", "data.root", "data.generate", "data.seed", "data.dim", "data.cache_dir",
+          "data.cache_max_gb", "mlflow.tracking_uri", "mlflow.experiment", "storage_path", "ray.address",
+          "checkpoints.keep", "failures", "eval_batch_size")
+OWN: tuple[Key, ...] = (
+    Key("methods", list, [], "methods to compare, comma-separated (one task family); required"),
+    Key("seeds", list, 3, "training seeds: a count N (seeds 0..N-1) or a list [0,3,7]"),
+    Key("variants", list, [], "ablations from search_spaces/<method>.py VARIANTS, comma-separated, or all; "
+        "each applies to the methods that declare it (base, the unmodified point, always runs)"),
+    Key("point", str, "paper", "configuration compared: paper (PAPER), defaults (config defaults) or a "
+        "name from the method's POINTS"),
+    Key("from_sweep", list, [], "finished sweeps, comma-separated: their method runs the sweep's best "
+        "configuration instead of the point"),
+    Key("verbose", int, 0, "0: one line per trial start/end; 1-3: Ray Tune's status tables too",
+        lambda v: None if 0 <= v <= 3 else "0, 1, 2, 3"),
+)
+OWN_INDEX = {k.name: k for k in OWN}
+HELP = {  # the shared keys whose meaning differs in a comparison
+    "name": "comparison name (default: compare-<timestamp>); also the Ray experiment folder",
+    "epochs": "epochs per trial (every trial runs them all)",
+    "concurrent": "maximum concurrent trials",
+    "smoke": "tiny comparison: smoke-sized data, 2 epochs, seeds 0 and 1 (unless given)",
+    "search.metric": "validation metric reported per trial (default: the task's, e.g. box_micro)",
+}
+SPLITS = ("test_iid", "test_ood", "val")
+SPLIT_LABELS = {"test_iid": "IID test", "test_ood": "OOD test", "val": "val"}
+TABLE_FILE = "compare_table.json"
+MARKDOWN_FILE = "compare.md"
+
+
+@dataclasses.dataclass
+class Cell:
+    method: str
+    variant: str
+    seed: int
+    params: dict[str, Any]  # model + optimiser hyperparameters, everything set
+    shared: dict = dataclasses.field(default_factory=dict)  # shared stages (orchestration/stages.py)
+
+    def label(self) -> str:
+        return f"{self.method}/{self.variant}/seed{self.seed}"
+
+
+@dataclasses.dataclass
+class CompareConfig:
+    values: dict[str, Any]  # own keys (normalised) + the shared keys as parsed by the sweep's config
+    methods: list[str]
+    seeds: list[int]
+    variants: list[str]
+    sweeps: dict[str, SweepConfig]  # per method: the sweep configuration its cells run under
+    cells: list[Cell]
+    from_sweep: dict[str, dict]  # method -> {"sweep": name, "run_id": best child, "params": {...}}
+    argv: list[str]
+
+    def __getitem__(self, key):
+        return self.values[key]
+
+    @property
+    def first(self) -> SweepConfig:
+        return self.sweeps[self.methods[0]]
+
+    @property
+    def task(self) -> str:
+        return self.first.task
+
+
+# ------------------------------------------------------------------------------------- parsing
+def _as_list(name: str, raw: Any) -> list:
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    if isinstance(raw, ChoiceSweep):
+        return list(raw.list)
+    if isinstance(raw, (list, tuple)):
+        return list(raw)
+    if raw is None or raw == "":
+        return []
+    if isinstance(raw, dict):
+        raise ConfigError(f"{name}={raw!r} has the wrong type; expected a comma-separated list")
+    return [raw]
+
+
+def _seeds(raw: Any) -> list[int]:
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        if raw < 1:
+            raise ConfigError(f"seeds={raw} is out of range; allowed: a count >= 1 or a list of seeds >= 0")
+        return list(range(raw))
+    if isinstance(raw, (list, tuple, ChoiceSweep)):
+        seeds = _as_list("seeds", raw)
+        if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+            raise ConfigError(f"seeds={raw!r} is out of range; allowed: a count >= 1 or a list of seeds >= 0")
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"seeds={raw!r} repeats a seed; allowed: distinct seeds")
+        return seeds
+    raise ConfigError(f"seeds={raw!r} has the wrong type; expected a count or a list of integers")
+
+
+def _typed(method: str, name: str, text: str) -> Any:
+    """A hyperparameter's value as MLflow stored it (a string) back in its declared type."""
+    fields = {**registry.config_fields(method), **{f.name: f for f in dataclasses.fields(OptimConfig)}}
+    typ = sweep_config._field_type(fields[name])
+    if typ is bool:
+        return text.strip().lower() == "true"
+    return typ(float(text)) if typ is int else typ(text)
+
+
+def _best_of_sweep(name: str, tracking_uri: str, experiment: str) -> dict:
+    """The best trial of the finished sweep ``name``: its method and hyperparameters."""
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists():
+        raise ConfigError(f"from_sweep={name}: no MLflow store at {tracking_uri}; allowed: the name of a "
+                          f"finished sweep recorded there (mlflow.tracking_uri=...)")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = [] if exp is None else client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.sweep = '{name}'", max_results=10000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags and r.data.tags.get("kind", "sweep") == "sweep"]
+    if not parents:
+        raise ConfigError(f"from_sweep={name}: no sweep named {name} in MLflow experiment '{experiment}' at "
+                          f"{tracking_uri}; allowed: the name of a finished sweep")
+    parent = max(parents, key=lambda r: r.info.start_time)
+    best_id = parent.data.tags.get("best_run_id")
+    if not best_id:
+        raise ConfigError(f"from_sweep={name}: the sweep has no best trial (status {parent.info.status}); "
+                          f"allowed: a sweep with at least one finished trial")
+    method = parent.data.tags.get("method", "")
+    best = client.get_run(best_id)
+    known = set(registry.config_fields(method)) | set(OPTIM_KEYS) if method in registry.names() else set()
+    params = {k: _typed(method, k, v) for k, v in best.data.params.items() if k in known}
+    return {"sweep": name, "method": method, "run_id": best_id, "params": params,
+            "metric": parent.data.params.get("metric", "")}
+
+
+def parse(argv: list[str]) -> CompareConfig:
+    pairs = sweep_config.parse_overrides(argv)
+    seen: set[str] = set()
+    own: dict[str, Any] = {k.name: k.default for k in OWN}
+    shared_args: list[str] = []
+    pins: list[tuple[str, str, Any]] = []  # (group, name, raw text)
+    for (key, raw), arg in zip(pairs, argv):
+        if key in seen:
+            raise ConfigError(f"{key} is given twice")
+        seen.add(key)
+        if key in OWN_INDEX:
+            own[key] = raw
+        elif key in SHARED:
+            shared_args.append(arg)
+        elif key.startswith(sweep_config.PREFIXES):
+            pins.append((key, arg))
+        else:
+            allowed = ", ".join([*OWN_INDEX, *SHARED])
+            hint = " (a comparison trains fixed configurations: no search keys)" if key in sweep_config.KEY_INDEX else ""
+            raise ConfigError(f"unknown key '{key}'{hint}; allowed: {allowed}, model.<hyperparameter>, "
+                              f"optim.<{'|'.join(OPTIM_KEYS)}>")
+
+    methods = [str(m) for m in _as_list("methods", own["methods"])]
+    if not methods:
+        raise ConfigError(f"methods= is required; allowed: a comma-separated list of {', '.join(registry.names())}")
+    for m in methods:
+        if m not in registry.names():
+            raise ConfigError(f"methods: '{m}' is unknown; allowed: {', '.join(registry.names())}")
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"methods={','.join(methods)} repeats a method; allowed: distinct methods")
+    task_of = {m: registry.task_of(m) for m in methods}
+    if len(set(task_of.values())) > 1:
+        raise ConfigError("methods=" + ",".join(methods) + " span several task families ("
+                          + ", ".join(f"{m}: {t}" for m, t in task_of.items())
+                          + "); allowed: methods of one task family (one dataset, one table)")
+    smoke_given = "seeds" in seen
+    seeds = _seeds(own["seeds"])
+    verbose = own["verbose"]
+    if not isinstance(verbose, int) or isinstance(verbose, bool):
+        raise ConfigError(f"verbose={verbose!r} has the wrong type; expected an integer")
+    if (allowed := OWN_INDEX["verbose"].check(verbose)) is not None:
+        raise ConfigError(f"verbose={verbose} is out of range; allowed: {allowed}")
+    point = sweep_config._coerce("point", str, own["point"])
+
+    # the sweep's own parsing and validation of the shared keys and of the pins, per method
+    sweeps: dict[str, SweepConfig] = {}
+    used_pins: set[str] = set()
+    for m in methods:
+        fields = registry.config_fields(m)
+        mine = []
+        for key, arg in pins:
+            group, _, name = key.partition(".")
+            if (group == "model" and name in fields) or (group == "optim" and name in OPTIM_KEYS):
+                mine.append(arg)
+                used_pins.add(key)
+        sweeps[m] = sweep_config.parse([f"method={m}", *shared_args, *mine])
+    for key, _ in pins:
+        if key not in used_pins:
+            group, _, name = key.partition(".")
+            raise ConfigError(f"none of {', '.join(methods)} has the {group} hyperparameter '{name}'")
+
+    variants = [str(v) for v in _as_list("variants", own["variants"])]
+    declared = {m: search_spaces.variants(m) for m in methods}
+    if variants == ["all"]:
+        variants = sorted({v for d in declared.values() for v in d}, key=lambda v: [
+            *[v2 for m in methods for v2 in declared[m]]].index(v))
+    for v in variants:
+        if v != search_spaces.RESERVED_VARIANT and not any(v in d for d in declared.values()):
+            allowed = sorted({x for d in declared.values() for x in d}) or ["none declared"]
+            raise ConfigError(f"variants: '{v}' is declared by none of {', '.join(methods)} "
+                              f"(search_spaces/<method>.py VARIANTS); allowed: all, {', '.join(allowed)}")
+    variants = [v for v in variants if v != search_spaces.RESERVED_VARIANT]
+
+    first = sweeps[methods[0]]
+    tracking_uri = sweep_config.absolute_uri(first["mlflow.tracking_uri"] or f"sqlite:///{Path.cwd() / 'mlflow.db'}")
+    from_sweep: dict[str, dict] = {}
+    for name in [str(s) for s in _as_list("from_sweep", own["from_sweep"])]:
+        best = _best_of_sweep(name, tracking_uri, first["mlflow.experiment"])
+        if best["method"] not in methods:
+            raise ConfigError(f"from_sweep={name} is a sweep of {best['method'] or 'an unknown method'}, which is "
+                              f"not compared; allowed: sweeps of {', '.join(methods)}")
+        if best["method"] in from_sweep:
+            raise ConfigError(f"from_sweep: {from_sweep[best['method']]['sweep']} and {name} are both sweeps of "
+                              f"{best['method']}; allowed: one sweep per method")
+        from_sweep[best["method"]] = best
+
+    cells: list[Cell] = []
+    for m in methods:
+        cfg = sweeps[m]
+        if m in from_sweep:
+            base = dict(from_sweep[m]["params"])
+        else:
+            named = search_spaces.points(m)
+            if point not in named:
+                raise ConfigError(f"point={point} is not declared for {m}; allowed: {', '.join(named)}")
+            base = named[point]
+        mod = search_spaces.load(m)
+        fields = registry.config_fields(m)
+        for v in [search_spaces.RESERVED_VARIANT, *[v for v in variants if v in declared[m]]]:
+            params = {**base, **getattr(mod, "FIXED", {}), **declared[m].get(v, {}), **cfg.model, **cfg.optim}
+            params = {k: val for k, val in params.items() if k in fields or k in OPTIM_KEYS}
+            try:
+                registry.make_config(m, {k: val for k, val in params.items() if k in fields})
+                OptimConfig(**{k: val for k, val in params.items() if k in OPTIM_KEYS})
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"{m} variant {v}: {str(e).splitlines()[0]}") from None
+            for s in seeds:
+                cells.append(Cell(m, v, s, params))
+
+    values = {**{k: v for k, v in first.values.items() if k in SHARED}, "methods": methods, "seeds": seeds,
+              "variants": variants, "point": point, "verbose": verbose,
+              "from_sweep": [b["sweep"] for b in from_sweep.values()], "tracking_uri": tracking_uri}
+    if first["smoke"]:  # a smoke comparison: smoke data, 2 epochs, 2 seeds unless given
+        if "epochs" not in seen:
+            values["epochs"] = 2
+        if not smoke_given:
+            values["seeds"] = seeds = [0, 1]
+            cells = [c for c in cells if c.seed in seeds]
+    return CompareConfig(values=values, methods=methods, seeds=seeds, variants=variants, sweeps=sweeps,
+                         cells=cells, from_sweep=from_sweep, argv=list(argv))
+
+
+def help_text() -> str:
+    lines = [
+        "usage: python -m orchestration.compare methods=<m1,m2,...> [key=value ...]",
+        "",
+        "Train fixed configurations of several methods, ablations and seeds as Ray Tune trials (one",
+        "trial per method x variant x seed) and record them under one MLflow parent run with a table",
+        "of mean ± std and the 95% confidence interval (Student's t) per metric and split.",
+        "",
+        "keys (default):",
+    ]
+    keys = [*OWN, *(dataclasses.replace(sweep_config.KEY_INDEX[k], help=HELP[k]) if k in HELP
+                     else sweep_config.KEY_INDEX[k] for k in SHARED)]
+    width = max(len(k.name) for k in keys) + 2
+    for k in keys:
+        d = k.default
+        default = repr(d) if isinstance(d, str) else str(d).lower() if isinstance(d, bool) else ",".join(map(str, d)) if isinstance(d, list) else d
+        env = f" [env {k.env}]" if k.env else ""
+        lines.append(f"  {k.name:<{width}} {default!s:<18} {k.help}{env}")
+    lines += [
+        f"  {'model.<name>':<{width}} {'':<18} pin a hyperparameter (for every compared method that has it)",
+        f"  {'optim.<name>':<{width}} {'':<18} pin an optimiser setting: {', '.join(OPTIM_KEYS)}",
+        "",
+        "variants (search_spaces/<method>.py VARIANTS) and points (paper, defaults, POINTS):",
+    ]
+    for m in registry.names():
+        v = search_spaces.variants(m)
+        lines.append(f"  {m:<8} variants: {', '.join(f'{k} {d}' for k, d in v.items()) or '-'}; "
+                     f"points: {', '.join(search_spaces.points(m))}")
+    lines += [
+        "",
+        "examples:",
+        "  python -m orchestration.compare methods=stvg,causal seeds=3 variants=all epochs=5",
+        "  python -m orchestration.compare methods=cpl,ccr seeds=[0,1,2] epochs=12",
+        "  python -m orchestration.compare methods=causal variants=no_bda from_sweep=causal-20261123-101500",
+        "  python -m orchestration.compare methods=stvg,causal smoke=true",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- the trial
+def cell_trial(config: dict, run: dict) -> None:
+    """Tune function trainable of one cell: the sweep's trial function under the cell's method,
+    seed and hyperparameters (all fixed, nothing sampled)."""
+    from .trial import trial_fn
+
+    cell = config["cell"]
+    trial_fn({}, {**run, "method": cell["method"], "seed": cell["seed"], "fixed": dict(cell["params"]),
+                  "shared": cell.get("shared") or {}})
+
+
+# ----------------------------------------------------------------------------------- results
+def group_results(runs: list, metric_names: tuple[str, ...], methods: list[str], variants: list[str]):
+    """``{(method, variant): {split: {metric: [(seed, value), ...]}}}`` from the child runs' final metrics."""
+    order = {m: i for i, m in enumerate(methods)}
+    vorder = {v: i for i, v in enumerate([search_spaces.RESERVED_VARIANT, *variants])}
+    groups: dict[tuple[str, str], dict] = {}
+    for r in sorted(runs, key=lambda r: (order.get(r.data.tags.get("method"), 99),
+                                         vorder.get(r.data.tags.get("variant"), 99), int(r.data.tags.get("seed", 0)))):
+        if r.info.status != "FINISHED":
+            continue
+        key = (r.data.tags["method"], r.data.tags["variant"])
+        g = groups.setdefault(key, {sp: {m: [] for m in metric_names} for sp in SPLITS})
+        for sp in SPLITS:
+            for m in metric_names:
+                v = r.data.metrics.get(f"{sp}/{m}")
+                if v is not None:
+                    g[sp][m].append((int(r.data.tags["seed"]), float(v)))
+    return groups
+
+
+def table_rows(groups: dict) -> list[dict]:
+    """One row per (method, variant, split, metric): the MLflow table."""
+    from .stats import summarize
+
+    rows = []
+    for (method, variant), per_split in groups.items():
+        for sp, per_metric in per_split.items():
+            for m, pairs in per_metric.items():
+                if not pairs:
+                    continue
+                s = summarize([v for _, v in pairs])
+                rows.append({"method": method, "variant": variant, "split": sp, "metric": m, "n": s.n,
+                             "mean": s.mean, "std": s.std, "ci95_low": s.ci_low, "ci95_high": s.ci_high,
+                             "seeds": ",".join(str(seed) for seed, _ in pairs),
+                             "values": ",".join(f"{v:.6f}" for _, v in pairs)})
+    return rows
+
+
+def markdown(rows: list[dict], metric_names: tuple[str, ...], title: str) -> str:
+    from .stats import Summary, format_cell
+
+    lines = [f"## {title}", "",
+             "Mean ± sample std over seeds [95% confidence interval of the mean, Student's t], in %."]
+    for sp in SPLITS:
+        sub = [r for r in rows if r["split"] == sp]
+        if not sub:
+            continue
+        lines += ["", f"### {SPLIT_LABELS[sp]}", "",
+                  "| method | variant | seeds | " + " | ".join(metric_names) + " |",
+                  "|---|---|---:|" + "---:|" * len(metric_names)]
+        keys = list(dict.fromkeys((r["method"], r["variant"]) for r in sub))
+        for method, variant in keys:
+            cells, n = [], 0
+            for m in metric_names:
+                r = next((r for r in sub if (r["method"], r["variant"], r["metric"]) == (method, variant, m)), None)
+                if r is None:
+                    cells.append("-")
+                    continue
+                n = r["n"]
+                cells.append(format_cell(Summary(r["n"], r["mean"], r["std"], r["ci95_low"], r["ci95_high"])))
+            lines.append(f"| {method} | {variant} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(help_text())
+        return 0
+    try:
+        ccfg = parse(argv)
+    except ConfigError as e:
+        fail(str(e))
+    from .compare_run import run_compare  # Ray, MLflow and Optuna load only after validation
+
+    return run_compare(ccfg)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
