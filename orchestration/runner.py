@@ -11,6 +11,7 @@ from pathlib import Path
 
 from grounding.credentials import scrub, scrub_tree
 from grounding.data import storage
+from grounding.data.manifest import DataError
 from grounding.engine import OPTIM_KEYS, OptimConfig
 from grounding.models import registry
 from grounding import tasks
