@@ -176,7 +176,7 @@ def _best_of_sweep(name: str, tracking_uri: str, experiment: str) -> dict:
 
 
 def parse(argv: list[str]) -> CompareConfig:
-    pairs = sweep_config.parse_overrides(argv)
+    pairs = sweep_config.parse_overrides(argv, allow_sweep=True)  # methods=a,b, variants=a,b
     seen: set[str] = set()
     own: dict[str, Any] = {k.name: k.default for k in OWN}
     shared_args: list[str] = []

@@ -12,7 +12,8 @@ from typing import Any
 from grounding.models import registry
 
 from .compare import MARKDOWN_FILE, TABLE_FILE, Cell, CompareConfig, group_results, markdown, table_rows, cell_trial
-from .config import fail
+from . import preflight as pre
+from .config import ConfigError, fail
 from .runner import MLFLOW_END_WAIT_S
 from .tracking import MlflowTrialLogger
 
@@ -51,15 +52,16 @@ def run_compare(ccfg: CompareConfig) -> int:
     cwd = Path.cwd()
     cfg = ccfg.first
     task = tasks.get(ccfg.task)
-    try:
-        ds = runner._dataset(cfg, cwd, cfg["smoke"])
+    try:  # the sweep's pre-Ray checks: services, the dataset, every cell built for these data
+        pre.check_services(ccfg["tracking_uri"], runner._storage_path(cfg, cwd), cfg["mlflow.experiment"])
+        ds = pre.open_dataset(cfg, cwd, log=_log)
+        for c in ccfg.cells:
+            pre.check_configurations(ds, c.method, [(f"{c.method} variant {c.variant}", c.params)],
+                                     workers=cfg["workers"], seed=c.seed)
+    except ConfigError as e:
+        fail(str(e))
     except (DataError, FileNotFoundError, ValueError) as e:
         fail(str(e).splitlines()[0])
-    for c in ccfg.cells:  # the dataset's dims may make a configuration invalid (e.g. heads)
-        try:
-            registry.make_config(c.method, {k: v for k, v in c.params.items() if k in registry.config_fields(c.method)})
-        except (ValueError, TypeError) as e:
-            fail(f"{c.method} variant {c.variant}: {str(e).splitlines()[0]}")
 
     import ray
     from mlflow.tracking import MlflowClient
