@@ -231,14 +231,16 @@ def parse(argv: list[str]) -> SweepConfig:
         if name not in table:
             raise ConfigError(f"{method} has no {group} hyperparameter '{name}'; allowed: {', '.join(table)}")
         (model if group == "model" else optim)[name] = _coerce(key, _field_type(table[name]), raw)
-    # validated with the values in effect: the sweep's FIXED values under the pinned ones
+    # validated with the values in effect for the first trial: the published point (PAPER) for
+    # the searched values, under the sweep's FIXED values, under the pinned ones
     fixed = sweep_fixed(method)
+    first = {**sweep_paper(method), **fixed}
     try:
-        registry.make_config(method, {**{k: v for k, v in fixed.items() if k in fields}, **model})
+        registry.make_config(method, {**{k: v for k, v in first.items() if k in fields}, **model})
     except (ValueError, TypeError) as e:
         raise ConfigError(in_effect("model", str(e), method, fixed, model)) from None
     try:
-        OptimConfig(**{**{k: v for k, v in fixed.items() if k in optim_fields}, **optim})
+        OptimConfig(**{**{k: v for k, v in first.items() if k in optim_fields}, **optim})
     except (ValueError, TypeError) as e:
         raise ConfigError(in_effect("optim", str(e), method, fixed, optim)) from None
     from grounding import tasks
@@ -268,6 +270,13 @@ def sweep_fixed(method: str) -> dict[str, Any]:
     import search_spaces
 
     return dict(getattr(search_spaces.load(method), "FIXED", {}))
+
+
+def sweep_paper(method: str) -> dict[str, Any]:
+    """The published point ``search_spaces/<method>.py`` evaluates first (``PAPER``)."""
+    import search_spaces
+
+    return dict(getattr(search_spaces.load(method), "PAPER", {}))
 
 
 def in_effect(group: str, message: str, method: str, fixed: dict[str, Any], pinned: dict[str, Any]) -> str:
