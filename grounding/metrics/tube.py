@@ -41,24 +41,14 @@ import functools
 import numpy as np
 import torch
 
+from .wsvog import box_iou  # the one box IoU of every family
+
 BASE = ("m_viou", "viou_30", "viou_50", "m_tiou")
 GROUPS = ("", "_declarative", "_interrogative")
 NAMES = tuple(f"{m}{g}" for g in GROUPS for m in BASE)
 THRESHOLDS = (0.3, 0.5)
 EPS = 1e-9
 MODES = ("random", "whole_video", "whole_video_best", "upper_bound")
-
-
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Broadcast IoU of boxes ``a[..., 4]`` and ``b[..., 4]`` (x1, y1, x2, y2), 0 if disjoint."""
-    x1 = torch.maximum(a[..., 0], b[..., 0])
-    y1 = torch.maximum(a[..., 1], b[..., 1])
-    x2 = torch.minimum(a[..., 2], b[..., 2])
-    y2 = torch.minimum(a[..., 3], b[..., 3])
-    inter = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
-    area = lambda z: (z[..., 2] - z[..., 0]).clamp(min=0) * (z[..., 3] - z[..., 1]).clamp(min=0)  # noqa: E731
-    union = area(a) + area(b) - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
 
 
 def sample_viou(segment, proposal, boxes, gt_boxes, gt_box_valid, frame_valid):
