@@ -45,7 +45,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "charades": Benchmark("charades", "moment", "charades", "CharadesConfig",
                           smoke={"limit": 48, "L": 32, "D": 32}),
     "vidstg": Benchmark("vidstg", "tube", "vidstg", "VidSTGConfig",
-                        smoke={"limit": 48, "T": 16, "N": 8, "Df": 16, "Dr": 16}),
+                        smoke={"limit": 80, "T": 16, "N": 8, "Df": 16, "Dr": 16}),
 }
 
 # The benchmark a task family's methods train on by default.
