@@ -61,3 +61,29 @@ def write(path: str, out: dict) -> None:
     tmp.write_text(json.dumps(out, indent=1))
     tmp.replace(p)
     print(f"\nwrote {p}")
+
+
+def cell(rows: list[dict], method: str, variant: str, split: str, metric: str, scale: float = 100.0,
+         digits: int = 1) -> str:
+    """``mean ± std`` of one (method, variant, split, metric) of the comparison's table, or ``-``."""
+    r = next((r for r in rows if (r["method"], r["variant"], r["split"], r["metric"]) == (method, variant, split, metric)),
+             None)
+    if r is None:
+        return "-"
+    if r["n"] > 1:
+        return f"{scale * r['mean']:.{digits}f} ± {scale * r['std']:.{digits}f}"
+    return f"{scale * r['mean']:.{digits}f}"
+
+
+def cells_table(baselines: dict, rows: list[dict], columns: list[tuple[str, str, str]], scale: float = 100.0,
+                digits: int = 1) -> str:
+    """Markdown table: one line per baseline (``{name: {split: {metric: value}}}``) and per compared
+    (method, variant) in the comparison's order; ``columns`` are (header, split, metric)."""
+    lines = ["| method | seeds | " + " | ".join(h for h, _, _ in columns) + " |", "|---|---|" + "---:|" * len(columns)]
+    for name, per_split in baselines.items():
+        lines.append(f"| {name} | - | " + " | ".join(f"{scale * per_split[sp][m]:.{digits}f}" for _, sp, m in columns) + " |")
+    for method, variant in dict.fromkeys((r["method"], r["variant"]) for r in rows):
+        n = max((r["n"] for r in rows if (r["method"], r["variant"]) == (method, variant)), default=0)
+        lines.append(f"| {label(method, variant)} | {n} | "
+                     + " | ".join(cell(rows, method, variant, sp, m, scale, digits) for _, sp, m in columns) + " |")
+    return "\n".join(lines)

@@ -1,67 +1,50 @@
-"""Tube grounding on the generated VidSTG benchmark: Random, whole-video, Upper Bound and ``tubemil``.
+"""Tube grounding on the generated VidSTG benchmark: Random, whole-video, Upper Bound, ``tubemil``,
+``winner``, ``vcma`` and its ablations, IID and OOD test, declarative and interrogative, mean ± std
+over seeds.
 
-    python bench/tube_benchmark.py                                   # the full run
-    python bench/tube_benchmark.py --epochs 1 --limit 40 --seeds 0 --out /tmp/t.json   # plumbing
+    .venv/bin/python bench/tube_benchmark.py --epochs 4 --seeds 0 1 2
+    .venv/bin/python bench/tube_benchmark.py --smoke --epochs 1 --seeds 0     # plumbing, ~3 min
 
-What it does:
+The trained rows come from the comparison command users run,
 
-* generates (first use) or reuses the ``vidstg`` benchmark at ``--root`` with its default config
-  (``--limit N`` generates a separate, smaller instance: N items per split; ``--set k=v`` changes
-  a generator knob, for calibration);
-* scores the baseline rows of :mod:`grounding.metrics.tube` (``random``, ``whole_video``,
-  ``whole_video_best``, ``upper_bound``) on ``test_iid`` and ``test_ood``;
-* trains each method of ``--methods`` [tubemil] at its default config for a fixed ``--epochs``
-  [6] with Adam at the search space's PAPER lr / batch size / weight decay, for each seed of
-  ``--seeds`` [0 1 2], on one thread; the model after the last epoch is evaluated on ``val``,
-  ``test_iid`` and ``test_ood`` (no selection on val);
-* writes ``--out`` [bench/results/tube_benchmark.json]: mean and (sample) std over seeds of every
-  metric per method and split (overall, declarative, interrogative), every run's numbers and
-  timings, and the dataset digest; prints a markdown table.
+    python -m orchestration.compare methods=tubemil,winner,vcma variants=q_only,p_only,no_recon \
+        seeds=N epochs=E data.root=ROOT
+
+(one Ray Tune trial per (method, variant, seed), one MLflow parent run with a child per trial; the
+ablations are ``VARIANTS`` of ``search_spaces/<method>.py``; each trial is evaluated on the test
+splits once, at its best-validation epoch). The baseline rows need no training and are scored here
+on the same test splits (:meth:`grounding.tasks.TubeTask.baselines`). ``--set KNOB=VALUE`` changes
+a generator knob (a separate dataset: calibration on the baseline only); extra ``key=value``
+arguments go to the comparison as they are. Writes bench/results/tube_benchmark.json (the command,
+the MLflow parent run, the comparison's table, every child's metrics, the baselines) and prints
+the markdown tables used in docs/benchmark.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
-import time
 from pathlib import Path
-
-import numpy as np
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from grounding import engine, tasks  # noqa: E402
-from grounding.data import benchmarks  # noqa: E402
-from grounding.models import registry  # noqa: E402
-import search_spaces  # noqa: E402
+from bench._compare import cells_table, compare, write  # noqa: E402
 
 SPLITS = ("test_iid", "test_ood")
 SHOWN = ("m_viou", "viou_30", "viou_50", "m_tiou")
+FORMS = (("", ""), ("decl. ", "_declarative"), ("interr. ", "_interrogative"))
+BASELINES = {"random": "Random", "whole_video": "whole video, random tube",
+             "whole_video_best": "whole video, best tube", "upper_bound": "Upper Bound"}
 
 
-def summarise(runs: list[dict[str, float]]) -> dict[str, dict]:
-    out = {}
-    for k in runs[0]:
-        v = np.array([r[k] for r in runs], dtype=np.float64)
-        out[k] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
-    return out
-
-
-def table(results: dict) -> str:
-    lines = ["| method | split | form | " + " | ".join(SHOWN) + " |", "|---|---|---|" + "---:|" * len(SHOWN)]
-    for method, per_split in results.items():
-        for split in SPLITS:
-            for form, suffix in (("all", ""), ("declarative", "_declarative"), ("interrogative", "_interrogative")):
-                cells = []
-                for m in SHOWN:
-                    s = per_split[split][m + suffix]
-                    cells.append(f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}" if s["std"] else f"{100 * s['mean']:.2f}")
-                lines.append(f"| {method} | {split} | {form} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def tables(baselines: dict, rows: list[dict]) -> str:
+    out = []
+    for split in SPLITS:
+        columns = [(f"{form}{m}", split, m + suffix) for form, suffix in FORMS for m in SHOWN]
+        out.append(f"{split} (%)\n\n" + cells_table(baselines, rows, columns))
+    return "\n\n".join(out)
 
 
 def parse_set(items: list[str]) -> dict:
@@ -75,84 +58,44 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
-def train_eval(td, method: str, seed: int, epochs: int, params: dict) -> dict:
-    torch.set_num_threads(1)
-    space = search_spaces.load(method)
-    paper = dict(space.PAPER)
-    optim = engine.OptimConfig(lr=paper.get("lr", 1e-3), weight_decay=paper.get("weight_decay", 0.0),
-                               batch_size=paper.get("batch_size", 32))
-    fields = registry.config_fields(method)
-    model_params = {**{k: v for k, v in paper.items() if k in fields}, **getattr(space, "FIXED", {}), **params}
-    engine.seed_everything(seed)
-    model = registry.build(method, model_params, td.info)
-    opt = engine.make_optimizer(model, optim)
-    t0 = time.process_time()
-    losses = []
-    for epoch in range(epochs):
-        losses.append(engine.train_one_epoch(model, opt, td["train"], optim, epoch, seed)["loss"])
-    train_cpu = time.process_time() - t0
-    out = {"seed": seed, "train_cpu_s": train_cpu, "losses": losses}
-    for split in ("val", *SPLITS):
-        out[split] = engine.evaluate(model, td[split], td.task, td.info, batch_size=128)
-    return out
-
-
-def _seed_job(job) -> dict:
-    """One (method, seed) run in a worker process that loads the dataset itself."""
-    root, method, seed, epochs, params = job
-    from grounding.data.shards import Dataset
-
-    return train_eval(tasks.load(Dataset.open(root)), method, seed, epochs, params)
-
-
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", default=str(REPO / "data" / "vidstg-bench"))
-    ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE", help="a generator knob")
-    ap.add_argument("--methods", nargs="+", default=["tubemil"])
-    ap.add_argument("--model", action="append", default=[], metavar="NAME=VALUE", help="a model hyperparameter")
-    ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel processes (one thread each)")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", default=str(REPO / "data" / "vidstg"), help="dataset (generated if missing)")
+    ap.add_argument("--smoke", action="store_true", help="the benchmark's smoke size (a separate dataset)")
+    ap.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
+                    help="a generator knob (generates a separate dataset at --root)")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    ap.add_argument("--methods", default="tubemil,winner,vcma", help="tube methods (comma-separated)")
+    ap.add_argument("--variants", default="q_only,p_only,no_recon", help="VARIANTS (comma-separated) or all")
+    ap.add_argument("--concurrent", "--jobs", type=int, default=2, help="concurrent trials")
+    ap.add_argument("--mlflow", default=f"sqlite:///{REPO / 'mlflow.db'}", help="MLflow tracking URI")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "tube_benchmark.json"))
+    ap.add_argument("overrides", nargs="*", help="extra key=value arguments for orchestration.compare")
     args = ap.parse_args(argv)
 
-    overrides = parse_set(args.set)
-    if args.limit:
-        overrides["limit"] = args.limit
-    t0 = time.time()
-    ds = benchmarks.ensure(args.root, "vidstg", overrides, log=print)
-    print(f"data ready in {time.time() - t0:.1f}s ({ds.root})")
-    td = tasks.load(ds)
-    results: dict = {}
-    for split in SPLITS:
-        base = td.task.baselines(td[split], td.info)
-        for mode, vals in base.items():
-            results.setdefault(mode, {})[split] = {k: {"mean": v, "std": 0.0} for k, v in vals.items()}
-    runs: dict = {}
-    for method in args.methods:
-        jobs = [(str(ds.root), method, seed, args.epochs, parse_set(args.model)) for seed in args.seeds]
-        if args.jobs > 1:
-            from concurrent.futures import ProcessPoolExecutor
+    from grounding import tasks
+    from grounding.data import benchmarks
 
-            with ProcessPoolExecutor(min(args.jobs, len(jobs))) as pool:
-                runs[method] = list(pool.map(_seed_job, jobs))
-        else:
-            runs[method] = [train_eval(td, method, seed, args.epochs, parse_set(args.model)) for seed in args.seeds]
-        for r in runs[method]:
-            print(f"{method} seed {r['seed']}: train {r['train_cpu_s']:.0f}s CPU, loss {r['losses']}, "
-                  f"val m_viou {r['val']['m_viou']:.4f} iid {r['test_iid']['m_viou']:.4f} "
-                  f"ood {r['test_ood']['m_viou']:.4f} m_tiou {r['test_iid']['m_tiou']:.4f}", flush=True)
-        results[method] = {sp: summarise([r[sp] for r in runs[method]]) for sp in ("val", *SPLITS)}
-    doc = {"benchmark": "vidstg", "root": str(ds.root), "digest": ds.digest, "generator_args": ds.manifest.producer.get("args"),
-           "epochs": args.epochs, "seeds": args.seeds, "model_overrides": parse_set(args.model),
-           "machine": platform.platform(), "results": results, "runs": runs}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc, indent=1))
-    print(table(results))
+    knobs = {**(dict(benchmarks.get("vidstg").smoke) if args.smoke else {}), **parse_set(args.set)}
+    root = args.root + ("-smoke" if args.smoke else "")
+    ds = benchmarks.ensure(root, "vidstg", knobs, log=print)
+    data = tasks.load(ds, splits=SPLITS)
+    baselines: dict = {}
+    for sp in SPLITS:
+        for key, scores in data.task.baselines(data[sp], data.info).items():
+            baselines.setdefault(BASELINES.get(key, key), {})[sp] = scores
+
+    result = compare([f"methods={args.methods}", f"variants={args.variants}",
+                      "seeds=[" + ",".join(map(str, args.seeds)) + "]", f"epochs={args.epochs}",
+                      f"data.root={ds.root}", f"concurrent={args.concurrent}", *args.overrides],
+                     cwd=REPO, tracking_uri=args.mlflow)
+    out = {"dataset": str(ds.root), "digest": ds.digest, "generator_overrides": knobs, "epochs": args.epochs,
+           "seeds": args.seeds, "baselines": baselines, **result, "table": tables(baselines, result["rows"])}
+    write(args.out, out)
+    print(out["table"])
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

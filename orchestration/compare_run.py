@@ -68,7 +68,7 @@ def run_compare(ccfg: CompareConfig) -> int:
     from ray import tune
 
     from . import lineage, tracking, tuner as tuner_mod
-    from .progress import ProgressLines, console
+    from .progress import ProgressLines, start_ray
 
     name = ccfg["name"] or f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     storage_path = runner._storage_path(cfg, cwd)
@@ -77,8 +77,7 @@ def run_compare(ccfg: CompareConfig) -> int:
 
     t0 = time.time()
     address = cfg["ray.address"] or None
-    ray.init(address=address, log_to_driver=True, configure_logging=True, logging_level="WARNING",
-             **console(ccfg["verbose"]))
+    start_ray(address, ccfg["verbose"])
     have = ray.cluster_resources()
     _log(f"ray {'joined ' + address if address else 'started locally'} in {time.time() - t0:.1f}s: "
          f"{have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs")
@@ -112,7 +111,7 @@ def run_compare(ccfg: CompareConfig) -> int:
     lineage.log_dataset(client, parent, ds)
     _log(f"MLflow parent run {parent} in experiment '{cfg['mlflow.experiment']}' at {tracking_uri}")
     _log(f"{len(ccfg.cells)} trials: {', '.join(f'{m}/{v}' for m, v in groups_planned)} x seeds "
-         f"{','.join(map(str, ccfg.seeds))}, {ccfg['epochs']} epochs each")
+         f"[{','.join(map(str, ccfg.seeds))}], {ccfg['epochs']} epoch{'s' if ccfg['epochs'] != 1 else ''} each")
 
     logger = CompareTrialLogger(tracking_uri, exp_id, parent, name, ccfg.methods[0], {}, ccfg["epochs"])
     logger.dataset_input = lineage.dataset_input(ds)

@@ -93,3 +93,19 @@ def console(verbose: int) -> dict:
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
         return {"runtime_env": {"worker_process_setup_hook": "orchestration.progress.quiet_workers"}}
     return {}
+
+
+def start_ray(address: str | None, verbose: int) -> None:
+    """``ray.init`` as both entry points call it: Ray's own warnings only, the console of
+    :func:`console`. A local Ray (no ``address``) gets token authentication, Ray's default, asked
+    for explicitly (``RAY_AUTH_MODE=token`` unless the user set the variable), so Ray does not
+    print its "enabled by default" notice, which a user cannot act on; joining a cluster keeps
+    whatever the cluster and the environment say."""
+    import os
+
+    import ray
+
+    if not address:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    ray.init(address=address, log_to_driver=True, configure_logging=True, logging_level="WARNING",
+             **console(verbose))

@@ -222,13 +222,12 @@ def run_sweep(cfg: SweepConfig) -> int:
 
     interrupt = _Interrupt()
     interrupt.install()
-    from .progress import ProgressLines, console
+    from .progress import ProgressLines, start_ray
 
     try:
         t0 = time.time()
         address = cfg["ray.address"] or None
-        ray.init(address=address, log_to_driver=True, configure_logging=True, logging_level="WARNING",
-                 **console(cfg["verbose"]))
+        start_ray(address, cfg["verbose"])
     except KeyboardInterrupt:
         ray.shutdown()
         interrupt.restore()
