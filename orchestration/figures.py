@@ -8,6 +8,10 @@ shows them as images; plotly's HTML would need plotly, which the stack does not 
   child runs ``figures/iid_vs_ood.png`` (each trial's IID against its OOD test metric);
 * per comparison (parent run): ``figures/iid_vs_ood.png`` (every cell, one colour per method and
   variant).
+* per trial of a model with inference-only knobs (``vcma``'s beta, :mod:`grounding.inference_grid`):
+  ``inference_grid/<knob>.png`` — the validation metric of the selected checkpoint against the
+  knob, the trained value marked — beside its table ``inference_grid/<knob>.json`` (knob and
+  every validation metric per grid point; MLflow's table format, ``client.log_table``).
 """
 
 from __future__ import annotations
@@ -107,3 +111,60 @@ def study_figures(client, run_id: str, study) -> list[str]:
         fig.set_size_inches(9, 5)
         paths.append(_save(client, run_id, fig, name))
     return paths
+
+
+def inference_grid(client, run_id: str, grid: dict) -> list[str]:
+    """Table and figure of a trial's validation metrics over its inference-only knobs' grid.
+
+    ``grid`` (from :func:`orchestration.final_test.evaluate_selected`): ``rows`` (knob values and
+    metrics per grid point), ``trained`` (the trial's own knob values), ``metric`` (the sweep's),
+    ``selected`` (its val value at the trained knobs), ``split``. Safe to repeat (a resent record):
+    an existing table is kept, the figure is overwritten. The figure is rendered first and a
+    rendering error only skips it; an upload error propagates (the sender retries the record)."""
+    import json
+    import os
+    import tempfile
+
+    rows, trained, metric = grid["rows"], dict(grid.get("trained") or {}), grid["metric"]
+    if not rows:
+        return []
+    knobs = [k for k in trained if k in rows[0]] or [next(iter(rows[0]))]
+    name = "_".join(knobs)
+    table = f"inference_grid/{name}.json"
+    paths = [table]
+    if table not in {a.path for a in client.list_artifacts(run_id, "inference_grid")}:
+        client.log_table(run_id, data={k: [r[k] for r in rows] for k in rows[0]}, artifact_file=table)
+    with tempfile.TemporaryDirectory() as tmp:
+        png = os.path.join(tmp, f"{name}.png")
+        try:
+            _grid_figure(rows, knobs, trained, metric, grid.get("selected"), grid.get("split", "val"), png)
+        except Exception as e:  # noqa: BLE001 - a figure never fails a sweep
+            log.warning("figure inference_grid/%s.png not rendered: %s", name, e)
+            return paths
+        client.log_artifact(run_id, png, "inference_grid")
+    return [*paths, f"inference_grid/{name}.png"]
+
+
+def _grid_figure(rows, knobs, trained, metric, selected, split, path) -> None:
+    x, rest = knobs[0], knobs[1:]
+    cols = [c for c in rows[0] if c == metric or (c.startswith(f"{metric}_") and c not in knobs)]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    groups: dict[tuple, list] = {}
+    for r in rows:  # one line per value of the other knobs (none for one knob)
+        groups.setdefault(tuple(r[k] for k in rest), []).append(r)
+    for key, rs in groups.items():
+        rs = sorted(rs, key=lambda r: r[x])
+        suffix = "".join(f", {k}={v:g}" for k, v in zip(rest, key))
+        for c in cols:
+            ax.plot([r[x] for r in rs], [r[c] for r in rs], "-" if c == metric else ":", marker="o",
+                    markersize=3, lw=2 if c == metric else 1, label=f"{split}/{c}{suffix}")
+    if x in trained:
+        ax.axvline(float(trained[x]), color="grey", ls="--", lw=0.8, label=f"trained {x}={float(trained[x]):g}")
+        if selected is not None:
+            ax.plot([float(trained[x])], [float(selected)], "*", color="black", markersize=10,
+                    label=f"{split}/{metric} at the trained {x}")
+    ax.set(xlabel=x, ylabel=f"{split} metric", title=f"{split}/{metric} of the selected checkpoint over {x}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -14,7 +14,11 @@ and evaluates the IID and OOD test splits. The task asks for no CPU, so it start
 the running trials instead of queueing behind them (it is short next to training, and one-thread
 torch). Finished evaluations are logged to the trial's MLflow child run (``test_iid/*``,
 ``test_ood/*`` at ``step = selected epoch``; tags ``selected_epoch`` and ``test_evaluated``) at
-the next step of Tune's loop; ``on_experiment_end`` waits for the rest. If the driver dies between
+the next step of Tune's loop. A model that declares inference-only knobs
+(:mod:`grounding.inference_grid`, e.g. ``vcma``'s beta) is also scored on the val split at every
+point of their grid, at the same selected checkpoint, and the child run gets the table
+``inference_grid/<knob>.json`` and the figure ``inference_grid/<knob>.png``
+(:func:`orchestration.figures.inference_grid`); ``on_experiment_end`` waits for the rest. If the driver dies between
 a trial's end and its evaluation, :func:`catch_up` (run after ``Tuner.fit`` returns, also after
 ``resume=``) evaluates every ended trial whose child run lacks ``test_evaluated``; so every
 trial is tested exactly once.
@@ -33,7 +37,8 @@ SPLITS = ("test_iid", "test_ood")
 
 def evaluate_selected(checkpoint, run: dict) -> dict:
     """Ray task body: the delivered predictor of a trial's checkpoint on the test splits."""
-    from grounding import engine, recipes
+    from grounding import engine, inference_grid, recipes
+    from grounding.models import registry
 
     from .trial import SELECTED_FILE, load_data
 
@@ -42,7 +47,9 @@ def evaluate_selected(checkpoint, run: dict) -> dict:
         package = torch.load(os.path.join(d, SELECTED_FILE), map_location="cpu", weights_only=True)
     if package["data_digest"] != run["data_digest"]:
         raise RuntimeError(f"checkpoint of dataset {package['data_digest'][:12]}, sweep's is {run['data_digest'][:12]}")
-    data = load_data(run, 0, 1, splits=SPLITS)
+    # a model with inference-only knobs (grounding.inference_grid) is also scored on val over their grid
+    gridded = any(hasattr(registry.get(st["method"]), "inference_grid") for st in package["stages"].values())
+    data = load_data(run, 0, 1, splits=SPLITS + (("val",) if gridded else ()))
     predictor = recipes.load_predictor(package, data.info)
     out: dict = {"selected_epoch": int(package["selected_epoch"])}
     t0 = time.time()
@@ -51,6 +58,15 @@ def evaluate_selected(checkpoint, run: dict) -> dict:
             m = engine.evaluate(predictor, data[split], data.task, data.info, run["eval_batch_size"])
             out.update({f"{split}/{k}": v for k, v in m.items()})
     out["time/test_s"] = time.time() - t0
+    grid = inference_grid.knobs(predictor)
+    if grid and "val" in data.splits:
+        t0 = time.time()
+        rows = inference_grid.evaluate_grid(predictor, data["val"], data.task, data.info, run["eval_batch_size"])
+        metric = run.get("metric") or data.task.default_metric
+        out["inference_grid"] = {"split": "val", "metric": metric, "rows": rows,
+                                 "trained": inference_grid.current(predictor),
+                                 "selected": package.get("val", {}).get(metric)}
+        out["time/inference_grid_s"] = time.time() - t0
     out["stages"] = {n: int(s["epoch"]) for n, s in package["stages"].items()}
     return out
 
@@ -70,6 +86,10 @@ def log_result(client, run_id: str, result: dict) -> None:
                if k.startswith((*(f"{s}/" for s in SPLITS), "time/")) and isinstance(v, (int, float))]
     tags = [RunTag("selected_epoch", str(step)), RunTag("test_evaluated", "true")]
     tags += [RunTag(f"stage.{n}.selected_epoch", str(e)) for n, e in result.get("stages", {}).items()]
+    if result.get("inference_grid"):
+        from .figures import inference_grid
+
+        inference_grid(client, run_id, result["inference_grid"])
     client.log_batch(run_id, metrics=metrics, tags=tags)
 
 

@@ -285,6 +285,10 @@ class Sender:
                     int(m.step) == metrics[0].step for m in self.client.get_metric_history(run_id, metrics[0].key)):
                 self._verify = False
                 return  # sent before; its answer was lost
+            if op.get("grid"):  # before the tags: test_evaluated marks the record as complete
+                from .figures import inference_grid
+
+                inference_grid(self.client, run_id, op["grid"])
             self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in op["tags"].items()])
         elif kind == "end":
             done = self._sent_epoch.get(tid, 0)
@@ -426,7 +430,10 @@ class MlflowTrialLogger(Callback):
                    if k.startswith(("test_iid/", "test_ood/", "time/")) and _numeric(v)]
         tags = {"selected_epoch": str(step), "test_evaluated": "true",
                 **{f"stage.{n}.selected_epoch": str(e) for n, e in result.get("stages", {}).items()}}
-        self.sender.put({"op": "batch", "tid": trial.trial_id, "metrics": metrics, "tags": tags})
+        op = {"op": "batch", "tid": trial.trial_id, "metrics": metrics, "tags": tags}
+        if result.get("inference_grid"):  # a model's inference-only knobs over their grid, on val
+            op["grid"] = result["inference_grid"]
+        self.sender.put(op)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.sender.put({"op": "end", "tid": trial.trial_id, "status": "FINISHED", "stopped_early_check": True})

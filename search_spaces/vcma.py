@@ -5,7 +5,10 @@ linking, applied at data time: a converter/generator setting, not a model one), 
 to 5e-5 then decayed linearly, batch 32, 20 epochs, D = 256, 8 heads, 2 encoder and 2 decoder
 blocks, and no sensitivity analysis; tau, weight decay and the warm-up length are not given
 (spec vcma.md §4: tau 1.0, weight decay 1e-4, warm-up 1% of the run as the author's STCAT).
-The ranges are the spec's suggested sweep. beta and seg_threshold act at inference only.
+The ranges are the spec's suggested sweep. beta and seg_threshold act at inference only; beta is
+still searched (the mission sweeps it), and every trial's final model is also scored on val over
+beta = 0, 0.1, ..., 1 without retraining (``VCMA.inference_grid``; the child run's artifacts
+``inference_grid/beta.json`` and ``inference_grid/beta.png``), so one training shows the whole curve.
 
 The engine counts warm-up in updates, not as a fraction: ``warmup_steps=10`` is about 1% of a
 default CPU run; on a full VidSTG run (about 2,521 updates per pass x 20) 1% is ``warmup_steps=504``.

@@ -43,6 +43,12 @@ peak`` (default e^{-1/2}: [c - sigma, c + sigma] for one Gaussian). ``networks=q
 only, beta = 1) / ``p_only`` (L_rec only, beta = 0) are Table 3's ablations; ``recon=False`` drops
 L_rec.
 
+beta and seg_threshold are read by :meth:`VCMA.predict` only, so one trained model can be decoded
+at any beta: :meth:`VCMA.inference_grid` declares beta in {0, 0.1, ..., 1}
+(:mod:`grounding.inference_grid`), and a sweep logs each trial's validation metrics over that grid
+at its selected checkpoint (the child run's ``inference_grid/beta.json`` and ``beta.png``). The
+ablations ``networks=q_only|p_only`` force beta and declare no grid.
+
 Choices where the paper and spec are silent or the contract differs (beyond the spec's [C]s):
 
 * Entities: the contract has no parsed entity phrases, so every real token is an "entity"
@@ -75,6 +81,7 @@ from .base import DataInfo, GroundingModel, ModelConfig, check_choice, check_con
 from .registry import register
 
 EPS = 1e-4
+BETA_GRID = tuple(i / 10 for i in range(11))  # Eq. 16's beta, evaluated per trial after training
 
 
 @dataclasses.dataclass
@@ -438,6 +445,10 @@ class VCMA(GroundingModel):
             loss, logs = le + lm, {**logs_e, **logs_m}
         logs["phase_e"] = float(phase in ("E", "joint"))
         return loss, logs
+
+    def inference_grid(self) -> dict[str, tuple[float, ...]]:
+        """Knobs only :meth:`predict` reads, with the grid a sweep evaluates them on (module docstring)."""
+        return {"beta": BETA_GRID} if self.cfg.networks == "both" else {}
 
     def assignments(self, batch):
         """Eq. 16 mixture ``(Z^S [B, T, L, N], Z^T [B, T])``; beta forced by ``networks``."""

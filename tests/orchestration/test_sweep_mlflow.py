@@ -85,9 +85,40 @@ def test_smoke_sweep_records_parent_children_curves_and_test_metrics(tmp_path, s
         if method == "ccr":
             # the counterfactual branch's terms are trained and logged (ccr's score/rank options)
             assert {"train/loss_cf_rec", "train/loss_cf_ivc"} <= set(child.data.metrics), sorted(child.data.metrics)
+        _assert_inference_grid(tmp_path, client, child, method, task)
     assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
     assert "best trial" in proc.stdout and "OOD" in proc.stdout
     _assert_lineage_and_figures(tmp_path, client, parent, children, f"smoke-{method}", smoke_roots[task.name])
+
+
+def _assert_inference_grid(tmp_path, client, child, method, task):
+    """A model with inference-only knobs (vcma's beta): its val metrics over the grid, at the selected
+    checkpoint, as a table and a PNG in the child's Artifacts; none for a model without."""
+    import json
+
+    files = {a.path for a in client.list_artifacts(child.info.run_id, "inference_grid")}
+    if not hasattr(registry.get(method), "inference_grid"):
+        assert not files
+        return
+    from grounding.models.vcma import BETA_GRID
+
+    assert files == {"inference_grid/beta.json", "inference_grid/beta.png"}, files
+    png = open(client.download_artifacts(child.info.run_id, "inference_grid/beta.png", str(tmp_path)), "rb").read()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    table = json.load(open(client.download_artifacts(child.info.run_id, "inference_grid/beta.json", str(tmp_path))))
+    cols = table["columns"]
+    assert cols[0] == "beta" and set(cols[1:]) == set(task.metric_names)
+    rows = [dict(zip(cols, r)) for r in table["data"]]
+    assert [r["beta"] for r in rows] == list(BETA_GRID)
+    assert all(0.0 <= r[m] <= 1.0 for r in rows for m in task.metric_names)
+    # the row at the trial's own beta is the selected checkpoint's validation result
+    trained = float(child.data.params["beta"])
+    at = [r for r in rows if r["beta"] == trained]
+    assert at or child.data.tags["trial_number"] != "1"  # trial 1 is the PAPER point, beta = 0.3 on the grid
+    if at:
+        for m in task.metric_names:
+            assert at[0][m] == pytest.approx(child.data.metrics[f"val/{m}"], abs=1e-6), m
+    assert child.data.metrics["time/inference_grid_s"] >= 0
 
 
 def _assert_lineage_and_figures(tmp_path, client, parent, children, name, root):
