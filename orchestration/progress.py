@@ -95,17 +95,21 @@ def console(verbose: int) -> dict:
     return {}
 
 
+class _DropNotice:
+    """Drops Ray's "token authentication is enabled (by default)" notice."""
+
+    def filter(self, record) -> bool:
+        return "Token authentication is enabled for this Ray cluster" not in record.getMessage()
+
+
 def start_ray(address: str | None, verbose: int) -> None:
     """``ray.init`` as both entry points call it: Ray's own warnings only, the console of
-    :func:`console`. A local Ray (no ``address``) gets token authentication, Ray's default, asked
-    for explicitly (``RAY_AUTH_MODE=token`` unless the user set the variable), so Ray does not
-    print its "enabled by default" notice, which a user cannot act on; joining a cluster keeps
-    whatever the cluster and the environment say."""
-    import os
+    :func:`console`. Ray's notice that a new local cluster uses token authentication (its default,
+    kept) is dropped: a user of the sweep cannot act on it."""
+    import logging
 
     import ray
 
-    if not address:
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_DropNotice())
     ray.init(address=address, log_to_driver=True, configure_logging=True, logging_level="WARNING",
              **console(verbose))
