@@ -14,7 +14,7 @@ in order of precedence (later wins):
    the hyperparameter).
 
 When the trials end, the parent gets, for every (method, variant), split (IID test, OOD test,
-val) and metric, the mean, the sample std and the 95% confidence interval (Student's t) over the
+val, and the last epoch's IID and OOD test for reference: selection is on val) and metric, the mean, the sample std and the 95% confidence interval (Student's t) over the
 seeds, computed from the child runs' final metrics: an MLflow table (``compare_table.json``, one
 row per method, variant, split and metric), the markdown tables (``compare.md``, also printed).
 
@@ -65,8 +65,10 @@ HELP = {  # the shared keys whose meaning differs in a comparison
     "smoke": "tiny comparison: smoke-sized data, 2 epochs, seeds 0 and 1 (unless given)",
     "search.metric": "validation metric reported per trial (default: the task's, e.g. box_micro)",
 }
-SPLITS = ("test_iid", "test_ood", "val")
-SPLIT_LABELS = {"test_iid": "IID test", "test_ood": "OOD test", "val": "val"}
+SPLITS = ("test_iid", "test_ood", "val", "last/test_iid", "last/test_ood")
+SPLIT_LABELS = {"test_iid": "IID test", "test_ood": "OOD test", "val": "val",
+                "last/test_iid": "IID test, last epoch (not selected; for reference)",
+                "last/test_ood": "OOD test, last epoch (not selected; for reference)"}
 TABLE_FILE = "compare_table.json"
 MARKDOWN_FILE = "compare.md"
 

@@ -33,6 +33,7 @@ import torch
 from ray.tune import Callback
 
 SPLITS = ("test_iid", "test_ood")
+LAST = "last"  # metric prefix of the last-epoch predictor's test scores (reported, never selected)
 
 
 def evaluate_selected(checkpoint, run: dict) -> dict:
@@ -40,11 +41,13 @@ def evaluate_selected(checkpoint, run: dict) -> dict:
     from grounding import engine, inference_grid, recipes
     from grounding.models import registry
 
-    from .trial import SELECTED_FILE, load_data
+    from .trial import SELECTED_FILE, STATE_FILE, load_data
 
     torch.set_num_threads(max(1, int(run["threads"])))
     with checkpoint.as_directory() as d:
         package = torch.load(os.path.join(d, SELECTED_FILE), map_location="cpu", weights_only=True)
+        state_path = os.path.join(d, STATE_FILE)
+        state = torch.load(state_path, map_location="cpu", weights_only=True) if os.path.exists(state_path) else None
     if package["data_digest"] != run["data_digest"]:
         raise RuntimeError(f"checkpoint of dataset {package['data_digest'][:12]}, sweep's is {run['data_digest'][:12]}")
     # a model with inference-only knobs (grounding.inference_grid) is also scored on val over their grid
@@ -58,6 +61,16 @@ def evaluate_selected(checkpoint, run: dict) -> dict:
             m = engine.evaluate(predictor, data[split], data.task, data.info, run["eval_batch_size"])
             out.update({f"{split}/{k}": v for k, v in m.items()})
     out["time/test_s"] = time.time() - t0
+    last = last_package(package, state)
+    if last is not None:
+        out["last_epoch"] = int(last["selected_epoch"])
+        same = all(st["epoch"] == package["stages"][n]["epoch"] for n, st in last["stages"].items())
+        last_predictor = predictor if same else recipes.load_predictor(last, data.info)
+        for split in SPLITS:
+            if split in data.splits:
+                m = ({k[len(split) + 1:]: v for k, v in out.items() if k.startswith(f"{split}/")} if same else
+                     engine.evaluate(last_predictor, data[split], data.task, data.info, run["eval_batch_size"]))
+                out.update({f"{LAST}/{split}/{k}": v for k, v in m.items()})
     grid = inference_grid.knobs(predictor)
     if grid and "val" in data.splits:
         t0 = time.time()
@@ -71,6 +84,21 @@ def evaluate_selected(checkpoint, run: dict) -> dict:
     return out
 
 
+def last_package(package: dict, state: dict | None) -> dict | None:
+    """The predictor of the trial's last epoch, as a package like ``selected.pt``: each output
+    stage's current weights from ``state.pt`` instead of its best-validation ones. Reported beside
+    the selected one (``last/test_iid/*``) so a reader sees what selection on validation changed;
+    it never selects anything. None without a training state."""
+    if state is None or "group" not in state:
+        return None
+    stages = state["group"]["stages"]
+    if set(stages) != set(package["stages"]):
+        return None
+    return {**package, "selected_epoch": int(state["group"]["epoch"]),
+            "stages": {n: {**st, "model": stages[n]["model"], "epoch": int(stages[n]["epoch"])}
+                       for n, st in package["stages"].items()}}
+
+
 def _task():
     import ray
 
@@ -82,9 +110,12 @@ def log_result(client, run_id: str, result: dict) -> None:
 
     now = int(time.time() * 1000)
     step = int(result["selected_epoch"])
-    metrics = [Metric(k, float(v), now, step) for k, v in result.items()
-               if k.startswith((*(f"{s}/" for s in SPLITS), "time/")) and isinstance(v, (int, float))]
+    metrics = [Metric(k, float(v), now, int(result.get("last_epoch", step)) if k.startswith(f"{LAST}/") else step)
+               for k, v in result.items()
+               if k.startswith((*(f"{s}/" for s in SPLITS), f"{LAST}/", "time/")) and isinstance(v, (int, float))]
     tags = [RunTag("selected_epoch", str(step)), RunTag("test_evaluated", "true")]
+    if "last_epoch" in result:
+        tags.append(RunTag("last_epoch", str(result["last_epoch"])))
     tags += [RunTag(f"stage.{n}.selected_epoch", str(e)) for n, e in result.get("stages", {}).items()]
     if result.get("inference_grid"):
         from .figures import inference_grid

@@ -426,9 +426,11 @@ class MlflowTrialLogger(Callback):
         """The test evaluation of a trial's selected checkpoint (``final_test``), through the sender."""
         now = int(time.time() * 1000)
         step = int(result["selected_epoch"])
-        metrics = [(k, float(v), now, step) for k, v in result.items()
-                   if k.startswith(("test_iid/", "test_ood/", "time/")) and _numeric(v)]
+        last = int(result.get("last_epoch", step))
+        metrics = [(k, float(v), now, last if k.startswith("last/") else step) for k, v in result.items()
+                   if k.startswith(("test_iid/", "test_ood/", "last/", "time/")) and _numeric(v)]
         tags = {"selected_epoch": str(step), "test_evaluated": "true",
+                **({"last_epoch": str(last)} if "last_epoch" in result else {}),
                 **{f"stage.{n}.selected_epoch": str(e) for n, e in result.get("stages", {}).items()}}
         op = {"op": "batch", "tid": trial.trial_id, "metrics": metrics, "tags": tags}
         if result.get("inference_grid"):  # a model's inference-only knobs over their grid, on val

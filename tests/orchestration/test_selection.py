@@ -1,4 +1,5 @@
-"""Selection on validation: a trial's test metrics are those of its best-validation epoch, once."""
+"""Selection on validation: a trial's test metrics are those of its best-validation epoch, once; the
+last epoch's are reported beside them (``last/<split>/*``)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,9 @@ def test_reported_test_metrics_belong_to_the_best_validation_epoch(tmp_path, smo
         assert [int(m.step) for m in logged] == [best]  # evaluated once, recorded at the selected epoch
         for k, v in scored[best][split].items():
             assert child.data.metrics[f"{split}/{k}"] == pytest.approx(v, abs=1e-9), (split, k)
+        # the last epoch's predictor is reported beside it (never selected), at its own step
+        assert child.data.tags["last_epoch"] == "3"
+        last = client.get_metric_history(child.info.run_id, f"last/{split}/box_micro")
+        assert [int(m.step) for m in last] == [3]
+        for k, v in scored[3][split].items():
+            assert child.data.metrics[f"last/{split}/{k}"] == pytest.approx(v, abs=1e-9), (split, k)
