@@ -584,7 +584,11 @@ class Causal(STVG):
         stages = []
         if members == ("backbone",) or any(COMPONENT_INIT[m] == "backbone" for m in members):
             backbone_is_output = members == ("backbone",)
-            stages.append(Stage("backbone", "causal", model=switches("backbone"), select=select,
+            # the fields the backbone ignores at their defaults (component_config), so rows that
+            # differ only in them (intervention=paper, alpha=1.0, ...) share one backbone build
+            ignored = {f.name: f.default for f in dataclasses.fields(cls.Config)
+                       if f.name not in COMPONENT_FIELDS["backbone"]}
+            stages.append(Stage("backbone", "causal", model={**ignored, **switches("backbone")}, select=select,
                                 optim={} if backbone_is_output else BACKBONE_OPTIM,
                                 takes=None if backbone_is_output else ()))
         for m in members:

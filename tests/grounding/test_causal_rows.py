@@ -83,6 +83,20 @@ def test_acl_rows_are_ensembles_of_the_remaining_components_from_the_shared_back
         assert st[name].init == "backbone" and _switches(st[name]) == sw
 
 
+def test_rows_that_differ_only_in_what_the_backbone_ignores_share_its_build():
+    cfg = parse(["methods=causal", "variants=staged_paper,frozen_banks,spatial_only", "point=code", "seeds=1"])
+    keys = {}
+    for c in cfg.cells:
+        r, st = _plan(c)
+        keys[c.variant] = recipes.stage_key(r, st, "backbone", "d" * 64, 0)
+        assert _cfg(st["backbone"]).intervention == "code" and _cfg(st["backbone"]).alpha == 0.9
+    assert len(set(keys.values())) == 1, keys
+    # what the backbone does depend on still reaches it
+    other = parse(["methods=causal", "point=code", "seeds=1", "model.eta=0.5"]).cells[0]
+    r, st = _plan(other)
+    assert recipes.stage_key(r, st, "backbone", "d" * 64, 0) != keys["base"] and _cfg(st["backbone"]).eta == 0.5
+
+
 def test_deconfounded_alone_is_one_component_from_scratch():
     _, cells = _cells()
     r, st = _plan(cells["causal", "deconf_only"])
