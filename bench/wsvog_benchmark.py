@@ -15,6 +15,31 @@ scored here on the same test splits. Extra ``key=value`` arguments go to the com
 (e.g. ``concurrent=1``, ``model.embed_dim=512 model.heads=8``). Writes
 bench/results/wsvog_benchmark.json (the command, the MLflow parent run, the comparison's table and
 every child's metrics) and prints the markdown table used in docs/benchmark.md.
+
+Issue 12's causal reproduction (default generated YouCook2-BB, 3 seeds, IID and OOD):
+
+    .venv/bin/python bench/wsvog_benchmark.py --methods stvg,causal \
+        --variants joint_paper,staged_paper,spatial_only,temporal_only,no_bda,deconf_only,stvg_ensemble \
+        --seeds 0 1 2 --epochs 5 --jobs 2 point=code \
+        --out bench/results/wsvog_causal_reproduction.json
+
+which runs
+
+    python -m orchestration.compare methods=stvg,causal \
+        variants=joint_paper,staged_paper,spatial_only,temporal_only,no_bda,deconf_only,stvg_ensemble \
+        point=code seeds=[0,1,2] epochs=5 concurrent=2 data.root=data/youcook2
+
+``point=code`` puts every ``causal`` row at the authors' code point (``search_spaces/causal.py``
+``POINTS["code"]``: Adam lr 8e-4, StepLR, clip 10, batch 48); ``stvg`` declares no ``code`` point
+and runs its own ``PAPER`` (the comparison's ``points`` param records ``stvg:paper,causal:code``).
+Rows (``search_spaces/causal.py`` VARIANTS): ``stvg`` = stvg base; causal ``joint_paper`` = joint +
+paper intervention (with every paper reading, the earlier table's joint model); ``staged_paper`` =
+staged + paper intervention; causal base = staged + code intervention, the full ensemble;
+``spatial_only`` / ``temporal_only`` / ``deconf_only`` = ACL-spatial / ACL-temporal / deconfounded
+alone; ``no_bda`` = ACL-spatial + ACL-temporal; ``stvg_ensemble`` = the control, three independently
+seeded plain-MIL models from scratch in the same 0.5/0.5/1.0 sigmoid ensemble. Random and Upper
+Bound are scored here. 9 configurations x 3 seeds = 27 trials plus one shared backbone per seed
+(the rows with an ACL component share it; with ``epochs=5`` StepLR's 40-epoch step never fires).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 A :class:`Recipe` is data. Each :class:`Stage` names a model variant (a registry key plus config
 overrides, which is also where its loss terms are switched), its initialisation (scratch, or the
 *selected* checkpoint of another stage), its optimiser and schedule (:class:`~grounding.engine.OptimConfig`
-overrides), its epochs and its checkpoint-selection metric. The recipe's ``output`` stages form the
+overrides), its epochs, its checkpoint-selection metric and its seed (the trial's, or with ``seed_offset`` an
+independent one derived from it: :func:`stage_seed`). The recipe's ``output`` stages form the
 predictor, combined by ``combine`` (e.g. :func:`sigmoid_ensemble`); every other stage is a
 prerequisite, trained to completion before the output stages start.
 
@@ -61,6 +62,7 @@ class Stage:
     epochs: int | None = None  # None: the trial's epochs
     select: tuple[str, ...] = ()  # val metrics summed to select the checkpoint; (): the sweep's metric
     takes: tuple[str, ...] | None = None  # trial hyperparameters that reach this stage; None: all
+    seed_offset: int = 0  # 0: the trial's seed; otherwise an independent seed derived from it (stage_seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +122,15 @@ class Recipe:
         return out
 
 
+def stage_seed(seed: int, offset: int = 0) -> int:
+    """The seed a stage trains with (initialisation, data order, dropout): the trial's ``seed`` for
+    ``offset=0``, otherwise a 31-bit seed drawn from ``SeedSequence([seed, offset])``, so stages with
+    different offsets, and the same offset under different trial seeds, get unrelated streams."""
+    if offset == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(offset)]).generate_state(1)[0] >> 1)
+
+
 def trivial(method: str) -> Recipe:
     return Recipe(stages=(Stage(method, method),))
 
@@ -163,13 +174,17 @@ class ResolvedStage:
     epochs: int
     init: str | None
     select: tuple[str, ...]
+    seed_offset: int = 0
 
     def identity(self) -> dict[str, Any]:
         """What determines this stage's result besides data, seed and its init (for keys)."""
         cfg = registry.make_config(self.method, self.params)
-        return {"stage": self.name, "method": self.method, "model": _jsonable(dataclasses.asdict(cfg)),
-                "optim": _jsonable(dataclasses.asdict(self.optim)), "epochs": self.epochs,
-                "select": list(self.select), "init": self.init}
+        out = {"stage": self.name, "method": self.method, "model": _jsonable(dataclasses.asdict(cfg)),
+               "optim": _jsonable(dataclasses.asdict(self.optim)), "epochs": self.epochs,
+               "select": list(self.select), "init": self.init}
+        if self.seed_offset:  # absent at 0, so existing stage keys are unchanged
+            out["seed_offset"] = self.seed_offset
+        return out
 
 
 def _jsonable(d: dict) -> dict:
@@ -212,7 +227,7 @@ def resolve(recipe: Recipe, method: str, hp: dict[str, Any], fixed: dict[str, An
         optim = {k: v for k, v in base.items() if k in OPTIM_KEYS}
         optim.update(s.optim)
         out[s.name] = ResolvedStage(s.name, s.method, params, OptimConfig(**optim), s.epochs or epochs,
-                                    s.init, tuple(s.select) or (metric,))
+                                    s.init, tuple(s.select) or (metric,), s.seed_offset)
     return out
 
 
@@ -285,8 +300,8 @@ class StageRun:
 
     def __init__(self, rs: ResolvedStage, data, seed: int, device, init_state: dict | None = None,
                  wrap: Callable[[nn.Module], nn.Module] | None = None):
-        self.rs, self.seed, self.device = rs, seed, torch.device(device)
-        engine.seed_everything(seed)
+        self.rs, self.seed, self.device = rs, stage_seed(seed, rs.seed_offset), torch.device(device)
+        engine.seed_everything(self.seed)
         self.model = registry.build(rs.method, rs.params, data.info).to(self.device)
         self.init_loaded = load_matching(self.model, init_state) if init_state is not None else []
         self.optimizer = engine.make_optimizer(self.model, rs.optim)

@@ -6,7 +6,9 @@ dataset, all under one MLflow parent run with one child run per cell. A cell's c
 in order of precedence (later wins):
 
 1. the point: ``point=paper`` (the method's ``PAPER``, default), ``point=defaults`` (config
-   defaults) or a name from the method's ``POINTS``; or, for the method of a finished sweep named
+   defaults) or a name from the method's ``POINTS``; a compared method that does not declare that
+   name runs its ``paper`` point (e.g. ``methods=stvg,causal point=code``: causal at the authors'
+   code point, stvg at its own ``PAPER``; the parent run's ``points`` param says which); or, for the method of a finished sweep named
    in ``from_sweep=<name>``, that sweep's best configuration (read from its MLflow runs);
 2. the method's ``FIXED`` values (the sweep's CPU-sized embedding);
 3. the variant's overrides (``search_spaces/<method>.py`` ``VARIANTS``; ``base`` = none);
@@ -51,7 +53,7 @@ OWN: tuple[Key, ...] = (
     Key("variants", list, [], "ablations from search_spaces/<method>.py VARIANTS, comma-separated, or all; "
         "each applies to the methods that declare it (base, the unmodified point, always runs)"),
     Key("point", str, "paper", "configuration compared: paper (PAPER), defaults (config defaults) or a "
-        "name from the method's POINTS"),
+        "name from POINTS; a method that does not declare it runs paper"),
     Key("from_sweep", list, [], "finished sweeps, comma-separated: their method runs the sweep's best "
         "configuration instead of the point"),
     Key("verbose", int, 0, "0: one line per trial start/end; 1-3: Ray Tune's status tables too",
@@ -79,6 +81,7 @@ class Cell:
     variant: str
     seed: int
     params: dict[str, Any]  # model + optimiser hyperparameters, everything set
+    point: str = "paper"  # the point the cell's configuration starts from ("from_sweep" for a sweep's best)
     shared: dict = dataclasses.field(default_factory=dict)  # shared stages (orchestration/stages.py)
 
     def label(self) -> str:
@@ -263,16 +266,20 @@ def parse(argv: list[str]) -> CompareConfig:
                               f"{best['method']}; allowed: one sweep per method")
         from_sweep[best["method"]] = best
 
+    named_points = {m: search_spaces.points(m) for m in methods if m not in from_sweep}
+    if named_points and not any(point in named for named in named_points.values()):
+        allowed = list(dict.fromkeys(p for named in named_points.values() for p in named))
+        raise ConfigError(f"point={point} is not declared for {', '.join(named_points)}; allowed: {', '.join(allowed)}")
     cells: list[Cell] = []
+    points: dict[str, str] = {}
     for m in methods:
         cfg = sweeps[m]
         if m in from_sweep:
             base = dict(from_sweep[m]["params"])
+            points[m] = "from_sweep"
         else:
-            named = search_spaces.points(m)
-            if point not in named:
-                raise ConfigError(f"point={point} is not declared for {m}; allowed: {', '.join(named)}")
-            base = named[point]
+            points[m] = point if point in named_points[m] else "paper"
+            base = named_points[m][points[m]]
         mod = search_spaces.load(m)
         fields = registry.config_fields(m)
         for v in [search_spaces.RESERVED_VARIANT, *[v for v in variants if v in declared[m]]]:
@@ -284,10 +291,10 @@ def parse(argv: list[str]) -> CompareConfig:
             except (ValueError, TypeError) as e:
                 raise ConfigError(f"{m} variant {v}: {str(e).splitlines()[0]}") from None
             for s in seeds:
-                cells.append(Cell(m, v, s, params))
+                cells.append(Cell(m, v, s, params, points[m]))
 
     values = {**{k: v for k, v in first.values.items() if k in SHARED}, "methods": methods, "seeds": seeds,
-              "variants": variants, "point": point, "verbose": verbose,
+              "variants": variants, "point": point, "points": points, "verbose": verbose,
               "from_sweep": [b["sweep"] for b in from_sweep.values()], "tracking_uri": tracking_uri}
     if first["smoke"]:  # a smoke comparison: smoke data, 2 epochs, 2 seeds unless given
         if "epochs" not in seen:

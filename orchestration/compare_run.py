@@ -104,7 +104,8 @@ def run_compare(ccfg: CompareConfig) -> int:
                   f"{len(ccfg.seeds)} seeds, {ccfg['epochs']} epochs). Artifacts: `{MARKDOWN_FILE}` (mean ± std "
                   f"[95% CI] per split and metric) and `{TABLE_FILE}` (the same as an MLflow table).")},
         params={"methods": ",".join(ccfg.methods), "variants": ",".join(ccfg.variants) or "-",
-                "seeds": ",".join(map(str, ccfg.seeds)), "point": ccfg["point"], "epochs": ccfg["epochs"],
+                "seeds": ",".join(map(str, ccfg.seeds)), "point": ccfg["point"],
+                "points": ",".join(f"{m}:{p}" for m, p in ccfg["points"].items()), "epochs": ccfg["epochs"],
                 "metric": metric, "cells": len(ccfg.cells), "data_root": ds.root,
                 **{f"from_sweep.{m}": f"{b['sweep']} (run {b['run_id']})" for m, b in ccfg.from_sweep.items()}})
     lineage.mark_training_experiment(client, exp_id)
@@ -209,7 +210,8 @@ class CompareTrialLogger(MlflowTrialLogger):
 
     def child_tags(self, trial) -> dict[str, str]:
         c = trial.config["cell"]
-        return {**super().child_tags(trial), "method": c["method"], "variant": c["variant"], "seed": str(c["seed"])}
+        return {**super().child_tags(trial), "method": c["method"], "variant": c["variant"], "seed": str(c["seed"]),
+                "point": c.get("point", "paper")}
 
     def child_params(self, trial) -> dict[str, Any]:
         c = trial.config["cell"]

@@ -14,7 +14,7 @@ exists where ``acl_spatial`` is True (pinned on the command line or drawn earlie
   declares its own ablation switches here, next to its space, never in a bench script.
 * ``POINTS`` (above) — a comparison's ``point=<name>`` picks one of them instead of ``paper``
   (``PAPER``, the default) or ``defaults`` (the config defaults, nothing set), both always
-  present. ``FIXED`` applies under every point and variant unless pinned otherwise.
+  present; a compared method that declares no such point keeps ``paper``. ``FIXED`` applies under every point and variant unless pinned otherwise.
 
 Every key of a variant or point must be a field of the method's config or an optimiser key
 (``tests/search_spaces`` checks this for every registered method).
