@@ -50,6 +50,18 @@ def compare(args: list[str], cwd: Path, tracking_uri: str, experiment: str = "vi
     }
 
 
+def parse_set(items: list[str]) -> dict:
+    """``KNOB=VALUE`` generator overrides (values parsed as JSON where they parse)."""
+    out = {}
+    for it in items:
+        k, _, v = it.partition("=")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
 def label(method: str, variant: str) -> str:
     return method if variant == "base" else f"{method} {variant}"
 

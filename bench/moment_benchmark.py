@@ -35,8 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._compare import cells_table, compare, write  # noqa: E402
-from bench.tube_benchmark import parse_set  # noqa: E402
+from bench._compare import cells_table, compare, parse_set, write  # noqa: E402
 
 SPLITS = ("test_iid", "test_ood")
 SHOWN = ("r1_iou30", "r1_iou50", "r1_iou70", "r5_iou30", "r5_iou50", "r5_iou70", "miou")

@@ -23,14 +23,13 @@ the markdown tables used in docs/benchmark.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._compare import cells_table, compare, write  # noqa: E402
+from bench._compare import cells_table, compare, parse_set, write  # noqa: E402
 
 SPLITS = ("test_iid", "test_ood")
 SHOWN = ("m_viou", "viou_30", "viou_50", "m_tiou")
@@ -45,17 +44,6 @@ def tables(baselines: dict, rows: list[dict]) -> str:
         columns = [(f"{form}{m}", split, m + suffix) for form, suffix in FORMS for m in SHOWN]
         out.append(f"{split} (%)\n\n" + cells_table(baselines, rows, columns))
     return "\n\n".join(out)
-
-
-def parse_set(items: list[str]) -> dict:
-    out = {}
-    for it in items:
-        k, _, v = it.partition("=")
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
 
 
 def main(argv=None) -> int:

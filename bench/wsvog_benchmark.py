@@ -51,7 +51,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._compare import compare, label, write  # noqa: E402
+from bench._compare import compare, label, parse_set, write  # noqa: E402
 
 METRICS = ("box_macro", "box_micro", "query_macro", "query_micro")
 SPLITS = ("test_iid", "test_ood")
@@ -81,6 +81,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default=str(REPO / "data" / "youcook2"), help="dataset (generated if missing)")
     ap.add_argument("--smoke", action="store_true", help="the benchmark's smoke size (a separate dataset)")
+    ap.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
+                    help="a generator knob (generates a separate dataset at --root), e.g. limit=2000")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     ap.add_argument("--methods", default="stvg,causal,scl", help="WSVOG methods (comma-separated)")
@@ -94,7 +96,7 @@ def main(argv=None) -> int:
     from grounding import tasks
     from grounding.data import benchmarks
 
-    smoke = dict(benchmarks.get("youcook2").smoke) if args.smoke else {}
+    smoke = {**(dict(benchmarks.get("youcook2").smoke) if args.smoke else {}), **parse_set(args.set)}
     root = args.root + ("-smoke" if args.smoke else "")
     ds = benchmarks.ensure(root, "youcook2", smoke)
     data = tasks.load(ds, splits=SPLITS)
@@ -106,7 +108,7 @@ def main(argv=None) -> int:
     result = compare([f"methods={args.methods}", f"variants={args.variants}", "seeds=[" + ",".join(map(str, args.seeds)) + "]",
                       f"epochs={args.epochs}", f"data.root={ds.root}", f"concurrent={args.concurrent}",
                       *args.overrides], cwd=REPO, tracking_uri=args.mlflow)
-    out = {"dataset": str(ds.root), "digest": ds.digest, "epochs": args.epochs, "seeds": args.seeds,
+    out = {"dataset": str(ds.root), "digest": ds.digest, "generator_overrides": smoke, "epochs": args.epochs, "seeds": args.seeds,
            "baselines": baselines, **result, "table": table(baselines, result["rows"])}
     write(args.out, out)
     print(out["table"])

@@ -61,6 +61,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -142,7 +143,7 @@ class SCL(STVG):
         else:
             if info.word_vectors is None:
                 raise DataError("model.context=bilstm needs the dataset's words table (GloVe vectors)")
-            self.register_buffer("word_vectors", torch.as_tensor(info.word_vectors, dtype=torch.float32),
+            self.register_buffer("word_vectors", torch.tensor(np.array(info.word_vectors, dtype=np.float32)),
                                  persistent=False)
             self.lstm = nn.LSTM(self.word_vectors.shape[1], cfg.lstm_hidden, batch_first=True, bidirectional=True)
             ctx_in = 2 * cfg.lstm_hidden
