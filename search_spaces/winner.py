@@ -25,7 +25,7 @@ VARIANTS = {
     "no_svhu": {"svhu": False},  # no structural attention, no fusion (lambda = 0)
     "no_dsa_no_svhu": {"dsa": False, "svhu": False},  # Table 3's base model
     "no_interference": {"delta": -1.01},  # every related node in Eq. 8's context
-    "tl1_above_mean": {"tl1_select": "above_mean"},  # TL-1 scores, max-sum run of above-average frames
+    "tl1_argmax": {"tl1_select": "argmax"},  # the spec's TL-1 clip choice (near-minimal clips; winner.py docstring)
     "temporal_full": {"temporal": "full"},  # the whole video as the segment
     "temporal_oracle": {"temporal": "oracle"},  # the GT segment: spatial grounding alone (diagnostic)
 }

@@ -385,3 +385,41 @@ def test_above_mean_selection_covers_the_relevant_run():
     s, e, _ = m.temporal(batch, q[:1].expand(2, 32), torch.eye(2, dtype=torch.bool))
     assert s.tolist() == [2, 2] and e.tolist() == [5, 5]
     assert model().eval().temporal(batch, q[:1].expand(2, 32), torch.eye(2, dtype=torch.bool))[0].shape == (2,)
+
+
+def test_default_clip_choice_is_not_the_degenerate_argmax():
+    """The fix pinned (winner.py docstring, TL-1's clip choice): frames sharing a strong common
+    component (a video's scene) make the clip cosine a clip mean of the frame scores, so the
+    spec's argmax picks a minimal clip even when a 12-frame run is relevant; the default
+    ``above_mean`` returns the run."""
+    assert WinnerConfig().tl1_select == "above_mean"
+    T, D = 32, DF
+    g = torch.Generator().manual_seed(0)
+    scene = torch.zeros(D)
+    scene[1], scene[2] = 1.0, -1.0  # zero-mean, so LayerNorm keeps it
+    rel = torch.zeros(D)
+    rel[3], rel[4] = 1.0, -1.0
+    frames = 3.0 * scene + 0.3 * torch.randn(2, T, D, generator=g)
+    frames[:, 10:22] += 0.6 * rel  # the relevant run, frames 10..21
+    batch = make_batch(B=2, T=T)
+    batch["frame_feats"] = frames
+    q = torch.nn.functional.normalize(rel, dim=0).expand(2, D)
+    same = torch.eye(2, dtype=torch.bool)
+    picks = {}
+    for select in ("argmax", "above_mean"):
+        torch.manual_seed(0)
+        m = Winner(WinnerConfig(hidden_dim=D, tl1_select=select), info(T=T)).eval()
+        with torch.no_grad():
+            lin, ln = m.frame_proj
+            lin.weight.copy_(torch.eye(D))
+            lin.bias.zero_()
+            ln.weight.fill_(1.0)
+            ln.bias.zero_()
+        s, e, _ = m.temporal(batch, q, same)
+        picks[select] = (s, e)
+    s, e = picks["argmax"]
+    assert ((e - s + 1) <= 3).all() and (s >= 10).all() and (e <= 21).all()  # inside, but minimal
+    s, e = picks["above_mean"]
+    inter = (torch.minimum(e, torch.tensor(21)) - torch.maximum(s, torch.tensor(10)) + 1).clamp(min=0)
+    union = (e - s + 1) + 12 - inter
+    assert (inter / union >= 0.8).all()
