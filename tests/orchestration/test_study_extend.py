@@ -79,3 +79,31 @@ def test_a_finished_sweep_is_extended_without_repeating_its_trials(tmp_path, smo
     text = open(summary).read()
     assert all(c.info.run_id[:8] in text or c.data.tags["trial_number"] in text for c in children)
     assert "figures/optimization_history.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+
+
+def test_extension_plan_and_its_bad_requests(tmp_path, capsys):
+    from orchestration import extend
+
+    exp = str(tmp_path / "ray_results" / "s")
+    done = {"finished": True, "extensions": [{"folder": "ext-1", "trials": 2, "finished": True}]}
+    assert extend.planned(done, 4) == 6
+    assert extend.latest(done, exp) == (f"{exp}/ext-1", True)
+    assert extend.latest({"finished": False}, exp) == (exp, False)
+    assert extend.plan(done, 4, None, exp, "s", "") is None  # plain resume=
+    ext = extend.plan(done, 4, 9, exp, "s", "")
+    assert (ext.index, ext.folder, ext.trials, ext.before) == (2, "ext-2", 3, 6)
+    for state, asked, message in [
+            (done, 6, "error: trials=6 is out of range for resume=s, which already ran 6 trials; allowed: more than 6"),
+            ({"finished": True}, 3, "error: trials=3 is out of range for resume=s, which already ran 4 trials"),
+            ({"finished": True, "extensions": [{"folder": "ext-1", "trials": 1, "finished": False}]}, 9,
+             "error: resume=s trials=9: the sweep has not finished its 5 trials"),
+            ({}, 9, "error: resume=s trials=9: the sweep has not finished its 4 trials")]:
+        with pytest.raises(SystemExit) as e:
+            extend.plan(state, 4, asked, exp, "s", "")
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(message), err
+    with pytest.raises(SystemExit):  # an object store without an RDB study: nothing to extend from
+        extend.plan({"finished": True}, 4, 9, "s3://bucket/ray_results/s", "s", "")
+    assert "not persisted" in capsys.readouterr().err
+    assert extend.plan({"finished": True}, 4, 9, "s3://bucket/ray_results/s", "s", "sqlite:///x.db").trials == 5
