@@ -84,7 +84,8 @@ KEYS: tuple[Key, ...] = (
     Key("failures", int, 1, "retries of a failed trial/worker from its last checkpoint", _at_least(0)),
     Key("eval_batch_size", int, 128, "evaluation batch size", _at_least(1)),
     Key("resume", str, "", "resume an interrupted sweep: its name or its experiment path (only "
-        "mlflow.tracking_uri, ray.address, data.cache_dir may be given with it)"),
+        "mlflow.tracking_uri, ray.address, data.cache_dir may be given with it); with trials=N (more "
+        "than it ran) a finished sweep is extended on the same Optuna study and MLflow parent"),
     Key("verbose", int, 0, "0: one line per trial start/end; 1-3: Ray Tune's status tables too", _one_of(0, 1, 2, 3)),
     Key("backbone", str, "", "start from an existing backbone stage instead of training one: the stage's MLflow "
         "run id or its folder (…/stages/backbone-<key>); must match the data digest and dims"),
@@ -353,6 +354,7 @@ def help_text(method: str | None = None) -> str:
         "  python -m orchestration.sweep method=causal model.bda=false data.root=s3://bucket/yc2",
         "  python -m orchestration.sweep method=causal workers=2 gpus_per_worker=0.5",
         "  python -m orchestration.sweep resume=causal-20261123-101500",
+        "  python -m orchestration.sweep resume=causal-20261123-101500 trials=16   # 8 more trials",
     ]
     return "\n".join(lines)
 

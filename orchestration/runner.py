@@ -62,10 +62,10 @@ def _resolve_resume(cfg: SweepConfig, cwd: Path) -> tuple[SweepConfig, dict, str
     if state is None:
         fail(f"resume={target}: no sweep state ({STATE_FILE}) at {path}; pass a sweep name under "
              f"storage_path or the experiment path")
-    extra = [a for a in cfg.argv if not a.startswith(("resume=", *(k + "=" for k in RESUME_KEYS)))]
+    extra = [a for a in cfg.argv if not a.startswith(("resume=", "trials=", *(k + "=" for k in RESUME_KEYS)))]
     if extra:
-        fail(f"resume takes no other overrides than {', '.join(RESUME_KEYS)} (the sweep keeps its "
-             f"configuration); got {' '.join(extra)}")
+        fail(f"resume takes no other overrides than trials= (more trials for a finished sweep) and "
+             f"{', '.join(RESUME_KEYS)} (the sweep keeps its configuration); got {' '.join(extra)}")
     again = [a for a in cfg.argv if a.startswith(tuple(k + "=" for k in RESUME_KEYS))]
     keys = {a.split("=", 1)[0] for a in again}
     # a saved value whose credentials were scrubbed comes from the environment or the command line
@@ -146,7 +146,11 @@ def run_sweep(cfg: SweepConfig) -> int:
     cwd = Path.cwd()
     state = None
     exp_path = None
+    ext = None  # more trials for a finished sweep (orchestration/extend.py)
     if cfg["resume"]:
+        from . import extend
+
+        asked = extend.asked_trials(cfg.argv)
         cfg, state, exp_path = _resolve_resume(cfg, cwd)
     method, task = cfg.method, tasks.get(cfg.task)
 
@@ -154,6 +158,9 @@ def run_sweep(cfg: SweepConfig) -> int:
     name = (state or {}).get("name") or cfg["name"] or f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage_path = _storage_path(cfg, cwd) if exp_path is None else exp_path.rsplit("/", 1)[0]
     exp_path = exp_path or storage.join(storage_path, name)
+    if state is not None:
+        ext = extend.plan(state, cfg["trials"], asked, exp_path, name, cfg["search.storage"])
+        cfg.values["trials"] = extend.planned(state, cfg["trials"]) + (ext.trials if ext else 0)
     tracking_uri = absolute_uri(cfg["mlflow.tracking_uri"] or f"sqlite:///{(cwd / 'mlflow.db').resolve()}")
     try:
         pre.check_services(tracking_uri, storage_path, cfg["mlflow.experiment"])
@@ -264,15 +271,18 @@ def run_sweep(cfg: SweepConfig) -> int:
         lineage.mark_training_experiment(client, exp_id)
         if state is None:
             lineage.log_dataset(client, parent, ds)
-            _write_state(exp_path, {"name": name, "argv": cfg.argv, "parent_run_id": parent,
-                                    "experiment_id": exp_id, "tracking_uri": tracking_uri,
-                                    "data_digest": ds.digest, "created": time.time()})
+            state = {"name": name, "argv": cfg.argv, "parent_run_id": parent, "experiment_id": exp_id,
+                     "tracking_uri": tracking_uri, "data_digest": ds.digest, "created": time.time()}
+            _write_state(exp_path, state)
+            resuming = False
+        else:
+            resuming = True
         _log(f"MLflow parent run {parent} in experiment '{cfg['mlflow.experiment']}' at {tracking_uri}")
         _log(f"searching {', '.join(space) or 'nothing'} for {method}; fixed {fixed}; paper point first: {points}")
 
         pending = storage.join(exp_path, PENDING_FILE)
         sender = tracking.sender(tracking_uri, exp_id, parent, cfg["epochs"], pending)
-        if state is not None and (n := sender.load_pending()):
+        if resuming and (n := sender.load_pending()):
             _log(f"writing {n} record(s) an earlier run of this sweep could not send to MLflow")
             if not sender.drain(MLFLOW_END_WAIT_S):
                 fail(f"mlflow.tracking_uri={tracking_uri}: {sender.pending()} earlier record(s) could not be "
@@ -280,7 +290,7 @@ def run_sweep(cfg: SweepConfig) -> int:
         logger = tracking.MlflowTrialLogger(tracking_uri, exp_id, parent, name, method, fixed, cfg["epochs"],
                                             pending_path=pending)
         logger.dataset_input = lineage.dataset_input(ds)
-        progress = ProgressLines(metric, cfg["trials"])
+        progress = ProgressLines(metric, ext.trials if ext else cfg["trials"])
         study_storage = study.storage_for(exp_path, cfg["search.storage"])
         from ray import tune
 
@@ -288,20 +298,31 @@ def run_sweep(cfg: SweepConfig) -> int:
 
 
         run["shared"] = stages.ensure_shared(run, set(space), exp_path, client, exp_id, parent, log=_log)
-        if state is not None:
-            if not tune.Tuner.can_restore(exp_path):
+        from . import extend
+
+        if resuming and ext is None:
+            folder, _ = extend.latest(state, exp_path)
+            if not tune.Tuner.can_restore(folder):
                 status = "KILLED"
-                fail(f"resume: no Tune state under {exp_path} yet (the sweep stopped before its first "
+                fail(f"resume: no Tune state under {folder} yet (the sweep stopped before its first "
                      f"state checkpoint); start it again under another name")
-            _log(f"resuming {exp_path}")
-            tuner = tuner_mod.restore(exp_path, run)
+            _log(f"resuming {folder}")
+            tuner = tuner_mod.restore(folder, run)
         else:
-            searcher = tuner_mod.searcher_for(cfg["search.algo"], cfg["search.seed"], space,
-                                              {**defaults, **fixed}, points, metric,
-                                              study_name=name, storage=study_storage)
+            sampler = None
+            if ext is not None:  # the same study, the previous run's sampler, no first points again
+                sampler = extend.previous_sampler(extend.latest(state, exp_path)[0])
+                extend.record(exp_path, state, _write_state, extension=ext)
+                logger = extend.numbered_logger(logger, ext)
+                _log(f"extending {name} by {ext.trials} trial(s) after its {ext.before} in {ext.folder}")
+            searcher = tuner_mod.searcher_for(cfg["search.algo"], cfg["search.seed"] + (ext.index if ext else 0),
+                                              space, {**defaults, **fixed}, [] if ext else points, metric,
+                                              study_name=name, storage=study_storage, sampler=sampler)
             scheduler = tuner_mod.scheduler_for(cfg["scheduler"], cfg["epochs"], cfg["asha.grace_period"],
                                                 cfg["asha.reduction_factor"])
-            tuner = tuner_mod.build(run, name=name, storage_path=storage_path, trials=cfg["trials"],
+            tuner = tuner_mod.build(run, name=ext.folder if ext else name,
+                                    storage_path=exp_path if ext else storage_path,
+                                    trials=ext.trials if ext else cfg["trials"],
                                     concurrent=cfg["concurrent"], metric=metric, searcher=searcher,
                                     scheduler=scheduler, callbacks=[logger, FinalTest(run, logger), progress],
                                     verbose=cfg["verbose"])
@@ -323,7 +344,9 @@ def run_sweep(cfg: SweepConfig) -> int:
         else:
             status = "FINISHED" if not errors else "FAILED"
             _log(f"tune finished in {time.time() - t_fit:.0f}s; {len(results)} trials, {len(errors)} failed")
-        artifacts = sweep_outputs.record(client, exp_id, parent, results, logger, ds, run, metric, task, name,
+            extend.record(exp_path, state, _write_state, finished=True)
+        every = extend.earlier_results(state, exp_path, metric) + list(results) if state.get("extensions") else results
+        artifacts = sweep_outputs.record(client, exp_id, parent, every, logger, ds, run, metric, task, name,
                                          study_storage)
     except KeyboardInterrupt:
         status = "KILLED"

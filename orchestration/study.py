@@ -4,7 +4,9 @@ cluster's MLflow database host), an RDB study named after the sweep.
 
 Tune pickles the searcher (and with it the study's storage handle) in its experiment state, so a
 resumed sweep asks and tells the same study: trials, their numbers and the sampler's history
-carry over. The figures of the parent run are drawn from the stored study.
+carry over. A finished sweep extended with ``resume=<name> trials=<N>`` (orchestration/extend.py)
+loads the same study in a continuation Tune run. The figures of the parent run are drawn from the
+stored study.
 """
 
 from __future__ import annotations

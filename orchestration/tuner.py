@@ -45,13 +45,17 @@ def scheduler_for(name: str, epochs: int, grace_period: int, reduction_factor: i
 
 
 def searcher_for(algo: str, seed: int, space: dict[str, Param], known: dict[str, Any],
-                 points: list[dict], metric: str, study_name: str | None = None, storage=None):
+                 points: list[dict], metric: str, study_name: str | None = None, storage=None,
+                 sampler=None):
     """OptunaSearch over ``space``; ``known`` (config defaults + fixed values) decides conditions.
-    With ``storage`` (orchestration/study.py) the study named ``study_name`` is persisted."""
+    With ``storage`` (orchestration/study.py) the study named ``study_name`` is persisted (loaded
+    when it exists: an extension, orchestration/extend.py, passes the earlier run's ``sampler``)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is the progress display's
-    sampler = optuna.samplers.RandomSampler(seed=seed) if algo == "random" else optuna.samplers.TPESampler(seed=seed)
+    if sampler is None:
+        sampler = (optuna.samplers.RandomSampler(seed=seed) if algo == "random"
+                   else optuna.samplers.TPESampler(seed=seed))
     return OptunaSearch(space=DefineByRun(space, known), metric=metric, mode="max",
                         points_to_evaluate=points or None, sampler=sampler, study_name=study_name,
                         storage=storage)

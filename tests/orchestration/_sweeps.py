@@ -27,3 +27,13 @@ def run_sweep(cwd: Path, *args: str, timeout: int = 1200, env: dict | None = Non
                           env=env or sweep_env(cwd), capture_output=True, text=True, timeout=timeout)
 
 
+
+
+def study_trials(cwd: Path, name: str) -> list:
+    """The trials of sweep ``name``'s persisted Optuna study (its journal under ``cwd/ray_results``)."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = cwd / "ray_results" / name / "optuna.journal"
+    return optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(
+        JournalFileBackend(str(journal)))).trials

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from _sweeps import run_sweep, sweep_env
+from _sweeps import run_sweep, study_trials, sweep_env
 from test_resume_failures import _logged_epochs, _wait_for
 
 NATIVE_DUMP = ("*** SIGTERM received", "*** SIGINT received", "Fatal Python error", "Stack (most recent call first)",
@@ -57,12 +57,21 @@ def test_a_signal_ends_the_sweep_cleanly_and_it_resumes(tmp_path, slow_root, sig
     summary = client.download_artifacts(parent.info.run_id, "summary.txt", str(tmp_path))
     assert "interrupted: continue with python -m orchestration.sweep resume=sig" in Path(summary).read_text()
     assert all(c.info.status != "RUNNING" for c in children)
+    asked_before = len(study_trials(tmp_path, "sig"))
+    assert 1 <= asked_before <= 3
+    # more trials only for a finished sweep: one line, exit 2
+    more = run_sweep(tmp_path, "resume=sig", "trials=5", env=env, timeout=300)
+    assert more.returncode == 2 and more.stderr.strip().startswith(
+        "error: resume=sig trials=5: the sweep has not finished its 3 trials"), more.stderr
 
     done = run_sweep(tmp_path, "resume=sig", env=env)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     client, parents, children = _runs(f"sqlite:///{db}")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(c.data.tags["trial_number"] for c in children) == ["1", "2", "3"]
+    # the same Optuna study continued: the interrupted trial is told, not asked again
+    trials = study_trials(tmp_path, "sig")
+    assert [t.number for t in trials] == [0, 1, 2] and all(t.state.name == "COMPLETE" for t in trials)
     for c in children:
         assert c.info.status == "FINISHED"
         assert _steps(client, c) == [1, 2, 3], c.data.tags["trial_number"]

@@ -12,7 +12,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from _sweeps import run_sweep, sweep_env
+from _sweeps import run_sweep, study_trials, sweep_env
 
 
 def _logged_epochs(db, trial_number: str | None = None) -> dict[str, int]:
@@ -84,6 +84,10 @@ def test_killed_driver_resumes_without_duplicates(tmp_path, slow_root):
         # tested once, at the selected epoch, also for the trial the killed driver left unevaluated
         assert _steps(client, c, "test_ood/box_micro") == [int(c.data.tags["selected_epoch"])]
         assert c.data.tags["test_evaluated"] == "true"
+    # the same Optuna study continued after the killed driver: one study trial per Tune trial
+    trials = study_trials(tmp_path, "resumable")
+    done_numbers = [t.number for t in trials if t.state.name == "COMPLETE"]
+    assert len(done_numbers) == 3 and len(set(done_numbers)) == 3 and set(done_numbers) <= {0, 1, 2, 3}
 
 
 def test_resume_of_an_unknown_sweep_is_a_clear_error(tmp_path):
