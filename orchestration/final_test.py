@@ -99,6 +99,21 @@ def last_package(package: dict, state: dict | None) -> dict | None:
                        for n, st in package["stages"].items()}}
 
 
+def trial_checkpoint(checkpoint, result: dict | None, storage_path: str):
+    """A trial's latest checkpoint: Tune's own (single-worker trials report to Tune directly), else
+    the one its Ray Train run saved, whose path ``TuneReportCallback`` adds to every report
+    (``checkpoint_path``; a multi-worker trial's checkpoints live in the Train run, not in Tune)."""
+    if checkpoint is not None:
+        return checkpoint
+    path = (result or {}).get("checkpoint_path")
+    if not path:
+        return None
+    from ray.tune import Checkpoint
+
+    scheme = storage_path.split("://", 1)[0] if "://" in storage_path else ""
+    return Checkpoint(f"{scheme}://{path}" if scheme and "://" not in path else path)
+
+
 def _task():
     import ray
 
@@ -138,7 +153,7 @@ class FinalTest(Callback):
         return state
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        ckpt = trial.checkpoint
+        ckpt = trial_checkpoint(trial.checkpoint, trial.last_result, self.run["storage_path"])
         if ckpt is not None:
             self._queue.append((trial, ckpt))
             self._launch()
@@ -184,12 +199,13 @@ def catch_up(results, run: dict, client, experiment_id: str, parent_run_id: str,
     todo = []
     for r in results:
         tid = (r.metrics or {}).get("trial_id")
-        if r.error is not None or r.checkpoint is None or not tid:
+        ckpt = trial_checkpoint(r.checkpoint, r.metrics, run["storage_path"])
+        if r.error is not None or ckpt is None or not tid:
             continue
         found = client.search_runs([experiment_id], max_results=1, filter_string=(
             f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.trial_id = '{tid}'"))
         if found and found[0].data.tags.get("test_evaluated") != "true":
-            todo.append((found[0].info.run_id, _task().remote(r.checkpoint, run)))
+            todo.append((found[0].info.run_id, _task().remote(ckpt, run)))
     for run_id, ref in todo:
         log_result(client, run_id, ray.get(ref))
     if todo:

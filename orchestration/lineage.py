@@ -104,8 +104,11 @@ def log_model(client: MlflowClient, run_id: str, checkpoint, config: dict) -> st
 
 def best_checkpoint(result, metric: str):
     """The checkpoint holding the predictor a trial delivered: its latest (``selected.pt`` in it
-    is each output stage at its best-validation epoch)."""
-    return result.checkpoint
+    is each output stage at its best-validation epoch); a multi-worker trial's is in its Train run
+    (:func:`orchestration.final_test.trial_checkpoint`)."""
+    from .final_test import trial_checkpoint
+
+    return trial_checkpoint(result.checkpoint, result.metrics, getattr(result, "path", "") or "")
 
 
 def artifact_link(experiment_id: str, run_id: str, path: str) -> str:
