@@ -99,3 +99,18 @@ def cells_table(baselines: dict, rows: list[dict], columns: list[tuple[str, str,
         lines.append(f"| {label(method, variant)} | {n} | "
                      + " | ".join(cell(rows, method, variant, sp, m, scale, digits) for _, sp, m in columns) + " |")
     return "\n".join(lines)
+
+
+def run_and_write(args, ds, knobs: dict, baselines: dict, tables) -> int:
+    """What every benchmark script ends with: the comparison of ``args.methods`` x ``args.variants``
+    x ``args.seeds`` on dataset ``ds``, written to ``args.out`` with the dataset, the generator
+    overrides, the baselines and ``tables(baselines, rows)`` (also printed)."""
+    result = compare([f"methods={args.methods}", f"variants={args.variants}",
+                      "seeds=[" + ",".join(map(str, args.seeds)) + "]", f"epochs={args.epochs}",
+                      f"data.root={ds.root}", f"concurrent={args.concurrent}", *args.overrides],
+                     cwd=REPO, tracking_uri=args.mlflow)
+    out = {"dataset": str(ds.root), "digest": ds.digest, "generator_overrides": knobs, "epochs": args.epochs,
+           "seeds": args.seeds, "baselines": baselines, **result, "table": tables(baselines, result["rows"])}
+    write(args.out, out)
+    print(out["table"])
+    return 0

@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._compare import cells_table, compare, parse_set, write  # noqa: E402
+from bench._compare import cells_table, parse_set, run_and_write  # noqa: E402
 
 SPLITS = ("test_iid", "test_ood")
 SHOWN = ("r1_iou30", "r1_iou50", "r1_iou70", "r5_iou30", "r5_iou50", "r5_iou70", "miou")
@@ -76,15 +76,7 @@ def main(argv=None) -> int:
     data = tasks.load(ds, splits=SPLITS)
     baselines = {"Random": {sp: data.task.baselines(data[sp], data.info)["random"] for sp in SPLITS}}
 
-    result = compare([f"methods={args.methods}", f"variants={args.variants}",
-                      "seeds=[" + ",".join(map(str, args.seeds)) + "]", f"epochs={args.epochs}",
-                      f"data.root={ds.root}", f"concurrent={args.concurrent}", *args.overrides],
-                     cwd=REPO, tracking_uri=args.mlflow)
-    out = {"dataset": str(ds.root), "digest": ds.digest, "generator_overrides": knobs, "epochs": args.epochs,
-           "seeds": args.seeds, "baselines": baselines, **result, "table": tables(baselines, result["rows"])}
-    write(args.out, out)
-    print(out["table"])
-    return 0
+    return run_and_write(args, ds, knobs, baselines, tables)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._compare import compare, label, parse_set, write  # noqa: E402
+from bench._compare import label, parse_set, run_and_write  # noqa: E402
 
 METRICS = ("box_macro", "box_micro", "query_macro", "query_micro")
 SPLITS = ("test_iid", "test_ood")
@@ -105,14 +105,7 @@ def main(argv=None) -> int:
         scored = data.task.baselines(data[sp], data.info)
         baselines["Random"][sp], baselines["Upper Bound"][sp] = scored["random"], scored["upper_bound"]
 
-    result = compare([f"methods={args.methods}", f"variants={args.variants}", "seeds=[" + ",".join(map(str, args.seeds)) + "]",
-                      f"epochs={args.epochs}", f"data.root={ds.root}", f"concurrent={args.concurrent}",
-                      *args.overrides], cwd=REPO, tracking_uri=args.mlflow)
-    out = {"dataset": str(ds.root), "digest": ds.digest, "generator_overrides": smoke, "epochs": args.epochs, "seeds": args.seeds,
-           "baselines": baselines, **result, "table": table(baselines, result["rows"])}
-    write(args.out, out)
-    print(out["table"])
-    return 0
+    return run_and_write(args, ds, smoke, baselines, table)
 
 
 if __name__ == "__main__":
