@@ -28,10 +28,6 @@ before Ray starts (one line on stderr, exit code 2).
 from __future__ import annotations
 
 import dataclasses
-import math
-import shlex
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +36,7 @@ from grounding.engine import OPTIM_KEYS, OptimConfig
 from grounding.models import registry
 
 from . import config as sweep_config
-from .config import ConfigError, Key, SweepConfig, fail
+from .config import ConfigError, Key, SweepConfig
 
 # keys of the sweep that mean the same here
 SHARED = ("name", "epochs", "concurrent", "workers", "trainer", "cpus_per_worker", "gpus_per_worker",
@@ -421,17 +417,12 @@ def markdown(rows: list[dict], metric_names: tuple[str, ...], title: str) -> str
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(help_text())
-        return 0
-    try:
-        ccfg = parse(argv)
-    except ConfigError as e:
-        fail(str(e))
-    from .compare_run import run_compare  # Ray, MLflow and Optuna load only after validation
+    def run(ccfg: CompareConfig) -> int:
+        from .compare_run import run_compare  # Ray, MLflow and Optuna load only after validation
 
-    return run_compare(ccfg)
+        return run_compare(ccfg)
+
+    return sweep_config.cli(argv, lambda _: help_text(), parse, run)
 
 
 if __name__ == "__main__":

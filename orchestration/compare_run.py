@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from grounding.models import registry
-
 from .compare import MARKDOWN_FILE, TABLE_FILE, Cell, CompareConfig, group_results, markdown, table_rows, cell_trial
 from . import preflight as pre
 from .config import ConfigError, fail

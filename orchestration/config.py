@@ -373,3 +373,19 @@ def fail(message: str) -> None:
 
     print(f"error: {scrub(message)}", file=sys.stderr, flush=True)
     raise SystemExit(2)
+
+
+def cli(argv: list[str] | None, help_text: Callable[[list[str]], str], parse: Callable[[list[str]], Any],
+        run: Callable[[Any], int]) -> int:
+    """What every entry point does: ``-h``/``--help`` prints ``help_text(argv)``; otherwise the
+    arguments are validated by ``parse`` (a :class:`ConfigError` is one line and exit 2, before
+    anything starts) and ``run`` gets the result (it imports Ray, MLflow and Optuna only then)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if any(a in ("-h", "--help") for a in argv):
+            print(help_text(argv))
+            return 0
+        parsed = parse(argv)
+    except ConfigError as e:
+        fail(str(e))
+    return run(parsed)

@@ -216,15 +216,7 @@ def _record(client, source: str, cfg: dict, ds, results: dict, per_class: dict, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(help_text())
-        return 0
-    try:
-        values = parse(argv)
-    except ConfigError as e:
-        fail(str(e))
-    return evaluate(values)
+    return sweep_config.cli(argv, lambda _: help_text(), parse, evaluate)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ figures cover all trials.
 
 The sweep's state file (``sweep.json``) records whether each Tune run finished (``finished``) and
 the extensions (``extensions: [{folder, trials, finished}]``); ``resume=<name>`` without
-``trials=`` continues the latest of them.
+``trials=`` continues the latest of them; an extension that stopped before Tune saved its first
+state is started again (:func:`unsaved`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,18 @@ def plan(state: dict, saved_trials: int, asked: int | None, exp_path: str, name:
              f"object store without search.storage=); allowed: extend sweeps with a local storage_path or an RDB study")
     index = len(state.get("extensions", [])) + 1
     return Extension(index=index, folder=f"ext-{index}", trials=asked - have, before=have)
+
+
+def unsaved(state: dict, total: int) -> Extension | None:
+    """The latest extension when its Tune run stopped before Tune saved any state (the driver was
+    killed between recording it and Tune's first experiment checkpoint): it is removed from
+    ``state`` and returned, to be started again with the same trials; None when the latest Tune
+    run is not an extension. ``total`` is every trial the sweep has been asked for."""
+    exts = state.get("extensions", [])
+    if not exts or exts[-1].get("finished"):
+        return None
+    last = exts.pop()
+    return Extension(index=len(exts) + 1, folder=last["folder"], trials=last["trials"], before=total - last["trials"])
 
 
 def record(exp_path: str, state: dict, write, *, extension: Extension | None = None,

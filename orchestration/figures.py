@@ -121,7 +121,6 @@ def inference_grid(client, run_id: str, grid: dict) -> list[str]:
     ``selected`` (its val value at the trained knobs), ``split``. Safe to repeat (a resent record):
     an existing table is kept, the figure is overwritten. The figure is rendered first and a
     rendering error only skips it; an upload error propagates (the sender retries the record)."""
-    import json
     import os
     import tempfile
 

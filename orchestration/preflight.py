@@ -42,7 +42,7 @@ from grounding.data.manifest import DataError
 from grounding.data.shards import Dataset
 from grounding.engine import OPTIM_KEYS, OptimConfig
 from grounding.models import registry
-from search_spaces import Choice, Float, Int, Param
+from search_spaces import Choice, Float, Param
 
 from .config import ConfigError, SweepConfig, absolute_uri
 

@@ -300,12 +300,15 @@ def run_sweep(cfg: SweepConfig) -> int:
         run["shared"] = stages.ensure_shared(run, set(space), exp_path, client, exp_id, parent, log=_log)
         from . import extend
 
-        if resuming and ext is None:
-            folder, _ = extend.latest(state, exp_path)
-            if not tune.Tuner.can_restore(folder):
+        folder = extend.latest(state, exp_path)[0] if resuming and ext is None else None
+        if folder is not None and not tune.Tuner.can_restore(folder):
+            ext = extend.unsaved(state, cfg["trials"])  # an extension killed before its first Tune save
+            if ext is None:
                 status = "KILLED"
                 fail(f"resume: no Tune state under {folder} yet (the sweep stopped before its first "
                      f"state checkpoint); start it again under another name")
+            _log(f"{ext.folder} stopped before Tune saved its state: starting its {ext.trials} trial(s) again")
+        if folder is not None and ext is None:
             _log(f"resuming {folder}")
             tuner = tuner_mod.restore(folder, run)
         else:

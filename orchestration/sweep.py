@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-import sys
-
-from .config import ConfigError, fail, help_text, parse
+from .config import ConfigError, cli, help_text, parse
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        method = next((a.split("=", 1)[1] for a in argv if a.startswith("method=")), None)
-        try:
-            print(help_text(method))
-        except KeyError as e:
-            fail(str(e).strip("'\""))
-        return 0
+def _help(argv: list[str]) -> str:
+    method = next((a.split("=", 1)[1] for a in argv if a.startswith("method=")), None)
     try:
-        cfg = parse(argv)
-    except ConfigError as e:
-        fail(str(e))
+        return help_text(method)
+    except KeyError as e:
+        raise ConfigError(str(e).strip("'\"")) from None
+
+
+def _run(cfg) -> int:
     from .runner import run_sweep  # Ray, MLflow and Optuna load only after validation
 
     return run_sweep(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli(argv, _help, parse, _run)
 
 
 if __name__ == "__main__":

@@ -148,13 +148,14 @@ def train_loop(hp: dict, run: dict, session: Session) -> None:
     data = load_data(run, session.rank, session.world)
     recipe, resolved = recipes.plan(run["method"], hp, run["fixed"], run["epochs"],
                                     run.get("metric") or data.task.default_metric)
-    wrap = None
-    if session.world > 1:
-        def wrap(m):
-            return torch.nn.parallel.DistributedDataParallel(
-                m, device_ids=[device.index] if use_cuda else None, broadcast_buffers=False,
-                # a model whose steps leave parameters unused (vcma's E/M phases) says so
-                find_unused_parameters=bool(getattr(m, "ddp_find_unused_parameters", False)))
+
+    def ddp(m):
+        return torch.nn.parallel.DistributedDataParallel(
+            m, device_ids=[device.index] if use_cuda else None, broadcast_buffers=False,
+            # a model whose steps leave parameters unused (vcma's E/M phases) says so
+            find_unused_parameters=bool(getattr(m, "ddp_find_unused_parameters", False)))
+
+    wrap = ddp if session.world > 1 else None
     from .stages import prerequisites
 
     init, used = prerequisites(recipe, resolved, run, data, device, wrap, amp)

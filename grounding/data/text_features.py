@@ -293,7 +293,7 @@ def add_text_features(root: str | os.PathLike, key: str = "minilm", word_vectors
     import pyarrow.parquet as pq
 
     from . import storage
-    from .manifest import SCHEMA_VERSION, Manifest
+    from .manifest import SCHEMA_VERSION
     from .shards import Dataset, DatasetWriter
 
     root = str(root)

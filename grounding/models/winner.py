@@ -132,7 +132,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import torch
 import torch.nn.functional as F

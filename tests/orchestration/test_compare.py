@@ -103,6 +103,7 @@ def test_compare_two_methods_two_seeds_one_parent_four_children_table_by_hand(co
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and len(children) == 4
+    assert len(stage_runs) == 2  # causal's stvg backbone, built once per seed (the stage key has the seed)
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.tags["kind"] == "compare"
     assert parent.data.tags["command"].startswith("python -m orchestration.compare methods=stvg,causal")

@@ -80,6 +80,21 @@ def test_a_finished_sweep_is_extended_without_repeating_its_trials(tmp_path, smo
     assert all(c.info.run_id[:8] in text or c.data.tags["trial_number"] in text for c in children)
     assert "figures/optimization_history.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
 
+    # a driver killed after recording a second extension but before Tune saved its first state:
+    # resume= starts that extension again instead of refusing
+    state["extensions"].append({"folder": "ext-2", "trials": 1, "finished": False})
+    (tmp_path / "ray_results" / "ext" / "sweep.json").write_text(json.dumps(state))
+    (tmp_path / "ray_results" / "ext" / "ext-2").mkdir()
+    again = run_sweep(tmp_path, "resume=ext")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "ext-2 stopped before Tune saved its state: starting its 1 trial(s) again" in again.stdout
+    assert "extending ext by 1 trial(s) after its 3 in ext-2" in again.stdout
+    assert [t.number for t in _study(tmp_path, "ext").trials] == [0, 1, 2, 3]
+    state = json.loads((tmp_path / "ray_results" / "ext" / "sweep.json").read_text())
+    assert [e["folder"] for e in state["extensions"]] == ["ext-1", "ext-2"] and state["extensions"][-1]["finished"]
+    _, children = _runs(tmp_path)
+    assert sorted(c.data.tags["trial_number"] for c in children) == ["1", "2", "3", "4"]
+
 
 def test_extension_plan_and_its_bad_requests(tmp_path, capsys):
     from orchestration import extend
@@ -103,6 +118,12 @@ def test_extension_plan_and_its_bad_requests(tmp_path, capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith(message), err
+    killed = {"finished": True, "extensions": [{"folder": "ext-1", "trials": 2, "finished": True},
+                                               {"folder": "ext-2", "trials": 3, "finished": False}]}
+    again = extend.unsaved(killed, 9)  # ext-2 never saved a Tune state: it starts again
+    assert (again.index, again.folder, again.trials, again.before) == (2, "ext-2", 3, 6)
+    assert [e["folder"] for e in killed["extensions"]] == ["ext-1"]
+    assert extend.unsaved(done, 6) is None and extend.unsaved({"finished": False}, 4) is None
     with pytest.raises(SystemExit):  # an object store without an RDB study: nothing to extend from
         extend.plan({"finished": True}, 4, 9, "s3://bucket/ray_results/s", "s", "")
     assert "not persisted" in capsys.readouterr().err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import optuna
-import pytest
 
 import search_spaces
 from grounding.models import registry
