@@ -314,15 +314,10 @@ def help_text() -> str:
     ]
     keys = [*OWN, *(dataclasses.replace(sweep_config.KEY_INDEX[k], help=HELP[k]) if k in HELP
                      else sweep_config.KEY_INDEX[k] for k in SHARED)]
-    width = max(len(k.name) for k in keys) + 2
-    for k in keys:
-        d = k.default
-        default = repr(d) if isinstance(d, str) else str(d).lower() if isinstance(d, bool) else ",".join(map(str, d)) if isinstance(d, list) else d
-        env = f" [env {k.env}]" if k.env else ""
-        lines.append(f"  {k.name:<{width}} {default!s:<18} {k.help}{env}")
+    lines += sweep_config.key_lines(keys, {
+        "model.<name>": "pin a hyperparameter (for every compared method that has it)",
+        "optim.<name>": f"pin an optimiser setting: {', '.join(OPTIM_KEYS)}"})
     lines += [
-        f"  {'model.<name>':<{width}} {'':<18} pin a hyperparameter (for every compared method that has it)",
-        f"  {'optim.<name>':<{width}} {'':<18} pin an optimiser setting: {', '.join(OPTIM_KEYS)}",
         "",
         "variants (search_spaces/<method>.py VARIANTS) and points (paper, defaults, POINTS):",
     ]

@@ -321,14 +321,9 @@ def help_text(method: str | None = None) -> str:
         "",
         "keys (default):",
     ]
-    width = max(len(k.name) for k in KEYS) + 2
-    for k in KEYS:
-        default = repr(k.default) if isinstance(k.default, str) else str(k.default).lower() if isinstance(k.default, bool) else k.default
-        env = f" [env {k.env}]" if k.env else ""
-        lines.append(f"  {k.name:<{width}} {default!s:<18} {k.help}{env}")
+    lines += key_lines(KEYS, {"model.<name>": "pin a hyperparameter of the method (removed from the search)",
+                              "optim.<name>": f"pin an optimiser setting: {', '.join(OPTIM_KEYS)}"})
     lines += [
-        f"  {'model.<name>':<{width}} {'':<18} pin a hyperparameter of the method (removed from the search)",
-        f"  {'optim.<name>':<{width}} {'':<18} pin an optimiser setting: {', '.join(OPTIM_KEYS)}",
         "",
         f"methods: {', '.join(registry.names())}",
     ]
@@ -365,6 +360,22 @@ def _describe(param) -> str:
     d = {k: v for k, v in dataclasses.asdict(param).items() if k != "when" and v is not False}  # 0.0 is a bound
     when = f" if {param.when}" if param.when else ""
     return f"{type(param).__name__}({', '.join(f'{v}' for v in d.values())}){when}"
+
+
+def key_lines(keys, extra: dict[str, str] | None = None) -> list[str]:
+    """``--help`` lines for ``keys``: name, default, help and environment variable, aligned; then
+    ``extra`` (name: help) without a default."""
+    def shown(d):
+        if isinstance(d, str):
+            return repr(d)
+        if isinstance(d, bool):
+            return str(d).lower()
+        return ",".join(map(str, d)) if isinstance(d, list) else str(d)
+
+    width = max(len(k.name) for k in keys) + 2
+    lines = [f"  {k.name:<{width}} {shown(k.default):<18} {k.help}" + (f" [env {k.env}]" if k.env else "")
+             for k in keys]
+    return lines + [f"  {name:<{width}} {'':<18} {text}" for name, text in (extra or {}).items()]
 
 
 def fail(message: str) -> None:

@@ -30,12 +30,7 @@ def _log(msg: str) -> None:
 
 
 def _read_state(path: str) -> dict | None:
-    fs, p = storage.filesystem(path)
-    target = storage.join(p, STATE_FILE)
-    if not fs.exists(target):
-        return None
-    with fs.open(target, "rb") as f:
-        return json.loads(f.read().decode())
+    return storage.read_json(storage.join(path, STATE_FILE))
 
 
 def _write_state(path: str, state: dict) -> None:

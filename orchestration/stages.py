@@ -58,12 +58,7 @@ def stage_uri(exp_path: str, name: str, key: str) -> str:
 
 
 def read_manifest(uri: str) -> dict | None:
-    fs, p = storage.filesystem(uri)
-    target = storage.join(p, MANIFEST)
-    if not fs.exists(target):
-        return None
-    with fs.open(target, "rb") as f:
-        return json.loads(f.read().decode())
+    return storage.read_json(storage.join(uri, MANIFEST))
 
 
 def write_stage(uri: str, result: dict, manifest: dict) -> dict:
@@ -100,9 +95,7 @@ def load_stage(uri: str) -> tuple[dict, dict]:
 
 
 def history(uri: str) -> list[dict]:
-    fs, p = storage.filesystem(uri)
-    with fs.open(storage.join(p, HISTORY), "rb") as f:
-        return json.loads(f.read().decode())
+    return storage.read_json(storage.join(uri, HISTORY), missing=[])
 
 
 # ----------------------------------------------------------------------------- in the trial

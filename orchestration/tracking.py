@@ -154,11 +154,7 @@ class Sender:
         """Queue the records an earlier run of this sweep could not send (first)."""
         if not self.pending_path:
             return 0
-        fs, path = storage.filesystem(self.pending_path)
-        if not fs.exists(path):
-            return 0
-        with fs.open(path, "rb") as f:
-            ops = json.loads(f.read().decode())
+        ops = storage.read_json(self.pending_path, missing=[])
         with self._cv:
             self._queue[:0] = [dict(op, delayed=True) for op in ops]
         if ops:

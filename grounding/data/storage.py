@@ -45,6 +45,18 @@ def join(root: str, *parts: str) -> str:
     return "/".join([root, *[p.strip("/") for p in parts if p]])
 
 
+def read_json(url: str, missing: Any = None) -> Any:
+    """The JSON document at ``url`` (a local path or an fsspec URL), or ``missing`` where there is
+    no file."""
+    import json
+
+    fs, path = filesystem(url)
+    if not fs.exists(path):
+        return missing
+    with fs.open(path, "rb") as f:
+        return json.loads(f.read().decode())
+
+
 def redact(options: dict | None) -> dict:
     """Drop credential-bearing keys from storage options before logging them."""
     return {k: v for k, v in (options or {}).items() if k.lower() not in SECRET_KEYS}
