@@ -24,25 +24,31 @@ def compare(args: list[str], cwd: Path, tracking_uri: str, experiment: str = "vi
     proc = subprocess.run(argv, cwd=cwd, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"orchestration.compare exited with {proc.returncode}")
+    return read(name, tracking_uri, experiment)
 
-    import mlflow
+
+def read(name: str, tracking_uri: str, experiment: str = "video-grounding") -> dict:
+    """A finished comparison ``name`` read back from MLflow: its parent, children and table (the
+    parent's ``compare_table.json`` artifact, read as the file it is)."""
     from mlflow.tracking import MlflowClient
 
     from orchestration.compare import MARKDOWN_FILE, TABLE_FILE
 
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
-    parent = next(r for r in client.search_runs([exp.experiment_id], filter_string=f"tags.sweep = '{name}'")
-                  if "mlflow.parentRunId" not in r.data.tags)
+    # the comparison's parent (its shared stages, e.g. causal's backbones, are top-level runs too)
+    parent = next((r for r in client.search_runs([exp.experiment_id], filter_string=f"tags.sweep = '{name}'")
+                   if "mlflow.parentRunId" not in r.data.tags and r.data.tags.get("kind") == "compare"), None)
+    if parent is None:
+        raise SystemExit(f"no comparison named {name} in MLflow experiment {experiment!r} at {tracking_uri}")
     children = client.search_runs([exp.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=10000)
-    mlflow.set_tracking_uri(tracking_uri)
-    table = client.load_table(exp.experiment_id, TABLE_FILE, run_ids=[parent.info.run_id])
+    table = json.loads(Path(client.download_artifacts(parent.info.run_id, TABLE_FILE)).read_text())
     local = client.download_artifacts(parent.info.run_id, MARKDOWN_FILE)
     return {
         "name": name, "parent_run_id": parent.info.run_id, "command": parent.data.tags["command"],
         "tracking_uri": tracking_uri, "markdown": Path(local).read_text(),
-        "rows": json.loads(table.to_json(orient="records", double_precision=15)),
+        "rows": [dict(zip(table["columns"], row)) for row in table["data"]],
         "runs": [{"run_id": c.info.run_id, "method": c.data.tags.get("method"), "variant": c.data.tags.get("variant"),
                   "seed": int(c.data.tags.get("seed", -1)), "status": c.info.status, "params": dict(c.data.params),
                   "metrics": {k: v for k, v in c.data.metrics.items() if k.startswith(("val/", "test_iid/", "test_ood/"))}}
@@ -105,10 +111,13 @@ def run_and_write(args, ds, knobs: dict, baselines: dict, tables) -> int:
     """What every benchmark script ends with: the comparison of ``args.methods`` x ``args.variants``
     x ``args.seeds`` on dataset ``ds``, written to ``args.out`` with the dataset, the generator
     overrides, the baselines and ``tables(baselines, rows)`` (also printed)."""
-    result = compare([f"methods={args.methods}", f"variants={args.variants}",
-                      "seeds=[" + ",".join(map(str, args.seeds)) + "]", f"epochs={args.epochs}",
-                      f"data.root={ds.root}", f"concurrent={args.concurrent}", *args.overrides],
-                     cwd=REPO, tracking_uri=args.mlflow)
+    if getattr(args, "read", None):  # a finished comparison, not run again
+        result = read(args.read, args.mlflow)
+    else:
+        result = compare([f"methods={args.methods}", f"variants={args.variants}",
+                          "seeds=[" + ",".join(map(str, args.seeds)) + "]", f"epochs={args.epochs}",
+                          f"data.root={ds.root}", f"concurrent={args.concurrent}", *args.overrides],
+                         cwd=REPO, tracking_uri=args.mlflow)
     out = {"dataset": str(ds.root), "digest": ds.digest, "generator_overrides": knobs, "epochs": args.epochs,
            "seeds": args.seeds, "baselines": baselines, **result, "table": tables(baselines, result["rows"])}
     write(args.out, out)

@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrent", "--jobs", type=int, default=2, help="concurrent trials")
     ap.add_argument("--mlflow", default=f"sqlite:///{REPO / 'mlflow.db'}", help="MLflow tracking URI")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "tube_benchmark.json"))
+    ap.add_argument("--read", metavar="NAME", help="write the results of the finished comparison NAME (no training)")
     ap.add_argument("overrides", nargs="*", help="extra key=value arguments for orchestration.compare")
     args = ap.parse_args(argv)
 
