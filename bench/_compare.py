@@ -51,7 +51,8 @@ def read(name: str, tracking_uri: str, experiment: str = "video-grounding") -> d
         "rows": [dict(zip(table["columns"], row)) for row in table["data"]],
         "runs": [{"run_id": c.info.run_id, "method": c.data.tags.get("method"), "variant": c.data.tags.get("variant"),
                   "seed": int(c.data.tags.get("seed", -1)), "status": c.info.status, "params": dict(c.data.params),
-                  "metrics": {k: v for k, v in c.data.metrics.items() if k.startswith(("val/", "test_iid/", "test_ood/"))}}
+                  "metrics": {k: v for k, v in c.data.metrics.items()
+                              if k.startswith(("val/", "test_iid/", "test_ood/")) or k == "selected_epoch"}}
                  for c in children],
     }
 

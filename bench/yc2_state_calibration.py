@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "yc2_state_calibration.json"))
     args = ap.parse_args()
 
-    import wsvog_benchmark as wb  # bench/ sibling
+    from bench._compare import compare
 
     from grounding import tasks
     from grounding.data import youcook2
@@ -87,7 +87,14 @@ def main() -> None:
             base = tasks.load(ds, splits=("test_iid", "test_ood"))
             baselines = {sp: base.task.baselines(base[sp], base.info) for sp in ("test_iid", "test_ood")}
             tpl = template_accuracy(tmp, s)
-            r = None if args.no_train else wb.run_one(tmp, "stvg", args.seed, args.epochs, None)
+            r = None
+            if not args.no_train:  # stvg's PAPER point through the comparison command, one seed
+                out = compare(["methods=stvg", "variants=", f"seeds=[{args.seed}]", f"epochs={args.epochs}",
+                               f"data.root={tmp}", "concurrent=1", f"storage_path={Path(tmp).parent / 'ray_results'}"],
+                              cwd=REPO, tracking_uri=f"sqlite:///{Path(tmp).parent / 'mlflow.db'}")
+                (run,) = out["runs"]
+                r = {sp: {"box_micro": run["metrics"][f"{sp}/box_micro"]} for sp in ("val", "test_iid", "test_ood")}
+                r["best_epoch"] = run["metrics"].get("selected_epoch")
         if r is None:
             print(json.dumps({"state_strength": s, "state_decoys": dec, "template_val_box_micro": tpl}), flush=True)
             continue
