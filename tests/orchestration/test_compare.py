@@ -185,3 +185,26 @@ def test_evaluate_a_logged_model_and_refuse_incompatible_data(compared, smoke_ro
     proc = run_evaluate(cwd, "run=0123456789abcdef")
     assert proc.returncode == 2 and "no such MLflow run" in proc.stderr
     assert len(client.search_runs([exp.experiment_id], "tags.kind = 'evaluation'")) == 1  # nothing written
+
+
+def test_bench_reads_a_staged_comparison_back(compared):
+    """bench/_compare.read finds the comparison's parent among top-level runs that include causal's
+    shared backbones (kind=stage) and returns its table and children as the benchmarks write them."""
+    from bench._compare import read
+
+    tmp_path, _ = compared
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = read("cmp", uri)
+    client = MlflowClient(uri)
+    parent = client.get_run(out["parent_run_id"])
+    assert parent.data.tags["kind"] == "compare" and out["command"] == parent.data.tags["command"]
+    assert sorted((r["method"], r["seed"]) for r in out["runs"]) == [("causal", 0), ("causal", 1), ("stvg", 0), ("stvg", 1)]
+    by_id = {r["run_id"]: r for r in out["runs"]}
+    for row in out["rows"]:
+        if row["split"] != "test_iid":
+            continue
+        vals = [r["metrics"][f"test_iid/{row['metric']}"] for r in by_id.values() if r["method"] == row["method"]]
+        assert row["mean"] == pytest.approx(sum(vals) / len(vals), abs=1e-8)
+    assert "causal" in out["markdown"] and "stvg" in out["markdown"]  # the parent's compare.md
+    with pytest.raises(SystemExit, match="no comparison named absent"):
+        read("absent", uri)
