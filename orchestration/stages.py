@@ -94,10 +94,6 @@ def load_stage(uri: str) -> tuple[dict, dict]:
     return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True), man
 
 
-def history(uri: str) -> list[dict]:
-    return storage.read_json(storage.join(uri, HISTORY), missing=[])
-
-
 # ----------------------------------------------------------------------------- in the trial
 def prerequisites(recipe: recipes.Recipe, resolved: dict, run: dict, data, device, wrap=None,
                   amp: bool = False) -> tuple[dict[str, dict], dict[str, dict]]:
