@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from grounding import tasks
 from grounding.data import benchmarks
 from grounding.engine import OPTIM_KEYS, OptimConfig
 from grounding.models import registry
@@ -61,7 +62,8 @@ KEYS: tuple[Key, ...] = (
     Key("asha.reduction_factor", int, 2, "ASHA: keep the top 1/reduction_factor at each rung", _at_least(2)),
     Key("search.algo", str, "tpe", "Optuna sampler: tpe (Bayesian) or random", _one_of("tpe", "random")),
     Key("search.seed", int, 0, "seed of the search algorithm", _at_least(0)),
-    Key("search.metric", str, "", "validation metric to maximise (default: the task's, e.g. box_micro)"),
+    Key("search.metric", str, "", "validation metric to maximise (default: the method's task's: "
+                                  "box_micro for WSVOG, r1_iou50 for moments, m_viou for tubes)"),
     Key("search.storage", str, "", "Optuna study storage: an RDB URL (default: a journal file under the "
         "sweep's path; in memory on an object store)"),
     Key("data.root", str, "", "dataset root: local folder or s3://bucket/prefix (default: ./data/<benchmark>)",
@@ -303,6 +305,17 @@ def absolute_uri(uri: str) -> str:
     return uri
 
 
+def metric_help(methods: list[str], what: str = "validation metric to maximise") -> str:
+    """``search.metric``'s help line naming the default in effect for ``methods``."""
+    families = list(dict.fromkeys(registry.task_of(m) for m in methods))
+    parts = []
+    for fam in families:
+        task = tasks.get(fam)
+        who = ", ".join(m for m in methods if registry.task_of(m) == fam)
+        parts.append(f"{task.default_metric} for {who} ({fam} task)")
+    return f"{what} (default: {'; '.join(parts)})"
+
+
 def help_text(method: str | None = None) -> str:
     lines = [
         "usage: python -m orchestration.sweep [key=value ...]",
@@ -321,7 +334,9 @@ def help_text(method: str | None = None) -> str:
         "",
         "keys (default):",
     ]
-    lines += key_lines(KEYS, {"model.<name>": "pin a hyperparameter of the method (removed from the search)",
+    keys = KEYS if method not in registry.names() else [
+        dataclasses.replace(k, help=metric_help([method])) if k.name == "search.metric" else k for k in KEYS]
+    lines += key_lines(keys, {"model.<name>": "pin a hyperparameter of the method (removed from the search)",
                               "optim.<name>": f"pin an optimiser setting: {', '.join(OPTIM_KEYS)}"})
     lines += [
         "",

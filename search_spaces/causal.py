@@ -1,9 +1,8 @@
 """Search space of ``causal`` (WSVOG via causal intervention).
 
 Two named points are evaluated before the search: ``PAPER`` (the paper's values, §5.3 of
-``../shared/papers/000_8c60d13f6ba52185.txt``) and ``POINTS["code"]`` (the values the authors'
-code actually trains with: ``train.py`` overrides its ``config.py``; spec
-``causal-cpl-ccr-fidelity.md`` §0.3, C5). They differ in the learning rate only once the shared
+"Weakly-Supervised Video Object Grounding via Causal Intervention") and ``POINTS["code"]`` (the values the authors'
+code actually trains with: its ``train.py`` overrides its ``config.py``). They differ in the learning rate only once the shared
 settings below are fixed:
 
 | setting | paper | authors' code |

@@ -1,6 +1,6 @@
 """Search space of ``scl`` (Stable Context Learning, WSVOG).
 
-Ranges are the spec's proposal (``../shared/specs/scl.md`` §9): the paper reports no sensitivity
+Ranges are this project's choice around the published values (SCL, Sec. 4.1): the paper reports no sensitivity
 analysis, only the published point and on/off ablations. The transfer temperature ``tau`` exists only
 where a transfer term is on; ``lambda1`` only with CAOS on.
 """

@@ -1,11 +1,11 @@
 """Search space of ``vcma`` (Variational Cross-Modal Alignment, weakly-supervised tube grounding).
 
-The paper (``../shared/papers/003_e2b5e66454bf478b.txt``) publishes beta = 0.3, alpha = 0.5 (tube
+The paper ("Weakly-Supervised STVG with Variational Cross-Modal Alignment", ECCV 2024, §4.1) publishes beta = 0.3, alpha = 0.5 (tube
 linking, applied at data time: a converter/generator setting, not a model one), AdamW warmed up
 to 5e-5 then decayed linearly, batch 32, 20 epochs, D = 256, 8 heads, 2 encoder and 2 decoder
 blocks, and no sensitivity analysis; tau, weight decay and the warm-up length are not given
-(spec vcma.md §4: tau 1.0, weight decay 1e-4, warm-up 1% of the run as the author's STCAT).
-The ranges are the spec's suggested sweep. beta and seg_threshold act at inference only; beta is
+(this project's choice: tau 1.0, weight decay 1e-4, warm-up 1% of the run as the author's STCAT).
+The ranges are this project's suggested sweep. beta and seg_threshold act at inference only; beta is
 still searched (the mission sweeps it), and every trial's final model is also scored on val over
 beta = 0, 0.1, ..., 1 without retraining (``VCMA.inference_grid``; the child run's artifacts
 ``inference_grid/beta.json`` and ``inference_grid/beta.png``), so one training shows the whole curve.
@@ -20,7 +20,7 @@ import math
 from . import Choice, Float, Int
 
 PAPER = {"beta": 0.3, "tau": 1.0, "lr": 5e-5, "batch_size": 32, "weight_decay": 1e-4, "warmup_steps": 10,
-         "enc_blocks": 2, "dec_blocks": 2, "seg_threshold": round(math.exp(-0.5), 4)}  # theta_T: spec A7
+         "enc_blocks": 2, "dec_blocks": 2, "seg_threshold": round(math.exp(-0.5), 4)}  # theta_T: choice A7
 
 # Held fixed by the sweep unless pinned: AdamW with linear warm-up and linear decay (the paper's
 # schedule), CPU-sized transformer internals, batch 32 (it also sets the number of negatives).
@@ -28,7 +28,7 @@ FIXED = {"optimizer": "adamw", "schedule": "warmup_linear", "warmup_init_lr": 0.
          "heads": 2, "ffn_mult": 4, "enc_blocks": 2, "dec_blocks": 2, "lang_layers": 2, "xattn_layers": 2}
 
 # Ablations for ``python -m orchestration.compare methods=vcma variants=...`` (Table 3 and the
-# spec's options; ``base`` is reserved for the point itself).
+# project's options; ``base`` is reserved for the point itself).
 VARIANTS = {
     "q_only": {"networks": "q_only", "beta": 1.0},  # q_phi trained with L_contra alone, decoded alone
     "p_only": {"networks": "p_only", "beta": 0.0},  # p_theta trained with L_rec alone, decoded alone

@@ -2,30 +2,30 @@
 
 ``lam`` is the paper's lambda (``lambda`` is a Python keyword). The paper publishes alpha, beta,
 gamma, lambda, mu, the learning rate and the batch size, and no sensitivity analysis; the ranges
-are the spec's proposed sweep (winner.md §5). delta is not published: its PAPER value 0 is the
-spec's choice (A13), -1.01 switches the interference selection off.
+are this project's proposed sweep. delta is not published: its PAPER value 0 is the
+project's choice (A13), -1.01 switches the interference selection off.
 """
 
 from . import Choice, Float
 
 # The paper's values (Sec. 4.1): alpha 1.0, beta 0.5, gamma 0.5, lambda 1.0, mu 1.0, lr 1e-5,
-# batch 64; delta 0 is the spec's (A13).
+# batch 64; delta 0 is this project's (A13).
 PAPER = {"alpha": 1.0, "beta": 0.5, "gamma": 0.5, "lam": 1.0, "mu": 1.0, "delta": 0.0,
          "lr": 1e-5, "batch_size": 64}
 
 # Held fixed by the sweep unless pinned: the 32-d chart fits a 2-core CPU (model.hidden_dim=400
-# restores the spec's CLIORA size on a GPU); gradient clipping at 5 as CLIORA (A25).
+# restores this project's CLIORA size on a GPU); gradient clipping at 5 as CLIORA (A25).
 FIXED = {"hidden_dim": 32, "grad_clip": 5.0}
 
 # Ablations and diagnostics for ``python -m orchestration.compare methods=winner variants=...``
-# (``base``, the point itself, is reserved): Table 3's switches (spec §6.3 / A36) and the temporal
+# (``base``, the point itself, is reserved): Table 3's switches (A36) and the temporal
 # module's alternatives.
 VARIANTS = {
     "no_dsa": {"dsa": False},  # word-level contrastive loss only
     "no_svhu": {"svhu": False},  # no structural attention, no fusion (lambda = 0)
     "no_dsa_no_svhu": {"dsa": False, "svhu": False},  # Table 3's base model
     "no_interference": {"delta": -1.01},  # every related node in Eq. 8's context
-    "tl1_argmax": {"tl1_select": "argmax"},  # the spec's TL-1 clip choice (near-minimal clips; winner.py docstring)
+    "tl1_argmax": {"tl1_select": "argmax"},  # this project's TL-1 clip choice (near-minimal clips; winner.py docstring)
     "temporal_full": {"temporal": "full"},  # the whole video as the segment
     "temporal_oracle": {"temporal": "oracle"},  # the GT segment: spatial grounding alone (diagnostic)
 }

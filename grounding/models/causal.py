@@ -3,7 +3,8 @@
 Adds three terms to ``L_MIL``, each switchable (``acl_spatial``, ``acl_temporal``, ``bda``).
 Where the paper (P) and the authors' code (C, ppj567/WSVOG_Causal_Intervention) disagree, both
 are implemented behind a named option whose default is the code's (it produced the published
-numbers); ``../shared/specs/causal-cpl-ccr-fidelity.md`` §2 and §6.1 has the audit.
+numbers). Paper: "Weakly-Supervised Video Object Grounding via Causal Intervention" (TPAMI), §4.2
+(adversarial contrastive learning) and §4.3 (backdoor adjustment); each difference is listed below.
 
 Spatial ACL. For a queried object ``k`` the content set of a frame is its top-``B_r`` proposals by
 the detached ``M^k`` and the style set the rest. ``IE = p - p(intervened)``;

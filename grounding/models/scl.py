@@ -1,7 +1,8 @@
-"""``scl``: Stable Context Learning for WSVOG (ACM MM 2023; ``../shared/papers/001_b85f9800d3a5cc82.txt``).
+"""``scl``: Stable Context Learning for WSVOG ("Stable Context Learning for Weakly-Supervised Video
+Object Grounding", ACM MM 2023; Sec. 3.1-3.5, Eq. 1-17).
 
-No public code exists; ``../shared/specs/scl.md`` is the reference (its §12 lists every ambiguity,
-the labels A1..A23 below refer to it). SCL is the ``stvg`` frame-level MIL model (this class
+No public code exists; where the paper is silent this project chose, and the labels A1..A23 below
+name those choices (each is stated where it is used). SCL is the ``stvg`` frame-level MIL model (this class
 subclasses :class:`~grounding.models.stvg.STVG` and reuses its encoders, temporal module, scores
 and MIL loss unchanged for the f-branch) plus a contextualised text branch and two losses.
 
@@ -27,7 +28,7 @@ Shapes per batch: B videos, Kq queried objects (``mask [B, Kq]``), T frames, N p
   class c of the batch ``P_c = E_f(glove_c)``, ``d+_c`` = mean cosine of ``P_c`` with the concepts
   of class c, ``d-_c`` = mean cosine with the concepts of every other class (pooled, A5; option
   ``clust_neg_pool=class`` averages per-class means), ``L_Clust = -mean_c d+_c / max(d-_c,
-  eps_clust)`` over classes that have negatives (A6: the spec's floor ``eps_clust`` = 0.1; option
+  eps_clust)`` over classes that have negatives (A6: this project's floor ``eps_clust`` = 0.1; option
   ``clust_form=shifted`` uses ``(1 + cos) / 2``). Concepts are not detached (A7; option
   ``clust_detach_concepts``). Switch: ``caos``.
 * Spatial transfer, Eq. (10)-(13): ``A+ = mean_{k,t,n} |softmax_n(M^f/tau) - softmax_n(M^c/tau)|``
@@ -50,7 +51,7 @@ Shapes per batch: B videos, Kq queried objects (``mask [B, Kq]``), T frames, N p
   are needed at test time. ``inference=context`` (``M^c``) and ``inference=both`` (mean of the two
   maps, A16) are Table 3's ablations and need the text columns.
 
-Choices where the paper is silent beyond the spec's: training from scratch (A18, no ``init_from``);
+Choices where the paper is silent beyond those labelled: training from scratch (A18, no ``init_from``);
 the negative object's generator state is not checkpointed (a resumed trial draws other negatives).
 Not implemented: Fig. 2's "reconstruction loss" (A19: not in Eq. 18) and Table 3's fusion
 baselines (A20).
@@ -80,7 +81,7 @@ class SCLConfig(STVGConfig):
     lambda1: float = 0.4  # weight of L_Clust (CAOS)
     lambda2: float = 0.2  # weight of L_STran + L_TTran (CMAKT)
     tau: float = 1.0  # softmax temperature of the transferred distributions
-    eps_clust: float = 0.1  # floor of d- in L_Clust (spec A6)
+    eps_clust: float = 0.1  # floor of d- in L_Clust (choice A6)
     caos: bool = True
     spatial_transfer: bool = True
     temporal_transfer: bool = True
@@ -150,7 +151,7 @@ class SCL(STVG):
         self.ctx_proj = nn.Linear(ctx_in, E)
         nn.init.xavier_uniform_(self.ctx_proj.weight, gain=nn.init.calculate_gain("relu"))
         self.ctx_drop = nn.Dropout(cfg.dropout)
-        self.gate = nn.Linear(E, E)  # g of Eq. (8): no activation (spec A8)
+        self.gate = nn.Linear(E, E)  # g of Eq. (8): no activation (choice A8)
         self._neg_gen = torch.Generator().manual_seed(int(info.seed) + 7919)
 
     # -------------------------------------------------------------- text side

@@ -1,7 +1,9 @@
 """``vcma``: Variational Cross-Modal Alignment (Jin & Mu, ECCV 2024), on the tube family.
 
-Reference: ``../shared/specs/vcma.md`` (no public code exists; equation numbers are the paper's).
-Two networks with the same architecture and disjoint parameters (spec A3, ``share_encoder=False``):
+Paper: "Weakly-Supervised Spatio-Temporal Video Grounding with Variational Cross-Modal Alignment"
+(ECCV 2024), §3.3-3.5, Eq. 1-16, Algorithm 1; no public code exists, and the choices where the paper is
+silent carry labels A1..A22 (this project's).
+Two networks with the same architecture and disjoint parameters (choice A3, ``share_encoder=False``):
 the inference network ``q_phi(Z | E, V)`` and the model ``p_theta(Z | E, R, V)``; each has
 
 * input projections ``W_v, W_f, W_w`` (region / frame features, frozen GloVe words) to width D;
@@ -14,12 +16,12 @@ the inference network ``q_phi(Z | E, V)`` and the model ``p_theta(Z | E, R, V)``
 * the temporal head (Eq. 7): ``[f_1..f_T; cls]`` through ``xattn_layers`` decoder layers that
   cross-attend the language tokens, ``(c, sigma) = sigmoid(W f_cls)``, and the max-normalised,
   eps-squeezed Gaussian ``z^T_t = eps + (1 - 2 eps) exp(-(p_t - c)^2 / (2 (sigma/gauss_std_div)^2))``
-  on ``p_t = t / (T_b - 1)`` (spec A6), 0 on padded frames.
+  on ``p_t = t / (T_b - 1)`` (choice A6), 0 on padded frames.
 
-Losses (means over valid elements, weights 1, spec A22):
+Losses (means over valid elements, weights 1, choice A22):
 
 * E-step (phi only): ``L_{Z,phi}`` = cross-entropy of q^S against a pseudo-label drawn from p^S
-  (Eq. 9; ``pseudo_label=sample|argmax|soft``) + BCE(p^T, q^T) (temporal, spec 2.4), and the
+  (Eq. 9; ``pseudo_label=sample|argmax|soft``) + BCE(p^T, q^T) (temporal, §3.4), and the
   contrastive ``L_contra`` (Eqs. 10-11): ``s(V_b, S_a) = mean_i [sum_t z^T_ab,t max_j s_abtij] /
   sum_t z^T_ab,t`` (``match_norm=mean``; ``sum`` is the literal Eq. 10), with z^T of every pair from
   q_phi's temporal head (``neg_temporal=pair``; ``own`` / ``uniform`` cheaper), InfoNCE sentence ->
@@ -27,10 +29,10 @@ Losses (means over valid elements, weights 1, spec A22):
 * M-step (theta only): ``L_{Z,theta}`` (the same with roles swapped) + ``L_rec`` (Eqs. 13-15):
   ``H = z^T * (z^S @ V^theta)``, ``h^r = W_r [H_subj; H_obj]`` (learned null entity times z^T for
   a missing object), a causal transformer decoder (``dec_blocks``) over ``[bos, r_1..r_{P-1}]`` with
-  memory ``h^r + PE``, cross-entropy on the predicate words. ``rec_z_source=p_theta`` (spec A1
+  memory ``h^r + PE``, cross-entropy on the predicate words. ``rec_z_source=p_theta`` (choice A1
   default: p_theta's own differentiable Z) or ``q_phi`` (the literal text: q_phi's Z, detached).
 
-E/M alternation (``em_schedule``): ``epoch`` (default, Algorithm 1 as spec A5 reads it: epochs
+E/M alternation (``em_schedule``): ``epoch`` (default, Algorithm 1 as choice A5 reads it: epochs
 alternate E, M, E, ... starting with E; the engine calls :meth:`epoch_start` each epoch), ``step``
 (alternate per training mini-batch), ``joint`` (L_E + L_M every batch, each target detached).
 Isolation is enforced, not assumed: the network that is not being trained runs under
@@ -49,7 +51,7 @@ at any beta: :meth:`VCMA.inference_grid` declares beta in {0, 0.1, ..., 1}
 at its selected checkpoint (the child run's ``inference_grid/beta.json`` and ``beta.png``). The
 ablations ``networks=q_only|p_only`` force beta and declare no grid.
 
-Choices where the paper and spec are silent or the contract differs (beyond the spec's [C]s):
+Choices where the paper is silent or the contract differs (beyond the paper's stated choices):
 
 * Entities: the contract has no parsed entity phrases, so every real token is an "entity"
   (one-word phrase); the target i* is ``subject_pos`` (token 0 when -1); ``rel_subj`` /
@@ -65,7 +67,7 @@ Choices where the paper and spec are silent or the contract differs (beyond the 
 * Under DDP the trial wraps this model with ``find_unused_parameters=True``
   (``ddp_find_unused_parameters``): the frozen network's parameters get no gradient on any rank
   and stay ``grad is None``. The contrastive negatives are the per-rank batch (no all-gather;
-  spec A10 asks for the full 32: use one worker, or a per-worker batch of 32).
+  choice A10 asks for the full 32: use one worker, or a per-worker batch of 32).
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """``winner``: WINNER, weakly-supervised hierarchical decomposition and alignment for
-spatio-temporal video grounding (Li et al., CVPR 2023; spec ``../shared/specs/winner.md``).
+spatio-temporal video grounding (Li et al., CVPR 2023; §3, Eq. 1-21, Algorithm 1).
 
 Task family ``tube`` (``TUBE_CONTRACT.md``): from (video, sentence) pairs alone, predict a temporal
 segment and one proposal per frame (a tube) for the sentence's subject. **No public WINNER code
 exists**, and the paper sends its temporal-localisation module to an appendix that is not public:
-the temporal module below ("TL-1", spec §3.6) is this project's own design, not the paper's.
+the temporal module below ("TL-1", Algorithm 1 Step 3) is this project's own design, not the paper's.
 Tags: [P] the paper, [I] inferred (mostly from CLIORA/DIORA, the closest public code), [D] a
-choice of the spec (its §7 entry in brackets).
+choice of this project (its label in brackets).
 
 Shapes per batch: ``B`` sentences (each with its own video row), ``L`` words (trimmed to the
 longest sentence of the batch), ``C = L (L + 1) / 2`` chart cells, ``M`` tubes, ``T`` frames,
@@ -52,10 +52,10 @@ Equations.
   tau_t) + [gamma_t - sigma_best + sigma_complement]_+``; prediction ``argmax_se sigma``.
   ``temporal=full`` (whole video) and ``temporal=oracle`` (GT segment; diagnostic only: it reads
   the GT at training too) replace it, without L_tmp.
-* TL-1's clip choice, ``tl1_select`` (a fix of the spec's design, not the paper's): the default
+* TL-1's clip choice, ``tl1_select`` (a fix of this project's design, not the paper's): the default
   ``above_mean`` picks the clip that maximises ``sum_{t in clip} (sigma_t - mean_t sigma_t)``
   with ``sigma_t = L2norm(u_t) . q`` the single-frame scores (the run of above-average frames);
-  ``argmax`` is the spec's ``argmax_se sigma``. The argmax is degenerate: the frames of a video
+  ``argmax`` is this project's ``argmax_se sigma``. The argmax is degenerate: the frames of a video
   share a large common component (its scene), so ``|sum_clip u|`` grows like the clip length and
   the clip cosine is in effect a clip *mean* of the frame scores, whose maximum is a minimal clip
   (a 2-frame clip of above-average frames beats any clip that also covers weaker ones) whatever
@@ -87,7 +87,7 @@ Published values [P]: alpha 1.0, beta 0.5, gamma 0.5, lam (λ) 1.0, mu 1.0, lr 1
 epochs. Not published: delta (default 0, A13), every size, the optimiser (Adam + clip 5, CLIORA,
 A25), the rec/tmp weights (1.0, A24). W ~ N(0, 1) as DIORA; u_root ~ N(0, 1).
 
-Choices made for this project (beyond the spec's):
+Choices made for this project (beyond those labelled):
 
 * Word features: GloVe 300-d (``DataInfo.word_vectors``) replaces the paper's ELMo 1024-d, which is
   not available here (A5 names GloVe as the fallback). Static embeddings carry no context: the
@@ -99,11 +99,11 @@ Choices made for this project (beyond the spec's):
   (tested). Sentences of any length train (a 1-word sentence has no phrase term); ``n'`` for the
   phrase hinge is restricted to sentences S' that have span (i, j).
 * Tubes: the batch's precomputed ``tubes`` (``linking=batch``, the contract's VCMA Eq. 4 links)
-  by default; ``linking=greedy`` links here with the spec's seeded greedy IoU tracker (§1.2, A3):
+  by default; ``linking=greedy`` links here with this project's seeded greedy IoU tracker (§1.2, A3):
   N tubes seeded at the middle valid frame, extended forward and backward by the best-IoU box.
 * Unigram statistics for the reconstruction negatives are the running counts of the training
   tokens seen so far (+1 smoothing): the DataInfo carries no word frequencies.
-* Sizes for a 2-core CPU: ``hidden_dim`` 32 (the spec's [D] 400 is CLIORA's and the paper-scale
+* Sizes for a 2-core CPU: ``hidden_dim`` 32 (this project's [D] 400 is CLIORA's and the paper-scale
   override: ``model.hidden_dim=400``), ``max_words`` 0 (no cap; the chart costs O(L^3)).
 * Cost: at the defaults one epoch of the generated VidSTG train split (7262 sentences, batch 32,
   T = 32, N = M = 10) took 243 s on one CPU thread of this (shared, loaded) 2-core machine, 31
@@ -115,7 +115,7 @@ Choices made for this project (beyond the spec's):
   tube choice falls to 0.07 and the single-frame TL-1 scores rank GT frames below the others (AUC
   0.36-0.40), with either clip choice and also with ``dsa=False``; switching the fusion off at
   test time brings the tube choice back to about chance (0.11-0.15). This is the positive-pair
-  shortcut of spec A35: ``r~`` carries the paired video's own tubes, so the contrastive losses are
+  shortcut of choice A35: ``r~`` carries the paired video's own tubes, so the contrastive losses are
   won by what a video shares across its tubes and frames (its scene), not by the words; with
   ``above_mean`` the full model ends that epoch at m_vIoU 0.013 (m_tIoU 0.17). Table 3's base
   model (``dsa=False, svhu=False``, ``above_mean``) learns: m_vIoU 0.117, m_tIoU 0.40, tube choice
@@ -124,7 +124,7 @@ Choices made for this project (beyond the spec's):
   phrase loss's gradient (norm 400-2700 at init, from the unbounded span weights pi, up to ~3000)
   is ~100x the word loss's, so it sets the direction of the shared parameters and, under
   ``grad_clip`` 5, the step size of every term.
-* Not implemented from the spec's options: ``temporal=cpl``, ``att_source=pass2``,
+* Not implemented from this project's options: ``temporal=cpl``, ``att_source=pass2``,
   ``relink=True``, ``phrase_spans=half``, ``warm_start=diora``.
 """
 
@@ -146,7 +146,7 @@ NEG = -1e9  # masked logits (finite, so that fully masked rows stay finite)
 
 @dataclasses.dataclass
 class WinnerConfig(ModelConfig):
-    hidden_dim: int = 32  # D (spec [D] 400 = CLIORA; 32 fits a 2-core CPU)
+    hidden_dim: int = 32  # D (400 in CLIORA; 32 fits a 2-core CPU)
     alpha: float = 1.0  # self-correlation weight, Eq. 8 [P]
     beta: float = 0.5  # structural-context weight, Eq. 8 [P]
     delta: float = 0.0  # interference threshold, Eq. 7 (not published; -1.01 = off)
@@ -170,7 +170,7 @@ class WinnerConfig(ModelConfig):
     tau_t: float = 0.1  # TL-1 temperature
     gamma_t: float = 0.1  # TL-1 best clip vs complement margin
     min_clip: float = 0.05  # shortest clip, as a fraction of T (at least 2 frames)
-    tl1_select: str = "above_mean"  # above_mean (max-sum run of above-average frames) | argmax (spec TL-1, degenerate)
+    tl1_select: str = "above_mean"  # above_mean (max-sum run of above-average frames) | argmax (the first TL-1 design, degenerate)
     linking: str = "batch"  # batch (precomputed tubes) | greedy (seeded greedy IoU tracking, here)
     question_node: str = "wh"  # wh (first word) | subject_pos, the subject leaf of a question (A27)
     subject_node: str = "leaf"  # leaf | root, the node whose best tube is predicted
@@ -278,7 +278,7 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def link_tubes(boxes: torch.Tensor, frame_valid: torch.Tensor | None = None,
                conf: torch.Tensor | None = None) -> torch.Tensor:
-    """Seeded greedy IoU tracking (spec §1.2): ``boxes [B, T, N, 4]`` -> ``tubes [B, N, T]``.
+    """Seeded greedy IoU tracking (§3.1 uses linked tubes): ``boxes [B, T, N, 4]`` -> ``tubes [B, N, T]``.
 
     Tube m starts at proposal m of the middle valid frame ``t0 = n_valid // 2`` and is extended
     forward and backward by ``argmax_n IoU(prev box, box_n) + 1e-3 conf_n``; invalid frames get -1.

@@ -1,10 +1,14 @@
-"""Helpers of the data-layer tests (test_s3, test_integrity, test_cache, test_data_cli)."""
+"""Helpers of the data-layer tests (test_s3, test_integrity, test_cache, test_data_cli, the converters)."""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -50,3 +54,14 @@ def cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess
     full["PYTHONPATH"] = str(REPO) + os.pathsep + full.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-m", "grounding.data", *args], capture_output=True, text=True,
                           env=full, cwd=str(REPO), timeout=timeout)
+
+
+@functools.lru_cache(maxsize=None)
+def plain_annotations() -> Path:
+    """Plain copies of the packaged annotation files (the converters take file paths, as a lab's
+    released files are), written once per test process and removed at exit."""
+    from grounding.data import annotations
+
+    dest = Path(tempfile.mkdtemp(prefix="grounding-annotations-"))
+    atexit.register(shutil.rmtree, dest, ignore_errors=True)
+    return annotations.materialize(dest)

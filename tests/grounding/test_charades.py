@@ -10,7 +10,7 @@ import pytest
 
 from grounding import tasks
 from grounding.data import benchmarks, charades
-from grounding.data.annotations import annotations_dir
+from grounding.data.annotations import annotations_dir, read_text
 from grounding.data.moment import PAD_ID, MomentArrays, is_content, tokenize
 from grounding.data.shards import Dataset
 
@@ -51,7 +51,7 @@ def test_real_splits_sentences_and_moments(tiny):
     w2id = {w: i for i, w in enumerate(words)}
     unk = len(words) - 1
     for split, fname in charades.SPLIT_FILES.items():
-        real = json.loads((annotations_dir() / "charades_cd" / fname).read_text())
+        real = json.loads(read_text(annotations_dir() / "charades_cd" / fname))
         rows = tiny.read_split(split).to_pylist()
         assert [r["video_id"] for r in rows] == list(real)[:TINY["limit"]]
         for r in rows:

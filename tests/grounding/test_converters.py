@@ -1,4 +1,4 @@
-"""Converters from published layouts, each on the REAL annotation files in ../shared/data with
+"""Converters from published layouts, each on the REAL annotation files (the packaged ones) with
 small feature files generated here in the published layout; and the restricted unpickler."""
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from grounding.data import safe_pickle
-from grounding.data.annotations import annotations_dir
 from grounding.data.converters import ConversionError
 from grounding.data.manifest import DataError
 from grounding.data.shards import Dataset
@@ -20,10 +19,9 @@ from grounding.data.wsvog import WsvogArrays, fixed_list_to_numpy
 
 h5py = pytest.importorskip("h5py")
 
-try:
-    DATA = annotations_dir()
-except FileNotFoundError:  # pragma: no cover
-    pytest.skip("the shared annotation folder is not available", allow_module_level=True)
+from _data_helpers import plain_annotations  # noqa: E402
+
+DATA = plain_annotations()
 YC2 = DATA / "youcook2_bb" / "causal_repo"
 QUIET = dict(log=lambda *_: None)
 
@@ -81,7 +79,7 @@ def _yc2_segments():
 
 def _yc2_val_boxes(path: Path, lists, official: bool) -> None:
     """Box ground truth for the first two real validation segments (the val box file is not in
-    ../shared); the third converted one has none (its instances come from the dict file)."""
+    packaged annotations); the third converted one has none (its instances come from the dict file)."""
     segs = {}
     for seg, (meta, classes) in list(lists["val"].items())[:2]:
         assert meta[2] == VAL_VIDEO
@@ -289,7 +287,7 @@ def anet_entities(tmp_path_factory):
     base = tmp_path_factory.mktemp("ane")
     skeleton = json.loads((ANE / "anet_entities_cleaned_class_thresh50_test_skeleton.json").read_text())
     train_vid = json.loads((ANE / "split_ids_anet_entities.json").read_text())["training"][0]
-    # the trainval file (with boxes) is not in ../shared: one real training video id, GVD's format
+    # the trainval file (with boxes) is not packaged (too large): one real training video id, GVD's format
     trainval = {"vocab": skeleton["vocab"], "annotations": {train_vid: {"duration": 50.0, "segments": {"0": {
         "tokens": ["A", "man", "rides", "a", "bike", "."], "timestamps": [0.0, 10.0],
         "process_clss": [["bike"], ["man"]], "process_idx": [[4], [1]], "frame_ind": [3, 7],

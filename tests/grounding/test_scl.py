@@ -1,4 +1,4 @@
-"""``scl`` unit tests (../shared/specs/scl.md §14): stvg parity with the extra terms off, CAOS on a
+"""``scl`` unit tests: stvg parity with the extra terms off, CAOS on a
 hand-made batch, the context selector's gate, the transfer distances, negative sampling, gradient
 flow, predict() without text features, determinism, the bi-LSTM context."""
 

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from grounding import tasks
-from grounding.data.annotations import annotations_dir
 from grounding.data.converters import ConversionError, vidstg
 from grounding.data.shards import Dataset
 
-DATA = annotations_dir()
+from _data_helpers import plain_annotations
+
+DATA = plain_annotations()
 STA = DATA / "charades_sta"
 GLOVE = dict(glove_npy=STA / "glove_vectors_1146x300_float32.npy", glove_vocab=STA / "glove_vocab_w2id_counter.json")
 QUIET = dict(log=lambda *_: None)

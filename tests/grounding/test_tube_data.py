@@ -8,7 +8,7 @@ import torch
 
 from grounding import tasks
 from grounding.data import benchmarks, vidstg
-from grounding.data.annotations import annotations_dir
+from grounding.data.annotations import annotations_dir, read_text
 from grounding.data.shards import Dataset
 from grounding.data.tube import link_tubes, relation_positions, subject_position, tube_tokens, noun_lexicon
 
@@ -63,7 +63,7 @@ def test_registered_and_contract_batch(data):
 def test_frame_ranges_against_the_annotation_file(data):
     """frame ids lie in used_segment (end inclusive); GT frames are those in temporal_gt (end exclusive)."""
     ds, td = data
-    items = json.loads((annotations_dir() / "vidstg" / "val_annotations.json").read_text())
+    items = json.loads(read_text(annotations_dir() / "vidstg" / "val_annotations.json"))
     table = ds.read_split("train")
     for row in table.to_pylist():
         vid, k = row["video_id"].rsplit("_val", 1)

@@ -103,6 +103,20 @@ def test_method_help_lists_hyperparameters_with_defaults_and_ranges():
     assert "Int(1, 10" in next(ln for ln in text.splitlines() if ln.strip().startswith("model.B_r "))
 
 
+def test_help_names_the_validation_metric_in_effect_for_the_method():
+    from orchestration import compare
+
+    def metric_line(text):
+        return next(ln for ln in text.splitlines() if ln.strip().startswith("search.metric "))
+
+    assert "default: m_viou for winner" in metric_line(help_text("winner"))
+    assert "default: r1_iou50 for ccr" in metric_line(help_text("ccr"))
+    assert "default: box_micro for causal" in metric_line(help_text("causal"))
+    line = metric_line(compare.help_text(["methods=vcma,cpl", "--help"]))
+    assert "m_viou for vcma" in line and "r1_iou50 for cpl" in line and "box_micro" not in line
+    assert "m_viou for tubes" in metric_line(help_text()) and "r1_iou50 for moments" in metric_line(compare.help_text())
+
+
 def test_absolute_uri_makes_local_stores_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert absolute_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path / 'mlflow.db'}"
