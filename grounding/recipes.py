@@ -319,6 +319,10 @@ class StageRun:
         return logs
 
     def score(self, metrics: dict[str, float]) -> float:
+        absent = [m for m in self.rs.select if m not in metrics]
+        if absent:  # a metric the split has no ground truth for is absent, never 0 (grounding.metrics)
+            raise ValueError(f"stage {self.rs.name!r} selects its checkpoint on val/{absent[0]}, but the val split "
+                             f"has no ground truth for it (scored: {', '.join(metrics) or 'nothing'})")
         return float(sum(metrics[m] for m in self.rs.select))
 
     def consider(self, metrics: dict[str, float], preds: list) -> bool:

@@ -8,7 +8,8 @@
 * Query accuracy counts every (segment, class, frame) in which at least one instance of the
   class is valid; it is a hit if any valid instance of that class is hit.
 * Micro = hits / counted items; macro = mean, over the classes with at least one counted item,
-  of the per-class accuracy.
+  of the per-class accuracy. A split with no counted item (no valid GT box) is not scored: its
+  metrics are absent from ``compute()``, not 0.
 
 The paper tables' sanity rows come from the same counting: ``random`` is the exact expectation of
 a uniformly drawn proposal, ``upper_bound`` picks the best proposal with oracle knowledge.
@@ -107,13 +108,18 @@ class WsvogAccuracy:
         self.counts += state
 
     def compute(self) -> dict[str, float]:
+        """The metrics this split has ground truth for: ``box_*`` only if some (instance, frame)
+        was counted, ``query_*`` only if some (segment, class, frame) was; a split without any
+        valid GT box (a test skeleton, YouCook2-BB's public test file) gets ``{}``, never 0."""
         bh, bn, qh, qn = self.counts
         out = {}
         for name, hits, n in (("box", bh, bn), ("query", qh, qn)):
             seen = n > 0
-            out[f"{name}_micro"] = float(hits.sum() / n.sum()) if n.sum() else 0.0
-            out[f"{name}_macro"] = float((hits[seen] / n[seen]).mean()) if seen.any() else 0.0
-        return {k: out[k] for k in NAMES}
+            if not seen.any():
+                continue
+            out[f"{name}_micro"] = float(hits.sum() / n.sum())
+            out[f"{name}_macro"] = float((hits[seen] / n[seen]).mean())
+        return {k: out[k] for k in NAMES if k in out}
 
     def per_class(self) -> dict[str, np.ndarray]:
         bh, bn, qh, qn = self.counts

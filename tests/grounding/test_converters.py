@@ -146,7 +146,10 @@ def test_youcook2_bb_rows_shapes_and_frames(yc2_converted, yc2_inputs):
     m = ds.manifest
     assert (m.task, m.dims, m.feature_dtype) == ("wsvog", {"T": 5, "N": 20, "D": 4096, "D_text": 384}, "float16")
     assert {sp: m.split_rows(sp) for sp in m.splits} == {"train": 3, "val": 3, "test": 3}
-    assert m.extra["stats"]["segments_with_boxes"] == 5  # 2 val (ours) + 3 test (the real public file)
+    # what the box files list: 2 val (ours) + 3 test (the real public file, labels without boxes);
+    # what box accuracy can score: only the 2 val segments
+    assert m.extra["stats"]["segments_in_box_files"] == {"train": 0, "val": 2, "test": 3}
+    assert m.extra["stats"]["segments_with_boxes"] == {"train": 0, "val": 2, "test": 0}
     assert m.producer["name"] == "grounding.data.converters.youcook2_bb" and m.producer["args"]["N"] == 20
     arr = WsvogArrays.from_table(ds.read_split("train"), 5, 20, 4096)
     assert arr.features.shape == (3, 5, 20, 4096) and arr.proposals.shape == (3, 5, 20, 4)
@@ -214,6 +217,37 @@ def test_youcook2_bb_ground_truth_and_queries(yc2_converted):
     assert t["segment_id"] == "jD4o_Lmy6bU_00"
     assert t["gt_class"] == [45, 46, 40, 53] and t["query_classes"] == [45, 46, 40, 53]  # flour salt water dough
     assert not any(t["gt_valid"])
+
+
+def _scores(ds: Dataset, split: str):
+    """Box/query metrics of a split, as the trials compute them: the task's accumulator fed by
+    batches of (fixed) proposal scores, plus the random and upper-bound rows."""
+    import torch
+
+    from grounding import tasks
+
+    data = tasks.load(ds, splits=(split,), optional=())
+    arrays, acc = data[split], data.task.accumulator(data.info)
+    b = arrays.batch(np.arange(len(arrays)))
+    B, Kq = b["queries"].shape
+    T, N = b["proposals"].shape[1:3]
+    acc.update_batch(torch.arange(N, dtype=torch.float32).expand(B, Kq, T, N), b)
+    return acc.compute(), data.task.baselines(arrays, data.info)
+
+
+def test_splits_without_gt_boxes_are_not_scored(yc2_converted, anet_entities):
+    """The public YouCook2-BB test file and the ActivityNet-Entities test skeleton hold no box:
+    their box/query metrics are absent (the tables print "-"), never 0."""
+    metrics, base = _scores(yc2_converted, "test")
+    assert metrics == {} and base == {"random": {}, "upper_bound": {}}
+    metrics, base = _scores(yc2_converted, "val")  # the split with boxes is scored as before
+    assert set(metrics) == {"box_macro", "box_micro", "query_macro", "query_micro"}
+    assert set(base["random"]) == set(base["upper_bound"]) == set(metrics)
+    ane = anet_entities[0]
+    assert ane.manifest.extra["stats"]["segments_with_boxes"] == {"train": 1, "test": 0}
+    metrics, base = _scores(ane, "test")
+    assert metrics == {} and base == {"random": {}, "upper_bound": {}}
+    assert set(_scores(ane, "train")[0]) == {"box_macro", "box_micro", "query_macro", "query_micro"}
 
 
 def test_youcook2_bb_classes_table(yc2_converted):

@@ -132,9 +132,13 @@ def test_macro_micro_and_empty_class_excluded():
     assert pc["box"][:2].tolist() == [1.0, 0.0] and math.isnan(pc["box"][2])
 
 
-def test_no_counted_items_gives_zeros():
+def test_no_counted_items_gives_no_metrics():
+    """A split without a valid GT box is not scored (absent metrics, never a false 0)."""
     acc = WsvogAccuracy(4)
-    assert acc.compute() == {n: 0.0 for n in NAMES}
+    assert acc.compute() == {}
+    # instances present but none valid (labels without boxes, as in a test skeleton): still nothing
+    acc = accuracy([[[[0.0, 1.0]]]], [[[A, FAR]]], [[0]], [[0]], [[[A]]], [[[False]]], K=2)
+    assert acc.compute() == {}
 
 
 def test_padding_queries_and_instances_are_ignored():

@@ -192,7 +192,10 @@ def convert(root, annotations, split_ids, features, proposals=None, proposals_h5
          "train_count": pa.array(counts, pa.int64()), "heldout": pa.array(np.zeros(K, bool))},
         schema=classes_schema(glove.dim))
 
+    # segments_with_boxes: per (output) split, segments with at least one valid GT box (what box/query
+    # accuracy can score; a test skeleton has none and is not scored, grounding.metrics.wsvog)
     stats = {"segments_skipped": missing.skipped, "default_frame_size_used": 0, "boxes": 0,
+             "segments_with_boxes": {rename(sp, renames): 0 for sp in splits if plan[sp]},
              "classes_without_glove": not_found}
     args = dict(annotations=[str(p) for p in ann_files], split_ids=str(ids_file), features=str(feat_dir),
                 proposals=str(proposals) if proposals else None, proposals_h5=str(proposals_h5) if proposals_h5 else None,
@@ -209,9 +212,12 @@ def convert(root, annotations, split_ids, features, proposals=None, proposals_h5
             for sp, items in plan.items():
                 for part in chunks(items):
                     rows = [_row(it, T, N, D, cls_id, props, size_of, default_size, stats) for it in part]
+                    stats["segments_with_boxes"][rename(sp, renames)] += sum(bool(np.any(r["gt_valid"])) for r in rows)
                     w.write(rename(sp, renames), wsvog_table(rows, T, N, D, feature_dtype))
                 if items:
-                    log(f"{sp}: {len(items)} segments")
+                    with_boxes = stats["segments_with_boxes"][rename(sp, renames)]
+                    log(f"{sp}: {len(items)} segments, {with_boxes} with a ground-truth box"
+                        + ("" if with_boxes or sp == "train" else " (not scored for box/query accuracy)"))
     finally:
         props.close()
     return w.manifest

@@ -240,7 +240,12 @@ def convert(root, annotations, features, proposals, sizes=(), boxes=(), splits=(
                 nafae=str(nafae) if nafae else None, skip_missing=skip_missing, renames=renames or {})
     sources = {p.name: p for p in (class_csv, glove_npy, sent_path, *size_files, *box_files)}
     sources.update({f"{sp}_dict.json": ann / f"{sp}_dict.json" for sp in splits})
-    stats = {"segments_skipped": missing.skipped, "segments_with_boxes": 0, "frame_count_mismatch": 0}
+    # segments_with_boxes: per (output) split, the segments with at least one valid GT box, i.e.
+    # what box/query accuracy can score (a split with none is not scored, grounding.metrics.wsvog);
+    # segments_in_box_files: those the --boxes files list at all (the public test file lists labels only)
+    stats = {"segments_skipped": missing.skipped,
+             "segments_with_boxes": {rename(sp, renames): 0 for sp in splits},
+             "segments_in_box_files": {rename(sp, renames): 0 for sp in splits}, "frame_count_mismatch": 0}
     extra = {"source": "youcook2_bb", "layout": "causal-intervention (cvpr) region features",
              "num_classes": len(names), "proposal_scale": PROPOSAL_SCALE, "stats": stats,
              "splits_from": {rename(sp, renames): SPLIT_DIRS[sp] for sp in splits}}
@@ -262,11 +267,15 @@ def convert(root, annotations, features, proposals, sizes=(), boxes=(), splits=(
                        producer(PRODUCER, args, sources), overwrite=overwrite, extra=extra) as w:
         w.add_table("classes", classes_tbl)
         for sp, items in plan.items():
+            out = rename(sp, renames)
             for part in chunks(items):
-                rows = [_row(it, T, N, D, size_of, gt, sents, stats) for it in part]
+                rows = [_row(it, T, N, D, size_of, gt, sents, stats, out) for it in part]
+                stats["segments_with_boxes"][out] += sum(bool(np.any(r["gt_valid"])) for r in rows)
                 table = wsvog_table(rows, T, N, D, feature_dtype)
-                w.write(rename(sp, renames), feat.attach(table) if feat else table)
-            log(f"{sp}: {len(items)} segments")
+                w.write(out, feat.attach(table) if feat else table)
+            with_boxes = stats["segments_with_boxes"][out]
+            log(f"{sp}: {len(items)} segments, {with_boxes} with a ground-truth box"
+                + ("" if with_boxes or sp == "train" else " (not scored for box/query accuracy)"))
         if feat:
             w.add_table("words", feat.words_table())
             w.text = feat.manifest_block()
@@ -276,7 +285,7 @@ def convert(root, annotations, features, proposals, sizes=(), boxes=(), splits=(
     return w.manifest
 
 
-def _row(item, T, N, D, size_of, gt, sents, stats) -> dict:
+def _row(item, T, N, D, size_of, gt, sents, stats, split: str) -> dict:
     seg, vid, recipe, index, classes, fpath, ppath = item
     feats = np.load(fpath, mmap_mode="r")
     props = np.load(ppath, mmap_mode="r")
@@ -297,7 +306,7 @@ def _row(item, T, N, D, size_of, gt, sents, stats) -> dict:
         gt_boxes = np.zeros((len(classes), T, 4), np.float32)
         gt_valid = np.zeros((len(classes), T), bool)
     else:
-        stats["segments_with_boxes"] += 1
+        stats["segments_in_box_files"][split] += 1
         gt_class = [c for c, _ in insts]
         gt_boxes = np.zeros((len(insts), T, 4), np.float32)
         gt_valid = np.zeros((len(insts), T), bool)
