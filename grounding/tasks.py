@@ -17,6 +17,14 @@ from .models.base import DataInfo
 EVAL_SPLITS = ("val", "test_iid", "test_ood")
 
 
+def dataset_name(ds: Dataset) -> str | None:
+    """What :attr:`DataInfo.dataset` says: the manifest's ``extra["source"]`` (converted data) or
+    ``extra["benchmark"]`` (generated data), None when it records neither."""
+    extra = ds.manifest.extra or {}
+    name = extra.get("source") or extra.get("benchmark")
+    return str(name) if name else None
+
+
 class Accumulator(Protocol):
     def update_batch(self, predictions: Any, batch: dict) -> None: ...
     def state(self) -> np.ndarray: ...
@@ -59,7 +67,7 @@ class WsvogTask:
             words = fixed_list_to_numpy(wt["word_vector"], (wt.schema.field("word_vector").type.list_size,))
         return DataInfo(task=self.name, dims=dict(ds.manifest.dims), class_vectors=vectors.astype(np.float32),
                         class_priors=priors, train_features=getattr(train, "features", None), seed=seed,
-                        word_vectors=words, text=ds.manifest.text)
+                        word_vectors=words, text=ds.manifest.text, dataset=dataset_name(ds))
 
     def accumulator(self, info: DataInfo):
         from .metrics.wsvog import WsvogAccuracy
@@ -83,7 +91,8 @@ class WsvogTask:
 
 class MomentTask:
     """Temporal moment localisation (one query, one moment): predictions are ranked proposals
-    ``[B, K, 2]`` of normalised (start, end), best first."""
+    ``[B, K, 2]`` of normalised (start, end), best first, or ``{"proposals": [B, K, 2], "top1":
+    [B, 2]}`` when the top-1 is not the head of the ranking (see :mod:`grounding.metrics.moment`)."""
 
     name = "moment"
     metric_names = moment_metrics.NAMES
@@ -106,7 +115,7 @@ class MomentTask:
         vocab = self._vocab(ds)
         vectors = fixed_list_to_numpy(vocab["word_vector"], (vocab.schema.field("word_vector").type.list_size,))
         return DataInfo(task=self.name, dims=dict(ds.manifest.dims), word_vectors=vectors.astype(np.float32),
-                        train_features=getattr(train, "features", None), seed=seed)
+                        train_features=getattr(train, "features", None), seed=seed, dataset=dataset_name(ds))
 
     def accumulator(self, info: DataInfo):
         from .metrics.moment import MomentRecall
@@ -127,7 +136,8 @@ class MomentTask:
 class TubeTask:
     """Spatio-temporal tube grounding (one sentence, one tube): predictions are a dict with
     ``segment [B, 2]`` (half-open on the sampled frames) and ``proposal [B, T]`` (the chosen
-    proposal per frame); see TUBE_CONTRACT.md and :mod:`grounding.metrics.tube`."""
+    proposal per frame); see TUBE_CONTRACT.md and :mod:`grounding.metrics.tube` (m_tIoU on the
+    original frame ids, the batch's ``frame_ids`` and ``gt_fids``, as TubeDETR computes it)."""
 
     name = "tube"
     metric_names = tube_metrics.NAMES
@@ -149,7 +159,7 @@ class TubeTask:
         priors = counts / counts.sum() if counts.sum() > 0 else np.full(len(counts), 1 / max(len(counts), 1))
         return DataInfo(task=self.name, dims=dict(ds.manifest.dims), word_vectors=words.astype(np.float32),
                         class_vectors=cvec.astype(np.float32), class_priors=priors,
-                        train_features=getattr(train, "features", None), seed=seed)
+                        train_features=getattr(train, "features", None), seed=seed, dataset=dataset_name(ds))
 
     def accumulator(self, info: DataInfo):
         from .metrics.tube import TubeMetrics
@@ -161,7 +171,7 @@ class TubeTask:
                     return
                 self.update(predictions["segment"].cpu(), predictions["proposal"].cpu(), batch["boxes"].cpu(),
                             batch["gt_boxes"].cpu(), batch["gt_box_valid"].cpu(), batch["frame_valid"].cpu(),
-                            batch["sentence_form"].cpu())
+                            batch["sentence_form"].cpu(), batch["frame_ids"].cpu(), batch["gt_fids"].cpu())
 
         return _Acc(seed=info.seed)
 

@@ -1,13 +1,20 @@
 """Temporal moment localisation: R@1 and R@5 at IoU 0.3/0.5/0.7, and mIoU.
 
-* Predictions are ranked proposals ``[B, K, 2]`` of normalised ``(start, end)``, best first.
-  Each proposal is clamped to ``[0, 1]`` (and an inverted one, ``end < start``, has length 0)
-  before it is scored; ground-truth moments are normalised by the video's duration.
+* Predictions are ranked proposals ``[B, K, 2]`` of normalised ``(start, end)``, best first, or
+  a dict ``{"proposals": [B, K, 2], "top1": [B, 2]}`` when the single answer is not the head of
+  the ranked list (CPL's vote, below). Each proposal is clamped to ``[0, 1]`` (and an inverted
+  one, ``end < start``, has length 0) before it is scored; ground-truth moments are normalised by
+  the video's duration.
 * ``IoU = |P n G| / |P u G|`` on the time axis (0 where the union is empty).
-* ``R@n, IoU@m``: the share of queries for which at least one of the top ``min(n, K)`` proposals
-  has ``IoU >= m`` (a 1e-6 tolerance absorbs float32 rounding: an IoU of exactly 0.5 counts for
-  0.5). This is the field's convention (CPL, CCR).
-* ``mIoU``: the mean IoU of the top-1 proposal.
+* ``R@1, IoU@m``: the share of queries whose top-1 (``top1`` of a dict, else the first ranked
+  proposal) has ``IoU >= m`` (a 1e-6 tolerance absorbs float32 rounding: an IoU of exactly 0.5
+  counts for 0.5). ``R@n, IoU@m`` (``n > 1``): the share for which at least one of the first
+  ``min(n, K)`` ranked proposals has ``IoU >= m``. This is how CPL's evaluation scores a voting
+  model (Zheng et al., "Weakly Supervised Temporal Sentence Grounding with Gaussian-based
+  Contrastive Proposal Learning", CVPR 2022; its authors' released evaluation): R@1 on the vote
+  winner, R@5 on the first five proposals in reconstruction order, the winner not moved; so R@5
+  can be below R@1 when the winner ranks sixth or later by reconstruction.
+* ``mIoU``: the mean IoU of the top-1.
 
 The ``random`` row is the exact expectation under uniformly random proposals: ``(s, e)`` is a
 pair of independent ``U(0, 1)`` draws sorted (every sub-segment of the video equally likely).
@@ -18,8 +25,9 @@ together. No seed is involved.
 
 The accumulator's state is a count array ``[n, hits x 6, sum IoU]``, so ranks merge by summing.
 
-Also here: :func:`vote_order`, the vote-based selection of CPL/CCR, so that it is tested with
-the metric.
+Also here: :func:`vote_winner` / :func:`vote_order`, the vote-based selection of CPL/CCR, and
+:func:`vote_prediction`, the prediction they make from it, so that they are tested with the
+metric.
 """
 
 from __future__ import annotations
@@ -42,25 +50,61 @@ def interval_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
 
 
-def vote_order(props: torch.Tensor, vote: bool = True) -> torch.Tensor:
-    """Indices ``[B, K]`` ordering proposals ``[B, K, 2]`` (given best first) with the vote winner
-    first and the others in their given order.
+VOTE_WEIGHTS = ("iou", "uniform")
+TOPN_ORDERS = ("rank", "vote")
 
-    ``c_i = IoU(p_0, p_i)`` (agreement with the best-reconstructed proposal) and
-    ``votes_i = sum_j IoU(p_i, p_j) c_j``; the winner is ``argmax_i votes_i`` (ties: the earlier
-    proposal). With ``vote=False`` the given order is kept.
+
+def vote_winner(props: torch.Tensor, weight: str = "iou") -> torch.Tensor:
+    """Index ``[B]`` of the vote winner among proposals ``[B, K, 2]`` (given best first).
+
+    ``votes_i = sum_j IoU(p_i, p_j) c_j``; ``weight="iou"``: ``c_j = IoU(p_0, p_j)`` (agreement
+    with the best-reconstructed proposal; CPL's Charades-STA setting), ``weight="uniform"``:
+    ``c_j = 1`` (CPL's setting on every other dataset). The winner is ``argmax_i votes_i`` (ties:
+    the earlier proposal).
     """
+    if weight not in VOTE_WEIGHTS:
+        raise ValueError(f"vote weight {weight!r} is not an option; allowed: {', '.join(VOTE_WEIGHTS)}")
+    B, K, _ = props.shape
+    if K == 1:
+        return torch.zeros(B, dtype=torch.long, device=props.device)
+    iou = interval_iou(props[:, :, None], props[:, None, :])  # [B, K, K]
+    c = iou[:, 0] if weight == "iou" else torch.ones_like(iou[:, 0])  # [B, K]
+    votes = (iou * c[:, None, :]).sum(-1)
+    # argmax returns the first maximum; the float tolerance keeps near-ties in the given order
+    return (votes >= votes.max(dim=1, keepdim=True).values - 1e-9).float().argmax(dim=1)
+
+
+def vote_order(props: torch.Tensor, vote: bool = True, weight: str = "iou") -> torch.Tensor:
+    """Indices ``[B, K]`` ordering proposals ``[B, K, 2]`` (given best first) with the vote winner
+    (:func:`vote_winner`) first and the others in their given order. With ``vote=False`` the
+    given order is kept."""
     B, K, _ = props.shape
     order = torch.arange(K, device=props.device).expand(B, K)
     if not vote or K == 1:
         return order.clone()
-    iou = interval_iou(props[:, :, None], props[:, None, :])  # [B, K, K]
-    c = iou[:, 0]  # [B, K]
-    votes = (iou * c[:, None, :]).sum(-1)
-    # argmax returns the first maximum; the float tolerance keeps near-ties in the given order
-    best = (votes >= votes.max(dim=1, keepdim=True).values - 1e-9).float().argmax(dim=1)
+    best = vote_winner(props, weight)
     rest = order[order != best[:, None]].view(B, K - 1)
     return torch.cat([best[:, None], rest], dim=1)
+
+
+def vote_prediction(props: torch.Tensor, vote: bool = True, weight: str = "iou", topn_order: str = "rank"):
+    """The moment prediction of proposals ``[B, K, 2]`` ranked by the model's score (best first).
+
+    ``vote=False``: the ranked proposals themselves. With the vote, ``topn_order="rank"`` (CPL's
+    evaluation) gives ``{"proposals": props, "top1": props[winner]}``: R@1 and mIoU score the
+    winner, R@n the first ``n`` proposals of the model's ranking; ``topn_order="vote"`` (this
+    project's scoring before issue 27) gives the proposals reordered by :func:`vote_order`, the
+    winner moved to the front, so R@n scores the winner and the first ``n - 1`` others."""
+    if topn_order not in TOPN_ORDERS:
+        raise ValueError(f"topn_order {topn_order!r} is not an option; allowed: {', '.join(TOPN_ORDERS)}")
+    if not vote:
+        return props
+    B, K, _ = props.shape
+    if topn_order == "vote":
+        final = vote_order(props, True, weight)
+        return props.gather(1, final[..., None].expand(B, K, 2))
+    best = vote_winner(props, weight)
+    return {"proposals": props, "top1": props[torch.arange(B, device=props.device), best]}
 
 
 def random_expectation(moments: np.ndarray, steps: int = 4096, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -105,9 +149,10 @@ class MomentRecall:
         self.counts = np.zeros(2 + len(TOPS) * len(THRESHOLDS), np.float64)  # n, hits..., sum IoU
 
     def update(self, predictions, moments) -> None:
-        """Add one batch: ``predictions`` ranked proposals ``[B, K, 2]`` or ``"random"``;
+        """Add one batch: ``predictions`` ranked proposals ``[B, K, 2]``, a dict
+        ``{"proposals": [B, K, 2], "top1": [B, 2]}`` (module docstring) or ``"random"``;
         ``moments [B, 2]`` the normalised ground truth."""
-        gt = torch.as_tensor(moments, dtype=torch.float64).reshape(-1, 2)
+        gt = torch.as_tensor(moments, dtype=torch.float64).reshape(-1, 2).cpu()
         B = gt.shape[0]
         if isinstance(predictions, str):
             if predictions != "random":
@@ -118,18 +163,31 @@ class MomentRecall:
             self.counts[1:-1] += np.concatenate(hits)
             self.counts[-1] += miou.sum()
             return
-        props = torch.as_tensor(predictions).to(torch.float64)
+        top1 = None
+        if isinstance(predictions, dict):
+            if set(predictions) != {"proposals", "top1"}:
+                raise ValueError("a prediction dict needs the keys proposals, top1; got "
+                                 f"{', '.join(sorted(predictions))}")
+            predictions, top1 = predictions["proposals"], predictions["top1"]
+        props = torch.as_tensor(predictions).to(torch.float64).cpu()
         if props.ndim != 3 or props.shape[0] != B or props.shape[2] != 2:
             raise ValueError(f"predictions must be [B={B}, K, 2]; got {tuple(props.shape)}")
         props = props.clamp(0.0, 1.0)
         iou = interval_iou(props, gt[:, None, :])  # [B, K]
+        if top1 is None:
+            iou1 = iou[:, 0]
+        else:
+            top1 = torch.as_tensor(top1).to(torch.float64).cpu()
+            if top1.shape != (B, 2):
+                raise ValueError(f"top1 must be [B={B}, 2]; got {tuple(top1.shape)}")
+            iou1 = interval_iou(top1.clamp(0.0, 1.0), gt)
         hits = []
         for n in TOPS:
-            best = iou[:, :n].max(dim=1).values
+            best = iou1 if n == 1 else iou[:, :n].max(dim=1).values
             hits.append(torch.stack([(best >= m - TOL).double().sum() for m in THRESHOLDS]))
         self.counts[0] += B
         self.counts[1:-1] += torch.cat(hits).numpy()
-        self.counts[-1] += float(iou[:, 0].sum())
+        self.counts[-1] += float(iou1.sum())
 
     # ---------------------------------------------------------------- results
     def state(self) -> np.ndarray:

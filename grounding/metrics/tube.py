@@ -10,8 +10,18 @@ Per sentence, on the T sampled frames of its video (``frame_valid``):
 * ``m_viou`` = mean vIoU; ``viou_30`` / ``viou_50`` = the fraction of sentences with
   vIoU **>** 0.3 / 0.5 (strict: a vIoU of exactly 0.3 does not count; a 1e-9 margin keeps float
   rounding of an exact 0.3 from counting);
-* ``m_tiou`` = mean ``|P n G| / |P u G|`` (HC-STVG's count form on the sampled frames; the
-  sampled grid is the only time axis a batch has).
+* ``m_tiou`` = mean tIoU. ``tiou="frame_ids"`` [default], as TubeDETR's VidSTG / HC-STVG
+  evaluation computes it (Yang et al., "TubeDETR: Spatio-Temporal Video Grounding with
+  Transformers", CVPR 2022; its released evaluators): on the **original frame ids**, the
+  predicted ``[s, e)`` becomes ``[frame_ids[s], frame_ids[e - 1] + 1)`` (the first and last
+  predicted sampled frames, the end one original frame past the last) and is compared with the
+  ground truth ``gt_fids = [tube_start, tube_end)`` as intervals: ``tIoU = |inter| / (|pred| +
+  |gt| - |inter|)``, 0 when they do not overlap (or the prediction is empty). The segment is cut
+  to the valid frames first (they are a prefix). On a strided grid this is not the sampled-frame
+  count: with frames every 4 ids, a prediction of 3 sampled frames covers 9 ids, not 12.
+  ``tiou="grid"``: ``|P n G| / |P u G|`` counted on the sampled frames (this project's form
+  before issue 27; equal to the frame-id form only on a stride-1 grid whose GT span starts and
+  ends on sampled frames).
 
 Every metric is also reported over declarative and interrogative sentences alone (suffixes
 ``_declarative`` / ``_interrogative``; a form with no sentence reports 0). MLflow metric names may
@@ -32,6 +42,11 @@ Baseline rows (``update_mode``):
 * ``whole_video_best``: ``[0, T_v)`` with the best proposal per frame (the spec's
   ``temporal=full`` anchor with proposal boxes).
 * ``upper_bound``: the GT segment with the best proposal per frame (highest IoU with the GT box).
+  Under ``tiou="frame_ids"`` its m_tIoU is that of the GT segment on the grid against the real
+  span, below 1 wherever the grid misses the span's ends (and not the best a grid segment can
+  reach).
+
+``m_tiou`` of the baselines is exact under either ``tiou`` (every segment enumerated).
 """
 
 from __future__ import annotations
@@ -49,11 +64,44 @@ NAMES = tuple(f"{m}{g}" for g in GROUPS for m in BASE)
 THRESHOLDS = (0.3, 0.5)
 EPS = 1e-9
 MODES = ("random", "whole_video", "whole_video_best", "upper_bound")
+TIOU = ("frame_ids", "grid")
 
 
-def sample_viou(segment, proposal, boxes, gt_boxes, gt_box_valid, frame_valid):
+def fid_tiou(pred_start, pred_end, gt_start, gt_end):
+    """TubeDETR's tIoU of half-open frame-id intervals (broadcasting numpy arrays; float64):
+    ``inter / (pred + gt - inter)``, 0 without overlap."""
+    inter = np.minimum(pred_end, gt_end) - np.maximum(pred_start, gt_start)
+    union = (pred_end - pred_start) + (gt_end - gt_start) - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(inter > 0, inter / np.where(inter > 0, union, 1), 0.0).astype(np.float64)
+
+
+def segment_fids(segment, frame_ids, frame_valid):
+    """``[B, 2]`` original-frame-id interval ``[frame_ids[s], frame_ids[e - 1] + 1)`` of half-open
+    grid segments ``[B, 2]`` cut to the valid prefix; an empty segment gives ``[0, 0)``."""
+    seg = np.asarray(torch.as_tensor(segment).long().cpu()).reshape(-1, 2)
+    fid = np.asarray(torch.as_tensor(frame_ids).long().cpu())
+    tv = np.asarray(torch.as_tensor(frame_valid).bool().cpu()).sum(1)
+    s = np.clip(seg[:, 0], 0, None)
+    e = np.minimum(seg[:, 1], tv)
+    ok = e > s
+    rows = np.arange(len(seg))
+    T = fid.shape[1]
+    start = np.where(ok, fid[rows, np.clip(s, 0, T - 1)], 0)
+    end = np.where(ok, fid[rows, np.clip(e - 1, 0, T - 1)] + 1, 0)
+    return np.stack([start, end], 1).astype(np.float64)
+
+
+def sample_viou(segment, proposal, boxes, gt_boxes, gt_box_valid, frame_valid, frame_ids=None, gt_fids=None,
+                tiou: str = "frame_ids"):
     """Per-sentence ``(vIoU, tIoU)`` ``[B]`` float64 of predictions ``segment [B, 2]`` (half-open)
-    and ``proposal [B, T]``."""
+    and ``proposal [B, T]``. ``tiou="frame_ids"`` (default) needs the batch's ``frame_ids [B, T]``
+    and ``gt_fids [B, 2]``; ``tiou="grid"`` counts sampled frames (module docstring)."""
+    if tiou not in TIOU:
+        raise ValueError(f"tiou={tiou!r} is not an option; allowed: {', '.join(TIOU)}")
+    if tiou == "frame_ids" and (frame_ids is None or gt_fids is None):
+        raise ValueError("tiou='frame_ids' needs frame_ids and gt_fids (the batch's); pass tiou='grid' "
+                         "for the sampled-frame count")
     boxes = torch.as_tensor(boxes, dtype=torch.float64)
     B, T = boxes.shape[:2]
     seg = torch.as_tensor(segment).long().reshape(B, 2)
@@ -65,7 +113,12 @@ def sample_viou(segment, proposal, boxes, gt_boxes, gt_box_valid, frame_valid):
     chosen = boxes.gather(2, prop[:, :, None, None].expand(B, T, 1, 4))[:, :, 0]
     iou = box_iou(chosen, torch.as_tensor(gt_boxes, dtype=torch.float64))
     inter, union = pred & gt, (pred | gt).sum(1).clamp(min=1).double()
-    return (iou * inter).sum(1) / union, inter.sum(1).double() / union
+    viou = (iou * inter).sum(1) / union
+    if tiou == "grid":
+        return viou, inter.sum(1).double() / union
+    p = segment_fids(seg, frame_ids, fv)
+    g = np.asarray(torch.as_tensor(gt_fids).long().cpu(), np.float64).reshape(-1, 2)
+    return viou, torch.from_numpy(fid_tiou(p[:, 0], p[:, 1], g[:, 0], g[:, 1]))
 
 
 @functools.lru_cache(maxsize=None)
@@ -75,11 +128,14 @@ def _segments(Tv: int) -> np.ndarray:
 
 
 class TubeMetrics:
-    """Accumulates the tube metrics over batches, overall and per sentence form."""
+    """Accumulates the tube metrics over batches, overall and per sentence form; ``tiou`` is the
+    m_tIoU definition (module docstring: ``frame_ids`` [default, TubeDETR's] or ``grid``)."""
 
-    def __init__(self, draws: int = 64, seed: int = 0):
+    def __init__(self, draws: int = 64, seed: int = 0, tiou: str = "frame_ids"):
+        if tiou not in TIOU:
+            raise ValueError(f"tiou={tiou!r} is not an option; allowed: {', '.join(TIOU)}")
         self.counts = np.zeros((len(GROUPS), 5), np.float64)
-        self.draws, self.seed, self._calls = draws, seed, 0
+        self.draws, self.seed, self._calls, self.tiou = draws, seed, 0, tiou
 
     # ---------------------------------------------------------------- updates
     def _add(self, form: torch.Tensor, viou: np.ndarray, tiou: np.ndarray, hits: np.ndarray) -> None:
@@ -88,8 +144,10 @@ class TubeMetrics:
         for g, sel in enumerate((np.ones_like(form, bool), form == 0, form == 1)):
             self.counts[g] += [sel.sum(), viou[sel].sum(), hits[sel, 0].sum(), hits[sel, 1].sum(), tiou[sel].sum()]
 
-    def update(self, segment, proposal, boxes, gt_boxes, gt_box_valid, frame_valid, form) -> None:
-        viou, tiou = sample_viou(segment, proposal, boxes, gt_boxes, gt_box_valid, frame_valid)
+    def update(self, segment, proposal, boxes, gt_boxes, gt_box_valid, frame_valid, form, frame_ids=None,
+               gt_fids=None) -> None:
+        viou, tiou = sample_viou(segment, proposal, boxes, gt_boxes, gt_box_valid, frame_valid, frame_ids, gt_fids,
+                                 self.tiou)
         viou, tiou = viou.numpy(), tiou.numpy()
         hits = np.stack([viou > r + EPS for r in THRESHOLDS], 1).astype(np.float64)
         self._add(form, viou, tiou, hits)
@@ -107,8 +165,14 @@ class TubeMetrics:
         tv = fv.sum(1)  # valid frames are a prefix
         if mode in ("upper_bound", "whole_video_best"):
             seg = batch["gt_segment"].cpu() if mode == "upper_bound" else torch.stack([torch.zeros_like(tv), tv], 1)
-            self.update(seg, iou.argmax(2), boxes, gtb, gtv, fv, batch["sentence_form"])
+            self.update(seg, iou.argmax(2), boxes, gtb, gtv, fv, batch["sentence_form"], batch.get("frame_ids"),
+                        batch.get("gt_fids"))
             return
+        if self.tiou == "frame_ids":
+            if batch.get("frame_ids") is None or batch.get("gt_fids") is None:
+                raise ValueError("tiou='frame_ids' needs the batch's frame_ids and gt_fids")
+            fids = batch["frame_ids"].long().cpu().numpy()
+            gfids = batch["gt_fids"].long().cpu().numpy().astype(np.float64)
         mean_iou = (iou.mean(2) * gtv).numpy()  # [B, T] expected IoU of a uniform proposal, on G
         g = gtv.numpy().astype(np.float64)
         c_iou = np.concatenate([np.zeros((B, 1)), np.cumsum(mean_iou, 1)], 1)  # [B, T+1]
@@ -128,7 +192,10 @@ class TubeMetrics:
             inter_n = c_g[b, ee] - c_g[b, ss]
             union = np.maximum((ee - ss) + n_g[b] - inter_n, 1)
             viou[b] = (inter_iou / union).mean()
-            tiou[b] = (inter_n / union).mean()
+            if self.tiou == "grid":
+                tiou[b] = (inter_n / union).mean()
+            else:
+                tiou[b] = fid_tiou(fids[b, ss], fids[b, ee - 1] + 1, gfids[b, 0], gfids[b, 1]).mean()
         hits = self._sampled_hits(mode, iou, gtv, tv)
         self._add(batch["sentence_form"], viou, tiou, hits)
 

@@ -27,6 +27,9 @@ class DataInfo:
     train_features: np.ndarray | None = None
     seed: int = 0  # seeds anything a model draws at build time (e.g. memory-bank entries)
     text: dict | None = None  # the manifest's text-feature block (encoder, digest, dim), if any
+    # the dataset's name: a converter's ``source`` (``charades_sta``, ``anet_captions``, ...) or a
+    # generator's ``benchmark`` (``charades_cd_generated``) from the manifest's extra; None if unknown
+    dataset: str | None = None
 
 
 @dataclasses.dataclass

@@ -4,8 +4,9 @@ CPL scores a proposal by how well the masked query is reconstructed from it, but
 words alone already predict many masked ones (the language bias: "opens the" -> "door"). CCR
 models reconstruction as the aggregation of a cross-modal and a query-only effect and removes the
 query-only part. Everything of :mod:`cpl` (proposals, masks, negatives, its losses on the main
-branch, the vote) is reused; this module adds, per scored proposal ``P`` (the positives; for
-the losses, CPL's selected positive ``k*``, its two hard negatives and the reference):
+branch, the vote and its test-time options ``vote_weight`` / ``topn_order``) is reused; this
+module adds, per scored proposal ``P`` (the positives; for the losses, CPL's selected positive
+``k*``, its two hard negatives and the reference):
 
 * main branch ``phi_P = pi(chi(S_P, q~))``: CPL's word logits ``[W, V]`` (``chi`` the
   Gaussian-masked cross-modal decoder, ``pi`` its word classifier);

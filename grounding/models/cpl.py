@@ -36,9 +36,12 @@ Equations.
   (evaluated on ``div_grid`` positions, see below);
   ``L = L_rec + ivc_weight L_ivc + div_weight L_div``.
 * Inference: proposals ``[clamp(c - w/2, 0), clamp(c + w/2, 1)]`` ranked by ``L_ce`` (lowest
-  first), then the vote: ``c_i = IoU(p_0, p_i)``, ``votes_i = sum_j IoU(p_i, p_j) c_j``; the
-  winner goes first and the others keep their reconstruction order
-  (:func:`grounding.metrics.moment.vote_order`).
+  first), then the vote: ``votes_i = sum_j IoU(p_i, p_j) c_j`` and the winner ``argmax_i
+  votes_i`` (:func:`grounding.metrics.moment.vote_winner`), with ``c_j = IoU(p_0, p_j)`` or
+  ``c_j = 1`` (``vote_weight``, below).
+* Scoring, as the authors' evaluation does it: R@1 and mIoU on the vote winner, R@5 on the first
+  five proposals in reconstruction order, the winner not moved (``predict`` returns
+  ``{"proposals", "top1"}``, :func:`grounding.metrics.moment.vote_prediction`).
 
 Published values (Charades-STA config of the authors' code): ``K = 8``, ``sigma = 9``,
 ``gamma = 0.5``, ``alpha_p`` (their ``margin_1``, beta_1 in the paper) ``= 0.1``, ``alpha_n``
@@ -85,6 +88,21 @@ Choices where the paper is silent, or made for this project (all exposed unless 
   default 3000: about nine epochs of the generated train split at batch 32) because the engine
   does not tell models the epoch; the authors anneal over their 30 epochs.
 * ``vote`` (True, the authors' Charades setting) and ``max_words`` (20, as theirs) are exposed.
+
+Test-time options (``model.<name>=``; read by ``predict`` only; default in brackets):
+
+* ``vote_weight`` -- the vote's weights ``c_j``. ``dataset`` [default]: as the authors' runner,
+  which weights by ``IoU(p_0, p_j)`` on Charades-STA only (their comment: on Charades many
+  proposals overlap little, so their votes are discounted) and votes unweighted on every other
+  dataset: ``iou`` when :attr:`DataInfo.dataset` names a Charades set (``charades_sta``,
+  ``charades_cd``, the generated ``charades_cd_generated``) or is unknown (None, as in hand-built
+  infos; this project's behaviour before the option), ``uniform`` otherwise (ActivityNet
+  Captions / ActivityNet-CD). ``iou`` / ``uniform`` force one. Charades-CD, which the authors'
+  code never ran, is weighted as Charades-STA, its source.
+* ``topn_order`` -- the list R@n (n > 1) scores. ``rank`` [default]: the reconstruction order,
+  the winner left where it is (the authors' evaluation). ``vote``: the winner moved to the front
+  and the others in reconstruction order, this project's scoring before these options (R@1 and
+  mIoU are the same under both; R@5 differs whenever the winner ranks sixth or later).
 """
 
 from __future__ import annotations
@@ -96,11 +114,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..metrics.moment import vote_order
-from .base import DataInfo, GroundingModel, ModelConfig, check_config
+from ..metrics.moment import TOPN_ORDERS, VOTE_WEIGHTS, vote_prediction
+from .base import DataInfo, GroundingModel, ModelConfig, check_choice, check_config
 from .registry import register
 
 GAUSS_EPS = 1e-10
+VOTE_WEIGHT_OPTIONS = ("dataset", *VOTE_WEIGHTS)
+
+
+def vote_weighting(option: str, dataset: str | None) -> str:
+    """The vote's weights for ``vote_weight=option`` on ``dataset`` (:attr:`DataInfo.dataset`):
+    ``iou`` or ``uniform`` as given; ``dataset``: ``iou`` for a Charades set or an unknown
+    dataset, ``uniform`` otherwise (see the module docstring)."""
+    if option != "dataset":
+        return option
+    return "iou" if dataset is None or str(dataset).lower().startswith("charades") else "uniform"
 
 
 @dataclasses.dataclass
@@ -124,6 +152,10 @@ class CPLConfig(ModelConfig):
     div_grid: int = 50  # positions the diversity term's masks live on (the authors' 200 / 4)
     max_words: int = 20
     vote: bool = True
+    vote_weight: str = dataclasses.field(default="dataset", metadata={
+        "help": "dataset | iou | uniform: vote weights (dataset: iou on Charades, else uniform)"})
+    topn_order: str = dataclasses.field(default="rank", metadata={
+        "help": "rank | vote: R@5's list (rank: reconstruction order; vote: winner first)"})
     causal_frames: bool = True
     frame_pos: bool = False
 
@@ -135,6 +167,7 @@ class CPLConfig(ModelConfig):
                             "div_weight": (0, None), "ivc_weight": (0, None),
                             "label_smoothing": (0, 0.99), "downsample": (1, None), "max_words": (2, None),
                             "div_grid": (2, None)})
+        check_choice(self, {"vote_weight": VOTE_WEIGHT_OPTIONS, "topn_order": TOPN_ORDERS})
         if self.hidden_dim % self.heads:
             raise ValueError(f"hidden_dim={self.hidden_dim} must be divisible by heads={self.heads}")
         if self.hidden_dim % 2:
@@ -439,8 +472,13 @@ class CPL(GroundingModel):
         return self.nll(logits, ids, wmask)
 
     @torch.no_grad()
-    def predict(self, batch) -> torch.Tensor:
-        """Ranked proposals ``[B, K, 2]`` (normalised start, end), the vote winner first."""
+    def predict(self, batch):
+        """The moment prediction (normalised start, end) of the ``K`` proposals ranked by
+        reconstruction loss. With the vote and ``topn_order=rank`` [default]: ``{"proposals":
+        [B, K, 2] in reconstruction order, "top1": [B, 2] the vote winner}`` (the authors'
+        scoring); ``topn_order=vote``: ``[B, K, 2]`` with the winner first; without the vote:
+        ``[B, K, 2]`` in reconstruction order. The vote's weights follow ``vote_weight``
+        (default ``dataset``: IoU-weighted on Charades, unweighted otherwise)."""
         cfg = self.cfg
         parts = self.generate(batch)
         B, K = parts["center"].shape
@@ -451,5 +489,4 @@ class CPL(GroundingModel):
         score = self.rank_scores(logits, rep(words_in), rep(parts["ids"]), rep(parts["wmask"])).view(B, K)
         order = score.argsort(dim=1, stable=True)
         props = proposals_from(parts["center"], parts["width"]).gather(1, order[..., None].expand(B, K, 2))
-        final = vote_order(props, cfg.vote)
-        return props.gather(1, final[..., None].expand(B, K, 2))
+        return vote_prediction(props, cfg.vote, vote_weighting(cfg.vote_weight, self.info.dataset), cfg.topn_order)

@@ -27,7 +27,8 @@ SMALL = {"embed_dim": 32, "hidden_dim": 32, "d_model": 32, "heads": 4, "num_head
 PREDICTION_SHAPE = {
     # proposal scores [B, Kq, T, N]
     "wsvog": lambda batch, dims: (batch["features"].shape[0], batch["queries"].shape[1], dims["T"], dims["N"]),
-    # ranked (start, end) proposals [B, K, 2], one row per query
+    # ranked (start, end) proposals [B, K, 2], one row per query (the "proposals" of a
+    # {"proposals", "top1"} prediction, whose top1 is [B, 2])
     "moment": lambda batch, dims: (batch["moments"].shape[0], None, 2),
 }
 
@@ -136,8 +137,12 @@ def test_method_trains_and_evaluates(name, method_data):
     assert ts and all(torch.isfinite(t.float()).all() for t in ts)
     if task.name in PREDICTION_SHAPE:
         want = PREDICTION_SHAPE[task.name](vb, td.info.dims)
-        assert pred.dim() == len(want), (tuple(pred.shape), want)
-        assert all(w is None or g == w for g, w in zip(pred.shape, want)), (tuple(pred.shape), want)
+        ranked = pred
+        if task.name == "moment" and isinstance(pred, dict):
+            ranked = pred["proposals"]
+            assert tuple(pred["top1"].shape) == (want[0], 2)
+        assert ranked.dim() == len(want), (tuple(ranked.shape), want)
+        assert all(w is None or g == w for g, w in zip(ranked.shape, want)), (tuple(ranked.shape), want)
     again = list(_tensors(model.predict(vb)))
     assert all(torch.equal(a, b) for a, b in zip(ts, again))
 

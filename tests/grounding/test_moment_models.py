@@ -14,17 +14,18 @@ from grounding.data.shards import Dataset
 from grounding.models import registry
 from grounding.models.base import DataInfo
 from grounding.models.ccr import aggregate, kl_to_counterfactual
+from grounding.metrics.moment import vote_prediction, vote_winner
 from grounding.models.cpl import (Attention, diversity_penalty, gauss_bias, gaussian_mask, hinge,
-                                  negative_masks, proposals_from)
+                                  negative_masks, proposals_from, vote_weighting)
 
 V, L, D = 12, 16, 8
 
 
-def _info() -> DataInfo:
+def _info(dataset: str | None = None) -> DataInfo:
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((V, 300)).astype(np.float32)
     vectors[0] = 0
-    return DataInfo(task="moment", dims={"L": L, "D": D}, word_vectors=vectors)
+    return DataInfo(task="moment", dims={"L": L, "D": D}, word_vectors=vectors, dataset=dataset)
 
 
 def _batch(B: int = 3, W: int = 5, seed: int = 0) -> dict:
@@ -38,9 +39,9 @@ def _batch(B: int = 3, W: int = 5, seed: int = 0) -> dict:
             "duration": torch.full((B,), 30.0), "video": torch.arange(B)}
 
 
-def _model(method: str, **kw):
+def _model(method: str, dataset: str | None = None, **kw):
     torch.manual_seed(0)
-    return registry.build(method, {"hidden_dim": 16, "heads": 2, "layers": 1, "downsample": 2, **kw}, _info())
+    return registry.build(method, {"hidden_dim": 16, "heads": 2, "layers": 1, "downsample": 2, **kw}, _info(dataset))
 
 
 # ------------------------------------------------------------------------------------- CPL
@@ -155,9 +156,47 @@ def test_forward_and_predict(method):
     assert torch.isfinite(loss) and {"loss_rec", "loss_ivc", "loss_div"} <= set(logs)
     loss.backward()
     m.eval()
-    p1, p2 = m.predict(b), m.predict(b)
-    assert p1.shape == (3, m.cfg.num_props, 2) and torch.equal(p1, p2)
-    assert ((p1 >= 0) & (p1 <= 1)).all() and (p1[..., 0] <= p1[..., 1]).all()
+    p1, p2 = m.predict(b), m.predict(b)  # the vote, topn_order=rank: {"proposals", "top1"}
+    assert set(p1) == {"proposals", "top1"} and all(torch.equal(p1[k], p2[k]) for k in p1)
+    props = p1["proposals"]
+    assert props.shape == (3, m.cfg.num_props, 2) and p1["top1"].shape == (3, 2)
+    assert ((props >= 0) & (props <= 1)).all() and (props[..., 0] <= props[..., 1]).all()
+    assert all(any(torch.equal(p1["top1"][i], q) for q in props[i]) for i in range(3))  # top1 is a proposal
+
+
+@pytest.mark.parametrize("method", ["cpl", "ccr"])
+@pytest.mark.parametrize("dataset, weight", [("charades_sta", "iou"), ("charades_cd", "iou"),
+                                             ("charades_cd_generated", "iou"), (None, "iou"),
+                                             ("anet_captions", "uniform"), ("anet_cd", "uniform")])
+def test_predict_votes_and_scores_as_cpl_per_dataset(method, dataset, weight):
+    """``vote_weight=dataset`` (default) weights the vote by IoU with the first proposal on Charades
+    and votes unweighted elsewhere; ``topn_order=rank`` (default) keeps the reconstruction order
+    for R@n and names the winner ``top1``; ``topn_order=vote`` is the earlier winner-first list."""
+    assert vote_weighting("dataset", dataset) == weight
+    b = _batch()
+    ranked = _model(method, dataset, vote=False).eval().predict(b)  # reconstruction order
+    assert torch.is_tensor(ranked) and ranked.shape == (3, 8, 2)
+    got = _model(method, dataset).eval().predict(b)
+    assert torch.equal(got["proposals"], ranked)
+    assert torch.equal(got["top1"], ranked[torch.arange(3), vote_winner(ranked, weight)])
+    for forced in ("iou", "uniform"):
+        out = _model(method, dataset, vote_weight=forced).eval().predict(b)
+        assert torch.equal(out["top1"], vote_prediction(ranked, True, forced)["top1"])
+    old = _model(method, dataset, topn_order="vote").eval().predict(b)
+    assert torch.is_tensor(old) and torch.equal(old[:, 0], got["top1"])
+    assert torch.equal(old, vote_prediction(ranked, True, weight, "vote"))
+
+
+def test_vote_options_parse_on_the_sweep_command_line():
+    from orchestration import config
+
+    cfg = config.parse(["method=cpl", "model.vote_weight=uniform", "model.topn_order=vote"])
+    assert cfg.model == {"vote_weight": "uniform", "topn_order": "vote"}
+    with pytest.raises(config.ConfigError, match="model.vote_weight='anet' is not an option; allowed: dataset, iou"):
+        config.parse(["method=ccr", "model.vote_weight=anet"])
+    for method in ("cpl", "ccr"):
+        text = config.help_text(method)
+        assert "model.vote_weight      dataset" in text and "model.topn_order       rank" in text
 
 
 def test_proposals_are_clamped_centre_width():
@@ -174,6 +213,10 @@ def test_config_validation_messages():
         registry.make_config("cpl", {"kl_weight": 1.0})
     with pytest.raises(ValueError, match="downsample"):
         registry.build("cpl", {"downsample": 16}, _info())
+    with pytest.raises(ValueError, match="vote_weight='charades' is not an option; allowed: dataset, iou, uniform"):
+        registry.make_config("cpl", {"vote_weight": "charades"})
+    with pytest.raises(ValueError, match="topn_order='winner' is not an option; allowed: rank, vote"):
+        registry.make_config("ccr", {"topn_order": "winner"})
 
 
 # ------------------------------------------------------------------------------------- CCR
@@ -231,6 +274,7 @@ def test_mu_learns_only_through_the_kl_term(score):
 def test_one_epoch_on_the_smoke_benchmark(benchmark_root, method):
     ds = Dataset.open(benchmark_root("charades"))
     data = tasks.load(ds, splits=("train", "val"))
+    assert data.info.dataset == "charades_cd_generated"  # -> the IoU-weighted vote (vote_weight=dataset)
     engine.seed_everything(0)
     model = registry.build(method, {}, data.info)
     cfg = engine.OptimConfig(lr=4e-4)
