@@ -220,7 +220,12 @@ def cmd_convert(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit {args.limit}: must be >= 1")
     _need_local_dest(args.root, args.overwrite, "convert")
+    if not 0 <= args.max_missing_fraction <= 1:
+        raise UsageError(f"--max-missing-fraction {args.max_missing_fraction}: must be in [0, 1]")
+    if not 0 <= args.min_vocab_coverage <= 1:
+        raise UsageError(f"--min-vocab-coverage {args.min_vocab_coverage}: must be in [0, 1]")
     common = dict(feature_dtype=args.feature_dtype, limit=args.limit, skip_missing=args.skip_missing,
+                  max_missing_fraction=args.max_missing_fraction, min_vocab_coverage=args.min_vocab_coverage,
                   renames=renames, overwrite=args.overwrite, log=out)
     mod.run(args, args.root, common, args.format)
     out(f"converted {args.format} into {args.root}")
@@ -381,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert a published feature/annotation layout into shards",
                        description="Convert a published layout into a local dataset (written atomically).")
     fs = c.add_subparsers(dest="format", required=True, metavar="FORMAT", parser_class=_Parser)
+    from .converters.common import MAX_MISSING_FRACTION, MIN_VOCAB_COVERAGE
+
     for fmt, modname in FORMATS.items():
         mod = module(fmt)
         fp = fs.add_parser(fmt, help=mod.HELP[fmt], description=(mod.__doc__ or "").strip(),
@@ -392,6 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
         fp.add_argument("--limit", type=int, help="convert only the first LIMIT items of each split (a trial run)")
         fp.add_argument("--skip-missing", action="store_true",
                         help="leave out items whose feature files are missing (counted in the manifest)")
+        fp.add_argument("--max-missing-fraction", type=float, default=MAX_MISSING_FRACTION, metavar="F",
+                        help="with --skip-missing: the largest share of a split's items that may be left out "
+                             f"(default {MAX_MISSING_FRACTION:g}); a split that ends up empty is always an error")
+        fp.add_argument("--min-vocab-coverage", type=float, default=MIN_VOCAB_COVERAGE, metavar="F",
+                        help="smallest share of a split's sentence tokens with a GloVe vector (reported per split; "
+                             f"default {MIN_VOCAB_COVERAGE:g})")
         fp.add_argument("--rename-split", action="append", default=[], metavar="OLD=NEW",
                         help="store split OLD under the name NEW (repeatable; e.g. test=test_iid)")
         fp.add_argument("--overwrite", action="store_true", help="replace ROOT if it exists")

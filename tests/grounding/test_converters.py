@@ -294,9 +294,14 @@ def test_youcook2_bb_bad_inputs_write_nothing(yc2_inputs, tmp_path):
         youcook2_bb.convert(root, YC2, base / "feat", base / "prop", splits=["train"], limit=5,
                             sizes=[YC2 / "official_yc2_training_vid.json"], **QUIET)
     assert not root.exists() and list(tmp_path.iterdir()) == []
-    # --skip-missing leaves them out and counts them
+    # --skip-missing leaves them out and counts them, up to --max-missing-fraction of a split (default 5 %)
+    with pytest.raises(ConversionError, match=rf"too much of the data is missing: train: 2 of 5 segments left out "
+                                              rf"\(40%\), e.g. \S+/training/{seg}\.npy; pass --max-missing-fraction F"):
+        youcook2_bb.convert(root, YC2, base / "feat", base / "prop", splits=["train"], limit=5, skip_missing=True,
+                            sizes=[YC2 / "official_yc2_training_vid.json"], **QUIET)
+    assert not root.exists()
     youcook2_bb.convert(root, YC2, base / "feat", base / "prop", splits=["train"], limit=5, skip_missing=True,
-                        sizes=[YC2 / "official_yc2_training_vid.json"], **QUIET)
+                        max_missing_fraction=0.4, sizes=[YC2 / "official_yc2_training_vid.json"], **QUIET)
     m = Dataset.open(root).manifest
     assert m.split_rows("train") == 3 and m.extra["stats"]["segments_skipped"] == 2
     # a file of the wrong shape fails half-way: still nothing at the destination
@@ -308,6 +313,34 @@ def test_youcook2_bb_bad_inputs_write_nothing(yc2_inputs, tmp_path):
         youcook2_bb.convert(tmp_path / "out2", YC2, bad, base / "prop", splits=["train"], limit=3,
                             sizes=[YC2 / "official_yc2_training_vid.json"], **QUIET)
     assert not (tmp_path / "out2").exists() and not list(tmp_path.glob(".out2*"))
+
+
+def test_youcook2_bb_skip_missing_never_empties_a_split(yc2_inputs, tmp_path, capsys):
+    """The README's short command once gave only the training sizes: with --skip-missing every val and
+    test segment was dropped and the conversion 'succeeded' (test: 0 segments). Now: exit 2, one line."""
+    from grounding.data.cli import main
+
+    base, _ = yc2_inputs
+    root = tmp_path / "ds"
+    args = ["convert", "youcook2-bb", "--annotations", str(YC2), "--features", str(base / "feat"),
+            "--proposals", str(base / "prop"), "--sizes", str(YC2 / "official_yc2_training_vid.json"),
+            "--boxes", str(base / "yc2_bb_val_annotations.json"), "--rename-split", "test=test_iid",
+            "--text-encoder", "none", "--limit", "3", "--skip-missing", str(root)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: too much of the data is missing: ")
+    assert ("val: 3 of 3 segments left out (100%), e.g. frame size of video DBgap0YANhs (give its rwidth/rheight "
+            "with --sizes)") in err[0] and "test_iid: 3 of 3 segments left out (100%)" in err[0]
+    assert "a split cannot end up empty" in err[0] and not root.exists()
+    # even a permissive fraction does not accept an empty split
+    assert main([*args, "--max-missing-fraction", "1"]) == 2 and not root.exists()
+    assert "cannot end up empty" in capsys.readouterr().err
+    assert main([*args, "--max-missing-fraction", "1.5"]) == 2
+    assert "--max-missing-fraction 1.5: must be in [0, 1]" in capsys.readouterr().err
+    # with the val and test sizes (docs/shards.md's command) nothing is missing
+    assert main([*args, "--sizes", str(base / "yc2_bb_val_annotations.json"),
+                 "--sizes", str(YC2 / "official_yc2_bb_public_test_annotations.json")]) == 0
+    assert Dataset.open(root).manifest.extra["stats"]["segments_skipped"] == 0
 
 
 # ==================================================================== ActivityNet-Entities
@@ -495,8 +528,12 @@ def test_moment_converter_missing_features_is_one_clear_error(tmp_path):
         charades.convert(tmp_path / "ds", "charades-sta", {"train": sta / "train.json"}, tmp_path / "i3d.hdf5",
                          glove_pkl=sta / "glove.pkl", limit=2, **QUIET)
     assert not (tmp_path / "ds").exists()
+    with pytest.raises(ConversionError, match=r"train: 1 of 2 videos left out \(50%\), e.g. no f\[video\] for Y6R7T; "
+                                              r"pass --max-missing-fraction F \(now 0.05\)"):
+        charades.convert(tmp_path / "ds", "charades-sta", {"train": sta / "train.json"}, tmp_path / "i3d.hdf5",
+                         glove_pkl=sta / "glove.pkl", limit=2, skip_missing=True, **QUIET)
     charades.convert(tmp_path / "ds", "charades-sta", {"train": sta / "train.json"}, tmp_path / "i3d.hdf5",
-                     glove_pkl=sta / "glove.pkl", limit=2, skip_missing=True, **QUIET)
+                     glove_pkl=sta / "glove.pkl", limit=2, skip_missing=True, max_missing_fraction=0.5, **QUIET)
     assert Dataset.open(tmp_path / "ds").manifest.extra["stats"]["videos_skipped"] == 1
     with pytest.raises(ConversionError, match="give exactly one of --glove-txt"):
         charades.convert(tmp_path / "ds2", "charades-sta", {"train": sta / "train.json"}, tmp_path / "i3d.hdf5",
@@ -514,9 +551,16 @@ def test_anet_captions_and_cd_with_c3d_features(tmp_path):
     _ramp_h5(tmp_path / "c3d.hdf5", {v: 40 for v in set(vids + cd_val)}, 500, key="c3d_features")
     (tmp_path / "glove.txt").write_text("".join(f"{w} " + " ".join([str(i)] * 4) + "\n"
                                                 for i, w in enumerate(["the", "camera", "water", "."])))
+    # a 4-word GloVe file covers 12.5 % of the tokens: refused by default, naming the file
+    with pytest.raises(ConversionError, match=r"vocabulary coverage below 90% with the GloVe file \S+/glove\.txt: "
+                                              r"val 12\.5% of the tokens have a vector"):
+        anet_captions.convert(tmp_path / "capt", "anet-captions", {"val": capt / "val_data.json"},
+                              tmp_path / "c3d.hdf5", L=16, glove_txt=tmp_path / "glove.txt", limit=2, **QUIET)
+    assert not (tmp_path / "capt").exists()
     anet_captions.convert(tmp_path / "capt", "anet-captions", {"val": capt / "val_data.json"}, tmp_path / "c3d.hdf5",
-                          L=16, glove_txt=tmp_path / "glove.txt", limit=2, **QUIET)
+                          L=16, glove_txt=tmp_path / "glove.txt", limit=2, min_vocab_coverage=0.1, **QUIET)
     ds = Dataset.open(tmp_path / "capt")
+    assert ds.manifest.extra["stats"]["vocab_coverage"] == {"val": 0.125}
     assert ds.manifest.dims == {"L": 16, "D": 500}
     rows = _rows(ds, "val")
     assert [r["video_id"] for r in rows] == vids
@@ -533,7 +577,7 @@ def test_anet_captions_and_cd_with_c3d_features(tmp_path):
 
     cd = DATA / "activitynet_cd"
     anet_captions.convert(tmp_path / "cd", "anet-cd", {"val": cd / "anet_val.json"}, tmp_path / "c3d.hdf5", L=16,
-                          glove_txt=tmp_path / "glove.txt", limit=2, **QUIET)
+                          glove_txt=tmp_path / "glove.txt", limit=2, min_vocab_coverage=0, **QUIET)
     ann = json.loads((cd / "anet_val.json").read_text())
     rows = _rows(Dataset.open(tmp_path / "cd"), "val")
     assert [r["video_id"] for r in rows] == cd_val

@@ -49,11 +49,17 @@ def test_vidstg_rows_per_video_and_frame_ranges(tmp_path):
     for it in items:
         _write_video(tmp_path / "feat", it["vid"], np.arange(0, it["frame_count"], 3))
     _vidor(tmp_path, items)
+    # the Charades GloVe subset covers 11 of the 14 tokens: below the default 90 %, one line naming the file
+    with pytest.raises(ConversionError, match=r"vocabulary coverage below 90% with the GloVe file \S+glove_vectors_"
+                                              r"1146x300_float32\.npy: val 78\.6% of the tokens"):
+        vidstg.convert(tmp_path / "ds", {"val": DATA / "vidstg" / "val_annotations.json"}, tmp_path / "vidor",
+                       tmp_path / "feat", T=10, N=8, limit=2, **GLOVE, **QUIET)
+    assert not (tmp_path / "ds").exists()
     vidstg.convert(tmp_path / "ds", {"val": DATA / "vidstg" / "val_annotations.json"}, tmp_path / "vidor",
-                   tmp_path / "feat", T=10, N=8, limit=2, **GLOVE, **QUIET)
+                   tmp_path / "feat", T=10, N=8, limit=2, min_vocab_coverage=0.75, **GLOVE, **QUIET)
     ds = Dataset.open(tmp_path / "ds")
     ds.verify()
-    assert ds.manifest.task == "tube"
+    assert ds.manifest.task == "tube" and ds.manifest.extra["stats"]["vocab_coverage"] == {"val": pytest.approx(11 / 14)}
     assert ds.manifest.dims == {"T": 10, "N": 8, "Df": 6, "Dr": 6, "L": 24, "R": 1, "P": 4, "M": 8}
     rows = ds.read_split("val").to_pylist()
     assert [r["video_id"] for r in rows] == ["10712559773_0", "3783730077_1"]  # one row per item

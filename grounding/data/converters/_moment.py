@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from ..shards import DatasetWriter
-from .common import (ConversionError, Glove, Vocab, add_glove_arguments, chunks, load_json, moment_table,
+from .common import (MAX_MISSING_FRACTION, MIN_VOCAB_COVERAGE, ConversionError, Glove, Vocab, check_coverage,
+                     check_loss, add_glove_arguments, chunks, load_json, moment_table,
                      need_file, pool_clips, producer, rename)
 
 VOCAB_MODES = ("auto", "glove", "sentences")
@@ -97,7 +98,9 @@ def convert(root, *, name: str, producer_name: str, source: str, split_files: di
             feature_key: str | None, L: int, glove_txt=None, glove_pkl=None, glove_npy=None, glove_vocab=None,
             vocab: str = "auto", vocab_splits: list[str] | None = None, vocab_min_count: int = 1,
             feature_dtype: str = "float16",
-            limit: int | None = None, skip_missing: bool = False, renames: dict[str, str] | None = None,
+            limit: int | None = None, skip_missing: bool = False,
+            max_missing_fraction: float = MAX_MISSING_FRACTION, min_vocab_coverage: float = MIN_VOCAB_COVERAGE,
+            renames: dict[str, str] | None = None,
             overwrite: bool = False, log=print):
     if not split_files:
         raise ConversionError("no annotation file: give --annotations DIR or --split NAME=FILE")
@@ -117,7 +120,12 @@ def convert(root, *, name: str, producer_name: str, source: str, split_files: di
             raise ConversionError(f"--features {features}: no {where} for {len(missing)} video(s), e.g. "
                                   f"{', '.join(missing[:5])}; pass --skip-missing to leave them out")
         gone = set(missing)
+        where = f"f[video][{feature_key!r}]" if feature_key else "f[video]"
+        total = {rename(sp, renames): len(r) for sp, r in records.items()}
+        reasons = {rename(sp, renames): [f"no {where} for {v}" for v in r if v in gone][:1] for sp, r in records.items()}
         records = {sp: {v: x for v, x in r.items() if v not in gone} for sp, r in records.items()}
+        check_loss({rename(sp, renames): len(r) for sp, r in records.items()}, total, max_missing_fraction,
+                   reasons, unit="videos")
         first = next((v for r in records.values() for v in r), None)
         if first is None:
             raise ConversionError("no video to convert (empty annotation files, or every video lacks features)")
@@ -134,12 +142,17 @@ def convert(root, *, name: str, producer_name: str, source: str, split_files: di
         mode = vocab if vocab != "auto" else ("glove" if glove.rows is not None else "sentences")
         voc = Vocab.from_glove(glove, counts) if mode == "glove" else Vocab.from_sentences(counts, glove, vocab_min_count)
 
+        glove_file = str(glove_txt or glove_pkl or glove_npy)
+        coverage = check_coverage({rename(sp, renames): _coverage(r, voc) for sp, r in records.items()},
+                                  glove_file, min_vocab_coverage, log)
         stats = {"videos_skipped": len(missing), "queries_dropped": 0, "queries_clipped": 0,
-                 "vocab_words": len(voc.words), "vocab_words_without_glove": voc.missing}
+                 "vocab_words": len(voc.words), "vocab_words_without_glove": voc.missing,
+                 "vocab_coverage": coverage}
         args = dict(split_files={sp: str(p) for sp, p in files.items()}, features=str(features),
                     feature_key=feature_key, L=L, glove=glove.source, vocab=mode, vocab_splits=vsplits,
                     vocab_min_count=vocab_min_count, feature_dtype=feature_dtype, limit=limit,
-                    skip_missing=skip_missing, renames=renames or {})
+                    skip_missing=skip_missing, max_missing_fraction=max_missing_fraction,
+                    min_vocab_coverage=min_vocab_coverage, renames=renames or {})
         extra = {"source": source, "num_clips": L, "pooling": "cpl-mean", "vocab": mode, "pad_id": 0,
                  "unk_id": voc.unk_id, "vocab_size": len(voc.words),
                  "stats": stats, "splits_from": {rename(sp, renames): Path(p).name for sp, p in files.items()}}
@@ -148,14 +161,34 @@ def convert(root, *, name: str, producer_name: str, source: str, split_files: di
                            overwrite=overwrite, extra=extra) as w:
             w.add_table("vocab", voc.table())
             for sp, recs in records.items():
+                written = 0
                 for part in chunks(list(recs.items())):
                     rows = [r for vid, rec in part if (r := _row(vid, rec, feats, L, D, voc, stats))]
+                    written += len(rows)
                     if rows:
                         w.write(rename(sp, renames), moment_table(rows, L, D, feature_dtype))
-                log(f"{sp}: {len(recs)} videos")
+                # videos whose every query was clipped away count as lost too (nothing is written on error)
+                check_loss({rename(sp, renames): written}, {rename(sp, renames): total[rename(sp, renames)]},
+                           max_missing_fraction, {rename(sp, renames): ["every query clipped away"]}, unit="videos")
+                log(f"{sp}: {written} videos")
     finally:
         feats.close()
     return w.manifest
+
+
+def _coverage(records: dict, vocab: Vocab) -> tuple[int, int]:
+    """(tokens with a GloVe vector, tokens) over a split's sentences: ``<UNK>`` and words the GloVe
+    file lacks (zero vectors of ``--vocab sentences``) are not covered."""
+    from ..moment import tokenize
+
+    zero = ~np.any(vocab.vectors != 0, axis=1)
+    found = n = 0
+    for rec in records.values():
+        for q in rec["queries"]:
+            ids = [vocab.ids.get(t, vocab.unk_id) for t in tokenize(q[3], vocab.ids)]
+            n += len(ids)
+            found += sum(not zero[i] for i in ids)
+    return found, n
 
 
 def _row(vid, rec, feats: _H5, L, D, vocab: Vocab, stats) -> dict | None:

@@ -42,8 +42,8 @@ import pyarrow as pa
 from ..schema import classes_schema
 from ..shards import DatasetWriter
 from .common import (
-    ConversionError, MissingInputs, Glove, add_glove_arguments, centre_indices, chunks, load_json, need_dir,
-                     need_file, parse_size, phrase_vector, producer, rename, wsvog_table)
+    MAX_MISSING_FRACTION, MIN_VOCAB_COVERAGE, ConversionError, MissingInputs, Glove, add_glove_arguments,
+    centre_indices, chunks, load_json, need_dir, need_file, parse_size, phrase_vector, producer, rename, wsvog_table)
 
 NAME = "anet-entities"
 PRODUCER = "grounding.data.converters.anet_entities"
@@ -105,7 +105,9 @@ class _DirProposals:
 def convert(root, annotations, split_ids, features, proposals=None, proposals_h5=None, dic=None, sizes=None,
             glove_txt=None, glove_pkl=None, glove_npy=None, glove_vocab=None, splits=tuple(SPLITS), T: int = 10,
             N: int = 100, default_frame_size: str = "720x405", feature_dtype: str = "float16",
-            limit: int | None = None, skip_missing: bool = False, renames: dict[str, str] | None = None,
+            limit: int | None = None, skip_missing: bool = False,
+            max_missing_fraction: float = MAX_MISSING_FRACTION, min_vocab_coverage: float = MIN_VOCAB_COVERAGE,
+            renames: dict[str, str] | None = None,
             overwrite: bool = False, log=print):
     if not annotations:
         raise ConversionError("--annotations FILE is required (anet_entities_cleaned_class_thresh50_*.json)")
@@ -148,7 +150,7 @@ def convert(root, annotations, split_ids, features, proposals=None, proposals_h5
 
     plan: dict[str, list] = {sp: [] for sp in splits}
     seen = {sp: 0 for sp in splits}
-    missing, shape = MissingInputs(skip_missing), None
+    missing, shape = MissingInputs(skip_missing, max_missing_fraction, "segments"), None
     for vid, v in anns.items():
         sp = next((s for s in splits if SPLITS[s] == split_of.get(vid)), None)
         if sp is None:
@@ -165,7 +167,7 @@ def convert(root, annotations, split_ids, features, proposals=None, proposals_h5
             unknown = [c for cs in s.get("process_clss", []) for c in cs if c not in cls_id]
             if unknown:
                 raise ConversionError(f"{name}: class {unknown[0]!r} is not in the annotation vocab")
-            if not missing.keep(problems):
+            if not missing.keep(problems, rename(sp, renames)):
                 continue
             if shape is None:
                 shape = np.load(fpath, mmap_mode="r").shape
@@ -201,7 +203,8 @@ def convert(root, annotations, split_ids, features, proposals=None, proposals_h5
                 proposals=str(proposals) if proposals else None, proposals_h5=str(proposals_h5) if proposals_h5 else None,
                 dic=str(dic) if dic else None, sizes=str(sizes) if sizes else None, glove=glove.source,
                 splits=list(splits), T=T, N=N, default_frame_size=default_frame_size, feature_dtype=feature_dtype,
-                limit=limit, skip_missing=skip_missing, renames=renames or {})
+                limit=limit, skip_missing=skip_missing, max_missing_fraction=max_missing_fraction,
+                renames=renames or {})
     sources = {p.name: p for p in (*ann_files, ids_file)}
     extra = {"source": "activitynet_entities", "layout": "GVD fc6_feat_100rois", "num_classes": K,
              "stats": stats, "splits_from": {rename(sp, renames): SPLITS[sp] for sp in splits if plan[sp]}}

@@ -29,19 +29,34 @@ class ConversionError(ValueError):
 
 
 # ----------------------------------------------------------------------------- inputs
+MAX_MISSING_FRACTION = 0.05  # default of --max-missing-fraction: the share of a split --skip-missing may drop
+MIN_VOCAB_COVERAGE = 0.9  # default of --min-vocab-coverage: share of a split's tokens with a GloVe vector
+
+
 class MissingInputs:
     """Inputs a converter could not find. Without ``skip`` they are collected and reported together
-    (:meth:`raise_if_any`); with it the items that need them are left out and counted."""
+    (:meth:`raise_if_any`); with it the items that need them are left out and counted, per split
+    when :meth:`keep` is told the split, and :meth:`raise_if_any` refuses a split that ends up
+    empty or loses more than ``max_fraction`` of its items (:func:`check_loss`)."""
 
-    def __init__(self, skip: bool):
+    def __init__(self, skip: bool, max_fraction: float = MAX_MISSING_FRACTION, unit: str = "items"):
         self.skip, self.problems, self.skipped = skip, [], 0
+        self.max_fraction, self.unit = max_fraction, unit
+        self.total: Counter = Counter()
+        self.lost: Counter = Counter()
+        self.reasons: dict[str, list[str]] = {}
 
-    def keep(self, problems: list[str]) -> bool:
+    def keep(self, problems: list[str], split: str | None = None) -> bool:
         """True if an item has everything it needs; otherwise record its problems (or skip it)."""
+        if split is not None:
+            self.total[split] += 1
         if not problems:
             return True
         if self.skip:
             self.skipped += 1
+            if split is not None:
+                self.lost[split] += 1
+                self.reasons.setdefault(split, []).extend(problems[:1])
         else:
             self.problems.extend(problems)
         return False
@@ -51,6 +66,43 @@ class MissingInputs:
             more = f" (and {len(self.problems) - 5} more)" if len(self.problems) > 5 else ""
             raise ConversionError(f"missing inputs: {'; '.join(self.problems[:5])}{more}; "
                                   f"pass --skip-missing to leave {what} out")
+        check_loss({sp: n - self.lost[sp] for sp, n in self.total.items()}, self.total, self.max_fraction,
+                   self.reasons, self.unit)
+
+
+def check_loss(kept: dict[str, int], total: dict[str, int], max_fraction: float = MAX_MISSING_FRACTION,
+               reasons: dict[str, list[str]] | None = None, unit: str = "items") -> None:
+    """Refuse a conversion in which a split ends up empty, or loses more than ``max_fraction`` of its
+    ``unit`` (left out by --skip-missing, or emptied by clipping): one message naming each such split,
+    what it lost, an example of why, and the flag that accepts the loss."""
+    bad = []
+    for sp, n in total.items():
+        k = kept.get(sp, 0)
+        lost = n - k
+        if n and (k == 0 or lost / n > max_fraction):
+            why = (reasons or {}).get(sp) or []
+            bad.append(f"{sp}: {lost} of {n} {unit} left out ({lost / n:.0%})"
+                       + (f", e.g. {why[0]}" if why else ""))
+    if bad:
+        empty = any(kept.get(sp, 0) == 0 for sp, n in total.items() if n)
+        hint = (" (a split cannot end up empty: supply its inputs, or leave the split out)" if empty else
+                f"; pass --max-missing-fraction F (now {max_fraction:g}) to accept a larger loss")
+        raise ConversionError(f"too much of the data is missing: {'; '.join(bad)}{hint}")
+
+
+def check_coverage(coverage: dict[str, tuple[int, int]], source: str, min_coverage: float = MIN_VOCAB_COVERAGE,
+                   log=print) -> dict[str, float]:
+    """``{split: (tokens with a GloVe vector, tokens)}`` -> the per-split share, logged; a split below
+    ``min_coverage`` is an error naming the GloVe file (a wrong or truncated file, another tokenizer)."""
+    shares = {sp: (found / n if n else 1.0) for sp, (found, n) in coverage.items()}
+    for sp, share in shares.items():
+        log(f"{sp}: vocabulary coverage {share:.1%} of {coverage[sp][1]} tokens in {source}")
+    low = [f"{sp} {share:.1%}" for sp, share in shares.items() if share < min_coverage]
+    if low:
+        raise ConversionError(f"vocabulary coverage below {min_coverage:.0%} with the GloVe file {source}: "
+                              f"{', '.join(low)} of the tokens have a vector; check the file (or pass "
+                              f"--min-vocab-coverage F to accept it)")
+    return {sp: round(v, 6) for sp, v in shares.items()}
 
 
 def need_file(path: str | os.PathLike | None, what: str) -> Path:

@@ -62,8 +62,8 @@ from ..shards import DatasetWriter
 from ..tube import (DECLARATIVE, INTERROGATIVE, PAD_ID, UNK_ID, category_words, link_tubes, noun_lexicon,
                     relation_positions, subject_position, tube_table, tube_tokens)
 from ..schema import classes_schema, vocab_schema
-from .common import (ConversionError, Glove, MissingInputs, add_glove_arguments, chunks, fallback_vector, load_json,
-                     need_dir, need_file, producer, rename)
+from .common import (MAX_MISSING_FRACTION, MIN_VOCAB_COVERAGE, ConversionError, Glove, MissingInputs, check_coverage,
+                     add_glove_arguments, chunks, fallback_vector, load_json, need_dir, need_file, producer, rename)
 
 NAME = "vidstg"
 HCSTVG = "hc-stvg"
@@ -145,6 +145,7 @@ def _hcstvg_records(ann: dict, path: Path, limit: int | None) -> list[dict]:
 # ------------------------------------------------------------------------------ convert
 def convert(root, split_files: dict[str, str], vidor, features, T: int = 32, N: int = 10, sentences: str = "both",
             feature_dtype: str = "float16", limit: int | None = None, skip_missing: bool = False,
+            max_missing_fraction: float = MAX_MISSING_FRACTION, min_vocab_coverage: float = MIN_VOCAB_COVERAGE,
             renames: dict[str, str] | None = None, overwrite: bool = False, log=print, fmt: str = NAME,
             glove_txt=None, glove_pkl=None, glove_npy=None, glove_vocab=None, alpha: float = 0.5):
     if fmt not in (NAME, HCSTVG):
@@ -164,7 +165,7 @@ def convert(root, split_files: dict[str, str], vidor, features, T: int = 32, N: 
         traj_file = _vidor_index(need_dir(vidor, "--vidor"))
 
     plan: dict[str, list] = {}
-    missing, shape = MissingInputs(skip_missing), None
+    missing, shape = MissingInputs(skip_missing, max_missing_fraction, "items"), None
     counts: collections.Counter = collections.Counter()
     categories: set[str] = set()
     for sp, p in files.items():
@@ -181,7 +182,7 @@ def convert(root, split_files: dict[str, str], vidor, features, T: int = 32, N: 
             problems = [] if npz.is_file() else [str(npz)]
             if fmt == NAME and rec["vid"] not in traj_file:
                 problems.append(f"VidOR trajectories {rec['vid']}.json under {vidor}")
-            if not missing.keep(problems) or not rec["sentences"]:
+            if not missing.keep(problems, rename(sp, renames)) or not rec["sentences"]:
                 continue
             if shape is None:
                 with np.load(npz, allow_pickle=False) as z:
@@ -213,6 +214,10 @@ def convert(root, split_files: dict[str, str], vidor, features, T: int = 32, N: 
             v = fallback_vector(w, glove.dim)
         vectors[i] = v
     w2id = {w: i for i, w in enumerate(words)}
+    coverage = check_coverage(
+        {rename(sp, renames): (sum(glove.get(t) is not None for r in recs for x in r["sentences"] for t in tube_tokens(x["text"])),
+                               sum(len(tube_tokens(x["text"])) for r in recs for x in r["sentences"]))
+         for sp, recs in plan.items()}, str(glove_txt or glove_pkl or glove_npy), min_vocab_coverage, log)
     cat_id = {c: i for i, c in enumerate(cats)}
     dims = {"T": T, "N": N, "Df": Df, "Dr": Dr, "L": L_MAX, "R": R_MAX, "P": P_MAX, "M": N}
     ctx = {"T": T, "N": N, "Dr": Dr, "Df": Df, "has_frame": has_frame, "w2id": w2id, "cat_id": cat_id,
@@ -220,10 +225,11 @@ def convert(root, split_files: dict[str, str], vidor, features, T: int = 32, N: 
 
     stats = {"items_skipped": missing.skipped, "videos": sum(len(v) for v in plan.values()),
              "sentences": sum(len(r["sentences"]) for v in plan.values() for r in v), "gt_boxes": 0,
-             "sentences_without_gt_frame": 0, "words_without_vector": no_vector}
+             "sentences_without_gt_frame": 0, "words_without_vector": no_vector, "vocab_coverage": coverage}
     args = dict(format=fmt, split_files={sp: str(p) for sp, p in files.items()}, vidor=str(vidor) if vidor else None,
                 features=str(feat_dir), T=T, N=N, sentences=sentences, feature_dtype=feature_dtype, limit=limit,
-                skip_missing=skip_missing, renames=renames or {}, glove=glove.source, alpha=alpha)
+                skip_missing=skip_missing, max_missing_fraction=max_missing_fraction,
+                min_vocab_coverage=min_vocab_coverage, renames=renames or {}, glove=glove.source, alpha=alpha)
     extra = {"source": fmt.replace("-", ""), "stats": stats, "pad_id": PAD_ID, "unk_id": UNK_ID,
              "layout": "per-video npz (features, boxes, frame_ids[, frame_features])",
              "splits_from": {rename(sp, renames): Path(p).name for sp, p in files.items()}}

@@ -57,8 +57,8 @@ import pyarrow as pa
 from ..schema import classes_schema
 from ..shards import DatasetWriter
 from .common import (
-    ConversionError, MissingInputs, centre_indices, chunks, load_json, need_dir, need_file, producer,
-                     rename, wsvog_table)
+    MAX_MISSING_FRACTION, MIN_VOCAB_COVERAGE, ConversionError, MissingInputs, centre_indices, chunks, load_json,
+    need_dir, need_file, producer, rename, wsvog_table)
 
 NAME = "youcook2-bb"
 PRODUCER = "grounding.data.converters.youcook2_bb"
@@ -160,6 +160,7 @@ def _segment_file(folder: Path, split: str, seg: str) -> Path:
 def convert(root, annotations, features, proposals, sizes=(), boxes=(), splits=("train", "val", "test"),
             T: int = 5, N: int = 20, feature_dtype: str = "float16", limit: int | None = None,
             nafae=None, sentences: str = "causal", skip_missing: bool = False,
+            max_missing_fraction: float = MAX_MISSING_FRACTION, min_vocab_coverage: float = MIN_VOCAB_COVERAGE,
             renames: dict[str, str] | None = None, overwrite: bool = False, log=print,
             text_encoder: str | None = "minilm", word_vectors=None):
     """Write the YouCook2-BB segments of ``splits`` to ``root``; return the manifest.
@@ -199,7 +200,7 @@ def convert(root, annotations, features, proposals, sizes=(), boxes=(), splits=(
 
     # Plan every row and check every input before anything is written.
     plan: dict[str, list[tuple]] = {}
-    missing = MissingInputs(skip_missing)
+    missing = MissingInputs(skip_missing, max_missing_fraction, "segments")
     D = None
     for sp in splits:
         items = []
@@ -212,7 +213,7 @@ def convert(root, annotations, features, proposals, sizes=(), boxes=(), splits=(
                 problems.append(f"frame size of video {vid} (give its rwidth/rheight with --sizes)")
             if seg not in sents:
                 problems.append(f"sentence of {seg}")
-            if not missing.keep(problems):
+            if not missing.keep(problems, rename(sp, renames)):
                 continue
             if D is None:
                 shape = np.load(fpath, mmap_mode="r").shape
@@ -237,7 +238,8 @@ def convert(root, annotations, features, proposals, sizes=(), boxes=(), splits=(
     args = dict(annotations=str(ann), features=str(feat_dir), proposals=str(prop_dir),
                 sizes=[str(p) for p in size_files], boxes=[str(p) for p in box_files], splits=list(splits),
                 T=T, N=N, feature_dtype=feature_dtype, limit=limit, sentences=sentences,
-                nafae=str(nafae) if nafae else None, skip_missing=skip_missing, renames=renames or {})
+                nafae=str(nafae) if nafae else None, skip_missing=skip_missing,
+                max_missing_fraction=max_missing_fraction, renames=renames or {})
     sources = {p.name: p for p in (class_csv, glove_npy, sent_path, *size_files, *box_files)}
     sources.update({f"{sp}_dict.json": ann / f"{sp}_dict.json" for sp in splits})
     # segments_with_boxes: per (output) split, the segments with at least one valid GT box, i.e.
