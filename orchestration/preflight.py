@@ -10,8 +10,9 @@ a destination:
 * :func:`check_services` — the Ray Tune ``storage_path`` store and the MLflow tracking server
   (reachable, and authorised, within :data:`TIMEOUT_S`);
 * :func:`check_configurations` — each configuration to train is built on the driver (method
-  config, optimiser config, and the model itself with the real :class:`DataInfo`), and its batch
-  size is checked against the training split's rows per worker;
+  config, optimiser config, and the model itself with the real :class:`DataInfo`), and the batch
+  size of each of its stages is checked against the training samples per worker (rows for wsvog,
+  queries for moment and tube data, whose rows are videos);
 * :func:`clip_space` — each searched range is probed at its ends (every value of a choice)
   against these data; a range whose end cannot be built is clipped to the part that can (integer
   ranges, choices) or rejected with the reason (float ranges, or nothing left).
@@ -270,16 +271,44 @@ class DataFacts:
     root: str
     info: Any  # DataInfo
     train_rows: int
+    # samples (what a batch is made of) per training row: a moment/tube row is a video holding
+    # several queries; None = one sample per row (wsvog: a row is a segment)
+    train_samples: list[int] | None = None
 
     @classmethod
     def of(cls, ds: Dataset, seed: int = 0) -> "DataFacts":
         task = tasks.get(ds.manifest.task)
-        return cls(ds.root, task.data_info(ds, None, seed), ds.manifest.split_rows("train"))
+        samples = None
+        if ds.manifest.task != "wsvog":  # only the id column: no feature is decoded
+            ids = ds.read_split("train", columns=["sample_ids"])["sample_ids"]
+            samples = [len(x) for x in ids.to_pylist()]
+        return cls(ds.root, task.data_info(ds, None, seed), ds.manifest.split_rows("train"), samples)
+
+    @property
+    def unit(self) -> str:
+        return "rows" if self.train_samples is None else "queries"
+
+    def samples_per_worker(self, workers: int = 1) -> int:
+        """The fewest training samples any of ``workers`` ranks holds (ranks share rows, as
+        :meth:`Dataset.read_split` does)."""
+        from grounding.data.shards import _rank_range
+
+        workers = max(1, workers)
+        if self.train_samples is None:
+            return self.train_rows // workers
+        return min(sum(self.train_samples[slice(*_rank_range(len(self.train_samples), r, workers))])
+                   for r in range(workers))
+
+    def split_text(self, workers: int = 1) -> str:
+        what = (f"{self.train_rows} rows" if self.train_samples is None else
+                f"{sum(self.train_samples)} queries in {self.train_rows} videos")
+        return what + (f" over workers={workers}" if workers > 1 else "")
 
     def describe(self, workers: int = 1) -> str:
         dims = ", ".join(f"{k}={v}" for k, v in self.info.dims.items())
-        per = f", {self.train_rows // workers} per worker" if workers > 1 else ""
-        return f"data {self.root}: {dims}, {self.train_rows} train rows{per}"
+        n = self.train_rows if self.train_samples is None else sum(self.train_samples)
+        per = f", {self.samples_per_worker(workers)} per worker" if workers > 1 else ""
+        return f"data {self.root}: {dims}, {n} train {self.unit}{per}"
 
 
 def _origin_note(message: str, sources: dict[str, str]) -> str:
@@ -303,11 +332,21 @@ def problem(method: str, facts: DataFacts, values: dict[str, Any], workers: int 
         oc = OptimConfig(**optim)
     except (ValueError, TypeError) as e:
         return "optim", str(e)
-    per_worker = facts.train_rows // max(1, workers)
+    per_worker = facts.samples_per_worker(workers)
     if oc.batch_size > per_worker:
         return "optim", (f"batch_size={oc.batch_size} is larger than the training split "
-                         f"({facts.train_rows} rows{f' over workers={workers}' if workers > 1 else ''}); "
-                         f"allowed: <= {per_worker}")
+                         f"({facts.split_text(workers)}); allowed: <= {per_worker}")
+    # every stage's own batch (a recipe stage may set its optimiser; grounding.recipes)
+    try:
+        from grounding import recipes
+
+        _, stages = recipes.plan(method, {}, dict(values), 1, "-")
+    except (ValueError, TypeError, KeyError):
+        stages = {}  # the model build below names the problem
+    for st in stages.values():
+        if st.optim.batch_size > per_worker:
+            return "optim", (f"batch_size={st.optim.batch_size} (of stage {st.name}) is larger than the training "
+                             f"split ({facts.split_text(workers)}); allowed: <= {per_worker}")
     key = tuple(sorted((k, repr(v)) for k, v in model.items()))
     if _cache is not None and key in _cache:
         return _cache[key]

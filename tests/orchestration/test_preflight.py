@@ -305,3 +305,50 @@ def test_access_denied_by_the_object_store(sweep, tmp_path, monkeypatch):
         server.terminate()
         server.wait(30)
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+# ------------------------------------------------- issue 24 item 3: what a batch is made of
+def test_moment_and_tube_batches_are_checked_against_queries_not_videos(sweep, smoke_roots):
+    from grounding.data.shards import Dataset
+
+    for task, method in (("moment", "cpl"), ("tube", "vcma")):
+        ds = Dataset.open(smoke_roots[task])
+        facts = pre.DataFacts.of(ds)
+        videos, queries = ds.manifest.split_rows("train"), sum(facts.train_samples)
+        assert facts.train_rows == videos < queries
+        # a batch larger than the videos but not than the queries is fine (it was refused before)
+        assert pre.problem(method, facts, {"batch_size": videos + 1}) is None
+        assert facts.samples_per_worker(2) == min(sum(facts.train_samples[:videos // 2]),
+                                                  sum(facts.train_samples[videos // 2:]))
+        _one_line(*sweep(f"method={method}", f"data.root={smoke_roots[task]}", f"optim.batch_size={queries + 1}"),
+                  f"optim.batch_size={queries + 1} is larger than the training split ({queries} queries in "
+                  f"{videos} videos); allowed: <= {queries}")
+
+
+def test_every_stage_batch_is_checked_before_ray(sweep, tmp_path_factory, monkeypatch):
+    """causal's backbone stage trains with the sweep's batch size (it ignored optim.batch_size,
+    fixed at 48, and a dataset under 48 rows failed after Ray started); a stage that sets its
+    own batch is checked too, in preflight: one line, exit 2."""
+    from grounding import recipes
+    from grounding.data import benchmarks
+    from grounding.data.shards import Dataset
+    from grounding.models import causal
+    from search_spaces.causal import FIXED
+
+    root = tmp_path_factory.mktemp("data") / "yc2-40"
+    benchmarks.ensure(root, "youcook2", {**benchmarks.get("youcook2").smoke, "limit": 40}, log=lambda m: None)
+    facts = pre.DataFacts.of(Dataset.open(root))
+    assert facts.train_rows < 48
+    values = {**FIXED, "embed_dim": 32, "batch_size": 16}
+    _, stages = recipes.plan("causal", {}, values, 1, "box_micro")
+    assert {n: st.optim.batch_size for n, st in stages.items()} == {n: 16 for n in stages}  # backbone included
+    assert stages["backbone"].optim.lr == causal.BACKBONE_OPTIM["lr"]  # the code's optimiser otherwise
+    assert pre.problem("causal", facts, values) is None
+    # the sweep's fixed batch (48) is refused for these data, naming where it comes from
+    line = _one_line(*sweep("method=causal", f"data.root={root}"), "optim.batch_size=48 is larger than the training")
+    assert "held fixed by search_spaces/causal.py" in line
+    # a stage with its own batch: refused in preflight, naming the stage
+    monkeypatch.setitem(causal.BACKBONE_OPTIM, "batch_size", 48)
+    n = facts.train_rows
+    _one_line(*sweep("method=causal", f"data.root={root}", "optim.batch_size=16"),
+              f"optim.batch_size=48 (of stage backbone) is larger than the training split ({n} rows); allowed: <= {n}")
