@@ -170,8 +170,12 @@ def open_dataset(cfg: SweepConfig, cwd: Path, log: Callable[[str], None] = print
                               f"{cfg.task}")
         missing = [sp for sp in ("train", "val") if sp not in ds.manifest.splits]
         if missing:
+            from grounding.data.converters.common import no_val_hint
+
+            hint = no_val_hint(ds.manifest)  # converted train/test-only data: the flags that add a val split
             raise ConfigError(f"data.root={root} has no {' or '.join(missing)} split (it has "
-                              f"{', '.join(ds.manifest.splits)}); a sweep trains on train and ranks trials on val")
+                              f"{', '.join(ds.manifest.splits)}); a sweep trains on train and ranks trials on val"
+                              + (f"; {hint.split(': ', 1)[1]}" if hint else ""))
         ds = Dataset.open(root, cache=cache)
         ds.verify()  # every shard against the manifest, before any trial starts
     except ConfigError:

@@ -230,6 +230,12 @@ def cmd_convert(args) -> int:
     mod.run(args, args.root, common, args.format)
     out(f"converted {args.format} into {args.root}")
     _summary(args.root)
+    from .converters.common import no_val_hint
+    from .shards import Dataset
+
+    hint = no_val_hint(Dataset.open(args.root).manifest)
+    if hint:
+        out(f"note: {hint}")
     return EXIT_OK
 
 

@@ -613,3 +613,41 @@ def test_cli_convert_then_verify(tmp_path):
     assert r.returncode == 2 and "--split 'train' is not NAME=FILE" in r.stderr
     with pytest.raises(DataError):
         Dataset.open(tmp_path / "new")
+
+
+def test_charades_sta_without_val_names_the_flags_then_the_documented_command_trains(tmp_path, capsys):
+    """Charades-STA publishes train and test only: the converter's summary and the sweep's refusal
+    name the flags that add a val split (CPL validates on test); docs/shards.md's command is this one."""
+    from grounding.data.cli import main
+    from orchestration import preflight
+    from orchestration.config import ConfigError, parse
+
+    ann = tmp_path / "ann"
+    (ann / "charades_sta").mkdir(parents=True)
+    sta = ann / "charades_sta"
+    for f in ("train.json", "test.json"):
+        recs = json.loads((DATA / "charades_sta" / f).read_text())
+        vids = _first_videos(recs, 3)
+        (sta / f).write_text(json.dumps([r for r in recs if r[0] in vids]))
+    vids = {r[0] for f in ("train.json", "test.json") for r in json.loads((sta / f).read_text())}
+    _ramp_h5(tmp_path / "i3d.hdf5", {v: 10 for v in vids}, 32)
+    common = ["--features", str(tmp_path / "i3d.hdf5"), "--glove-pkl", str(DATA / "charades_sta" / "glove.pkl"),
+              "--num-clips", "4"]
+    assert main(["convert", "charades-sta", "--annotations", str(sta), *common, str(tmp_path / "no-val")]) == 0
+    note = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("note: ")]
+    assert note == [f"note: no val split (it has train, test); a sweep ranks trials on val: convert again adding "
+                    f"--split val={sta / 'test.json'} --rename-split test=test_iid (as CPL does: it validates on "
+                    f"the test annotations)"]
+    cfg = parse(["method=cpl", f"data.root={tmp_path / 'no-val'}"])
+    with pytest.raises(ConfigError) as e:
+        preflight.open_dataset(cfg, tmp_path, log=lambda m: None)
+    assert str(e.value).endswith(f"ranks trials on val; convert again adding --split val={sta / 'test.json'} "
+                                 f"--rename-split test=test_iid (as CPL does: it validates on the test annotations)")
+    # the documented command (docs/shards.md §10)
+    root = tmp_path / "charades-sta"
+    assert main(["convert", "charades-sta", "--annotations", str(sta), "--split", f"val={sta / 'test.json'}",
+                 "--rename-split", "test=test_iid", *common, str(root)]) == 0
+    assert "note: " not in capsys.readouterr().out
+    assert sorted(Dataset.open(root).manifest.splits) == ["test_iid", "train", "val"]
+    cfg = parse(["method=cpl", f"data.root={root}"])
+    assert "val" in preflight.open_dataset(cfg, tmp_path, log=lambda m: None).manifest.splits

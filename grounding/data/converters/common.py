@@ -105,6 +105,28 @@ def check_coverage(coverage: dict[str, tuple[int, int]], source: str, min_covera
     return {sp: round(v, 6) for sp, v in shares.items()}
 
 
+def no_val_hint(manifest) -> str | None:
+    """For a converted dataset with a train split but no val split (Charades-STA and HC-STVG v1
+    publish train and test only): the flags that make it trainable, as CPL does it (it validates on
+    the test annotations): ``--split val=<the test file> --rename-split test=test_iid``. None when
+    nothing is missing or the dataset was not converted from split files."""
+    splits = list(manifest.splits)
+    if "train" not in splits or "val" in splits:
+        return None
+    args = (manifest.producer or {}).get("args") or {}
+    files, renames = args.get("split_files") or {}, args.get("renames") or {}
+    if not files:
+        return None
+    test = next((sp for sp in files if sp.startswith("test")), None)
+    if test is None:
+        return None
+    flags = f"--split val={files[test]}"
+    if renames.get(test, test) == "test":
+        flags += " --rename-split test=test_iid"
+    return (f"no val split (it has {', '.join(splits)}); a sweep ranks trials on val: convert again adding "
+            f"{flags} (as CPL does: it validates on the test annotations)")
+
+
 def need_file(path: str | os.PathLike | None, what: str) -> Path:
     if path is None:
         raise ConversionError(f"{what} is required")
