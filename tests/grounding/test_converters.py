@@ -262,6 +262,35 @@ def test_youcook2_bb_classes_table(yc2_converted):
     np.testing.assert_array_equal(classes["train_count"].to_numpy(), want)
 
 
+def test_youcook2_bb_reads_the_released_glove_pth(yc2_inputs, tmp_path):
+    """The causal release ships YC2_glove_dict.pth (a torch-saved FloatTensor [68, 300]), not the .npy."""
+    import shutil
+
+    import torch
+
+    from grounding.data.converters import youcook2_bb
+
+    base, _ = yc2_inputs
+    ann = tmp_path / "ann"
+    shutil.copytree(YC2, ann)
+    ref = np.load(ann / "YC2_glove_dict_68x300_float32.npy")
+    (ann / "YC2_glove_dict_68x300_float32.npy").unlink()
+    with pytest.raises(ConversionError, match=r"neither YC2_glove_dict\.pth \(the causal release\) nor "
+                                              r"YC2_glove_dict_68x300_float32\.npy is there"):
+        youcook2_bb.convert(tmp_path / "ds", ann, base / "feat", base / "prop", splits=["train"], limit=2,
+                            sizes=[YC2 / "official_yc2_training_vid.json"], text_encoder=None, **QUIET)
+    torch.save(torch.from_numpy(ref.copy()), ann / "YC2_glove_dict.pth")
+    youcook2_bb.convert(tmp_path / "ds", ann, base / "feat", base / "prop", splits=["train"], limit=2,
+                        sizes=[YC2 / "official_yc2_training_vid.json"], text_encoder=None, **QUIET)
+    ds = Dataset.open(tmp_path / "ds")
+    np.testing.assert_array_equal(fixed_list_to_numpy(ds.read_table("classes")["word_vector"], (300,)), ref[1:])
+    assert "YC2_glove_dict.pth" in ds.manifest.producer["sources"]
+    (ann / "YC2_glove_dict.pth").write_bytes(b"not a tensor")
+    with pytest.raises(ConversionError, match=r"YC2_glove_dict\.pth: not a torch-saved tensor"):
+        youcook2_bb.convert(tmp_path / "ds2", ann, base / "feat", base / "prop", splits=["train"], limit=2,
+                            sizes=[YC2 / "official_yc2_training_vid.json"], text_encoder=None, **QUIET)
+
+
 def test_youcook2_bb_converted_box_format_and_nafae_sentences(yc2_inputs, tmp_path):
     from grounding.data.converters import youcook2_bb
 

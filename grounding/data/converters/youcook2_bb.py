@@ -5,8 +5,9 @@ Inputs (paths as in that code's ``config.py``; the NAFAE release shares the clas
 
 ``--annotations DIR``
     the causal repo's annotation folder: ``class_file.csv`` (67 classes, id,singular,,plural),
-    ``YC2_glove_dict_68x300_float32.npy`` (row 0 padding, row k+1 = class k; the raw storage of
-    ``YC2_glove_dict.pth``), ``{train,val,test}_dict.json`` (segment -> [[subset, recipe, video,
+    ``YC2_glove_dict.pth`` as released (a torch-saved FloatTensor ``[68, 300]``: row 0 padding, row
+    k+1 = class k; read with ``torch.load(weights_only=True)``) or its raw storage
+    ``YC2_glove_dict_68x300_float32.npy``, ``{train,val,test}_dict.json`` (segment -> [[subset, recipe, video,
     index], class ids]) and ``seg_sentence_dict.json``.
 ``--features DIR``
     one ``<segment>.npy`` per segment, ``[frames, >=N, D]`` (D = 4096 for the released RoI
@@ -82,6 +83,32 @@ def read_classes(path: Path) -> tuple[list[str], dict[str, int]]:
                 if form.strip():
                     lookup[form.strip()] = cid
     return names, lookup
+
+
+GLOVE_NPY, GLOVE_PTH = "YC2_glove_dict_68x300_float32.npy", "YC2_glove_dict.pth"
+
+
+def read_class_vectors(ann: Path) -> tuple[Path, np.ndarray]:
+    """The class GloVe vectors ``[K+1, 300]`` (row 0 padding) and the file they came from: the
+    causal release's ``YC2_glove_dict.pth`` (a torch-saved FloatTensor, read with
+    ``torch.load(weights_only=True)``: tensors only, no code) or its raw ``.npy`` storage."""
+    npy, pth = ann / GLOVE_NPY, ann / GLOVE_PTH
+    if npy.is_file():
+        return npy, np.load(npy, allow_pickle=False).astype(np.float32)
+    if not pth.is_file():
+        raise ConversionError(f"--annotations {ann}: neither {GLOVE_PTH} (the causal release) nor {GLOVE_NPY} is there")
+    import torch
+
+    try:
+        t = torch.load(pth, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a corrupt or non-tensor file: one line
+        raise ConversionError(f"{pth}: not a torch-saved tensor ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if isinstance(t, dict) and len(t) == 1:  # a state-dict-like wrapper around the one tensor
+        t = next(iter(t.values()))
+    if not isinstance(t, torch.Tensor) or t.ndim != 2:
+        raise ConversionError(f"{pth}: expected a [classes + 1, 300] FloatTensor, got {type(t).__name__}"
+                              f"{f' of shape {tuple(t.shape)}' if isinstance(t, torch.Tensor) else ''}")
+    return pth, t.detach().to(torch.float32).numpy()
 
 
 def read_sizes(files: list[Path]) -> dict[str, tuple[int, int]]:
@@ -183,9 +210,8 @@ def convert(root, annotations, features, proposals, sizes=(), boxes=(), splits=(
     box_files = [need_file(p, "--boxes file") for p in boxes]
 
     class_csv = need_file(ann / "class_file.csv", "class_file.csv in --annotations")
-    glove_npy = need_file(ann / "YC2_glove_dict_68x300_float32.npy", "YC2_glove_dict_68x300_float32.npy in --annotations")
+    glove_npy, glove = read_class_vectors(ann)
     names, lookup = read_classes(class_csv)
-    glove = np.load(glove_npy, allow_pickle=False).astype(np.float32)
     if glove.shape[0] != len(names) + 1:
         raise ConversionError(f"{glove_npy}: {glove.shape[0]} rows; expected {len(names) + 1} (padding + classes)")
     glove = glove[1:]
@@ -334,7 +360,7 @@ HELP = {NAME: "YouCook2-BB region features (causal-intervention / NAFAE layout) 
 
 def add_arguments(p, fmt: str = NAME) -> None:
     p.add_argument("--annotations", required=True, metavar="DIR",
-                   help="causal repo annotation folder (class_file.csv, YC2_glove_dict_68x300_float32.npy, "
+                   help="causal repo annotation folder (class_file.csv, YC2_glove_dict.pth or its .npy, "
                         "{train,val,test}_dict.json, seg_sentence_dict.json)")
     p.add_argument("--features", required=True, metavar="DIR",
                    help="per-segment region features <segment>.npy [frames, >=N, D] in "
