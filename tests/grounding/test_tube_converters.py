@@ -114,6 +114,36 @@ def test_vidstg_temporal_gt_end_is_exclusive(tmp_path):
     assert vidstg.gt_frames(np.array([555, 556]), 510, 556).tolist() == [True, False]
 
 
+def test_hcstvg_v2_layout(tmp_path, capsys):
+    """HC-STVG v2 (trainv2.json / valv2.json): "English" captions and img_size = [height, width]."""
+    from grounding.data.cli import main
+
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    for name, split in (("trainv2.json", "t"), ("valv2.json", "v")):
+        (ann / name).write_text(json.dumps({f"{split}_clip.mp4": {
+            "bbox": [[10, 20, 30, 40], [12, 20, 30, 40]], "st_frame": 3, "img_num": 12, "st_time": 0.5,
+            "ed_time": 1.0, "img_size": [360, 640], "English": "The man in black walks to the door."}}))
+    (tmp_path / "feat").mkdir()
+    for v in ("t_clip", "v_clip"):
+        _write_video(tmp_path / "feat", v, np.arange(1, 13))
+    root = tmp_path / "ds"
+    assert main(["convert", "hc-stvg", "--annotations", str(ann), "--features", str(tmp_path / "feat"),
+                 "--glove-npy", str(GLOVE["glove_npy"]), "--glove-vocab", str(GLOVE["glove_vocab"]),
+                 "--T", "6", "--N", "4", str(root)]) == 0
+    assert "note: " not in capsys.readouterr().out  # v2 has its own val split
+    ds = Dataset.open(root)
+    assert sorted(ds.manifest.splits) == ["train", "val"]
+    (v,) = ds.read_split("val").to_pylist()
+    assert v["video_id"] == "v_clip" and v["sentences"] == ["The man in black walks to the door."]
+    assert (v["frame_width"], v["frame_height"]) == (640, 360) and v["gt_fids"] == [[3, 5]]
+    (ann / "valv2.json").write_text(json.dumps({"x.mp4": {"bbox": [[0, 0, 1, 1]], "st_frame": 1, "img_num": 2,
+                                                          "English": "A man."}}))
+    with pytest.raises(ConversionError, match=r"entry 'x.mp4' lacks .*width and height \(v2: img_size\)"):
+        vidstg.convert(tmp_path / "ds2", {"val": ann / "valv2.json"}, None, tmp_path / "feat", fmt="hc-stvg",
+                       **GLOVE, **QUIET)
+
+
 def test_hcstvg_layout(tmp_path):
     ann = {"clip_a.mp4": {"bbox": [[10, 20, 30, 40], [12, 20, 30, 40], [14, 20, 30, 40]], "st_frame": 5,
                           "st_time": 1.0, "ed_time": 2.0, "img_num": 20, "caption": "The man in black walks to the door.",

@@ -15,9 +15,11 @@ Inputs:
 ``vidstg``: ``--vidor DIR``
     VidOR's annotation tree (``annotation/{training,validation}/<group>/<vid>.json``; searched
     recursively for ``<vid>.json``): ``trajectories[frame] = [{tid, bbox {xmin, ymin, xmax, ymax}}]``.
-``hc-stvg``: ``--split NAME=FILE``
-    HC-STVG's annotation files (v1 ``train.json``/``test.json`` layout): ``{"<name>.mp4": {"bbox":
-    [[x, y, w, h], ...], "st_frame", "img_num", "caption", "width", "height", ...}}``; the boxes cover
+``hc-stvg``: ``--annotations DIR`` / ``--split NAME=FILE``
+    HC-STVG's annotation files, v1 (``train.json``/``test.json``): ``{"<name>.mp4": {"bbox":
+    [[x, y, w, h], ...], "st_frame", "img_num", "caption", "width", "height", ...}}``, or v2
+    (``trainv2.json``/``valv2.json``, as TubeDETR's ``preproc_hcstvgv2.py`` reads them): the same
+    with ``"English"`` for the caption and ``"img_size": [height, width]``; the boxes cover
     the consecutive frames ``st_frame .. st_frame + len(bbox) - 1`` (TubeDETR: ``tube_end = st_frame +
     len(bbox)``, exclusive); the video is frames ``1 .. img_num`` (HC-STVG numbers frames from 1, and
     the features' ``frame_ids`` must use the same numbering). Every sentence is declarative, its
@@ -70,6 +72,7 @@ HCSTVG = "hc-stvg"
 PRODUCER = "grounding.data.converters.vidstg"
 DEFAULTS = {"train": "train_annotations.json", "val": "val_annotations.json", "test": "test_annotations.json"}
 HC_DEFAULTS = {"train": "train.json", "test": "test.json"}
+HC2_DEFAULTS = {"train": "trainv2.json", "val": "valv2.json"}  # HC-STVG v2's released annotation files
 SENTENCES = ("both", "captions", "questions")
 L_MAX, R_MAX, P_MAX = 24, 1, 4
 
@@ -128,11 +131,14 @@ def _hcstvg_records(ann: dict, path: Path, limit: int | None) -> list[dict]:
         try:
             bbox = np.asarray(r["bbox"], np.float64).reshape(-1, 4)
             st, n = int(r["st_frame"]), int(r["img_num"])
-            size = (int(r["width"]), int(r["height"]))
-            caption = str(r["caption"]).strip()
-        except (KeyError, TypeError, ValueError):
-            raise ConversionError(f"{path}: entry {name!r} lacks bbox, st_frame, img_num, caption, width or height") \
-                from None
+            if "img_size" in r:  # v2: img_size = [height, width] (TubeDETR's preproc_hcstvgv2)
+                size = (int(r["img_size"][1]), int(r["img_size"][0]))
+            else:
+                size = (int(r["width"]), int(r["height"]))
+            caption = str(r["caption"] if "caption" in r else r["English"]).strip()  # v2: "English"
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise ConversionError(f"{path}: entry {name!r} lacks bbox, st_frame, img_num, caption (v2: English), "
+                                  f"width and height (v2: img_size)") from None
         vid = Path(name).stem
         boxes = {st + i: (b[0], b[1], b[0] + b[2], b[1] + b[3]) for i, b in enumerate(bbox)}
         out.append({"row_id": vid, "vid": vid, "span": (1, n), "size": size, "cats": {0: "person"}, "subject": 0,
@@ -352,7 +358,8 @@ HELP = {NAME: "VidSTG annotations + VidOR boxes + per-video npz features (docume
 
 def add_arguments(p, fmt: str = NAME) -> None:
     defaults = DEFAULTS if fmt == NAME else HC_DEFAULTS
-    p.add_argument("--annotations", metavar="DIR", help=f"folder with {', '.join(defaults.values())}")
+    p.add_argument("--annotations", metavar="DIR", help=f"folder with {', '.join(defaults.values())}"
+                   + (f" (v1), or {', '.join(HC2_DEFAULTS.values())} (v2)" if fmt == HCSTVG else ""))
     p.add_argument("--split", action="append", default=[], metavar="NAME=FILE",
                    help="an annotation file for split NAME (repeatable)")
     if fmt == NAME:
@@ -369,7 +376,10 @@ def add_arguments(p, fmt: str = NAME) -> None:
 def run(args, root, common: dict, fmt: str = NAME):
     from ._moment import split_files
 
-    return convert(root, split_files(args, DEFAULTS if fmt == NAME else HC_DEFAULTS), getattr(args, "vidor", None),
+    defaults = DEFAULTS if fmt == NAME else HC_DEFAULTS
+    if fmt == HCSTVG and args.annotations and (Path(args.annotations) / HC2_DEFAULTS["train"]).is_file():
+        defaults = HC2_DEFAULTS
+    return convert(root, split_files(args, defaults), getattr(args, "vidor", None),
                    args.features, T=args.T, N=args.N, sentences=getattr(args, "sentences", "both"), fmt=fmt,
                    glove_txt=args.glove_txt, glove_pkl=args.glove_pkl, glove_npy=args.glove_npy,
                    glove_vocab=args.glove_vocab, alpha=args.alpha, **common)
