@@ -291,6 +291,51 @@ def test_youcook2_bb_reads_the_released_glove_pth(yc2_inputs, tmp_path):
                             sizes=[YC2 / "official_yc2_training_vid.json"], text_encoder=None, **QUIET)
 
 
+def _nafae_layout(base: Path, out: Path, split: str, items) -> None:
+    """NAFAE's release (object_feature.md) built from the causal-layout fixture: one (20, 4096)
+    float32 .npy per frame named <SSSS><FFFFFF> under <split dir>/<recipe>/<video>/, and
+    <split>_box.json with the frame's (20, 4) boxes in 224x224 coordinates."""
+    _, lists = _yc2_segments()
+    boxes = {}
+    for seg, _ in items:
+        meta = lists[split][seg][0]
+        recipe, vid, index = str(meta[1]), str(meta[2]), int(meta[3])
+        f = np.load(base / "feat" / SPLIT_DIR[split] / f"{seg}.npy")[:, :20]
+        p = np.load(base / "prop" / SPLIT_DIR[split] / f"{seg}.npy")[:, :20]
+        d = out / SPLIT_DIR[split] / recipe / vid
+        d.mkdir(parents=True, exist_ok=True)
+        for j in range(len(f)):
+            name = f"{index:04d}{16 * j:06d}"
+            np.save(d / f"{name}.npy", f[j].astype(np.float32))
+            boxes[f"{SPLIT_DIR[split]}/{recipe}/{vid}/{name}"] = p[j].tolist()
+    (out / f"{split}_box.json").write_text(json.dumps(boxes))
+
+
+def test_youcook2_bb_reads_nafae_per_frame_features(yc2_inputs, tmp_path):
+    from grounding.data.converters import youcook2_bb
+
+    base, plan = yc2_inputs
+    _nafae_layout(base, tmp_path / "nafae", "val", plan["val"])
+    kw = dict(splits=["val"], limit=3, text_encoder=None, boxes=[base / "yc2_bb_val_annotations.json"],
+              sizes=[base / "yc2_bb_val_annotations.json"], feature_dtype="float32", **QUIET)
+    youcook2_bb.convert(tmp_path / "causal", YC2, base / "feat", base / "prop", **kw)
+    youcook2_bb.convert(tmp_path / "ds", YC2, tmp_path / "nafae", None, layout="nafae", **kw)
+    ds, ref = Dataset.open(tmp_path / "ds"), Dataset.open(tmp_path / "causal")
+    assert ds.manifest.dims == {"T": 5, "N": 20, "D": 4096} and ds.manifest.extra["layout"].startswith("NAFAE")
+    a, b = _rows(ds, "val"), _rows(ref, "val")
+    assert [r["segment_id"] for r in a] == [s for s, _ in plan["val"]]
+    for k in ("features", "proposals", "gt_boxes", "gt_valid", "gt_class"):
+        assert [r[k] for r in a] == [r[k] for r in b], k  # the same rows as the causal layout gives
+    np.testing.assert_array_equal(np.asarray(a[0]["features"]).reshape(5, 20, 4096)[:, 0, 0], [0, 2, 3, 4, 6])
+    # a segment without frames is a missing input, named
+    seg = plan["val"][1][0]
+    meta = _yc2_segments()[1]["val"][seg][0]
+    for f in (tmp_path / "nafae" / "validation" / str(meta[1]) / str(meta[2])).glob(f"{int(meta[3]):04d}*.npy"):
+        f.unlink()
+    with pytest.raises(ConversionError, match=r"missing inputs: NAFAE frames \S+/validation/"):
+        youcook2_bb.convert(tmp_path / "ds2", YC2, tmp_path / "nafae", None, layout="nafae", **kw)
+
+
 def test_youcook2_bb_converted_box_format_and_nafae_sentences(yc2_inputs, tmp_path):
     from grounding.data.converters import youcook2_bb
 

@@ -12,6 +12,14 @@ Inputs (paths as in that code's ``config.py``; the NAFAE release shares the clas
 ``--features DIR``
     one ``<segment>.npy`` per segment, ``[frames, >=N, D]`` (D = 4096 for the released RoI
     features), in ``DIR/{training,validation,testing}/`` (the code's ``data_split``) or flat in DIR.
+``--layout nafae`` with ``--features DIR`` (no ``--proposals``)
+    NAFAE's released object features (its ``object_feature.md``): one ``(20, 4096)`` float32 ``.npy``
+    per sampled frame, ``DIR/{training,validation,testing}/<recipe>/<video>/<SSSS><FFFFFF>.npy``
+    (segment index from 0 in 4 digits, frame index at 16 fps from the segment's start in 6; the
+    frames of a segment in name order are its feature frames), and ``DIR/{train,val,test}_box.json``
+    mapping ``<split dir>/<recipe>/<video>/<SSSSFFFFFF>`` to the frame's ``[20, 4]`` boxes in 224x224
+    coordinates, in feature order (rescaled like ``rpn_box``). The recipe and video come from the
+    dict files' ``[subset, recipe, video, index]``.
 ``--proposals DIR``
     same layout (``rpn_box``): ``[frames, >=N, >=4]`` boxes x1,y1,x2,y2 in **224x224** input
     coordinates; they are rescaled to the video's resized frame (``x * rwidth/224``,
@@ -64,6 +72,7 @@ from .common import (
 NAME = "youcook2-bb"
 PRODUCER = "grounding.data.converters.youcook2_bb"
 SPLIT_DIRS = {"train": "training", "val": "validation", "test": "testing"}
+LAYOUTS = ("causal", "nafae")  # --layout: per-segment arrays (causal release) or per-frame files (NAFAE)
 PROPOSAL_SCALE = 224.0
 
 
@@ -186,7 +195,7 @@ def _segment_file(folder: Path, split: str, seg: str) -> Path:
 
 def convert(root, annotations, features, proposals, sizes=(), boxes=(), splits=("train", "val", "test"),
             T: int = 5, N: int = 20, feature_dtype: str = "float16", limit: int | None = None,
-            nafae=None, sentences: str = "causal", skip_missing: bool = False,
+            nafae=None, sentences: str = "causal", skip_missing: bool = False, layout: str = "causal",
             max_missing_fraction: float = MAX_MISSING_FRACTION, min_vocab_coverage: float = MIN_VOCAB_COVERAGE,
             renames: dict[str, str] | None = None, overwrite: bool = False, log=print,
             text_encoder: str | None = "minilm", word_vectors=None):
@@ -198,7 +207,10 @@ def convert(root, annotations, features, proposals, sizes=(), boxes=(), splits=(
     folder's ``word_embedding_glove.json``) gives the GloVe vectors of the word ids."""
     ann = need_dir(annotations, "--annotations")
     feat_dir = need_dir(features, "--features")
-    prop_dir = need_dir(proposals, "--proposals")
+    if layout not in LAYOUTS:
+        raise ConversionError(f"--layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
+    nafae_layout = layout == "nafae"
+    prop_dir = feat_dir if nafae_layout else need_dir(proposals, "--proposals (with --layout causal)")
     bad = [s for s in splits if s not in SPLIT_DIRS]
     if bad:
         raise ConversionError(f"unknown split {bad[0]!r}; allowed: {', '.join(SPLIT_DIRS)}")
@@ -231,16 +243,29 @@ def convert(root, annotations, features, proposals, sizes=(), boxes=(), splits=(
     for sp in splits:
         items = []
         entries = list(lists[sp].items())
+        box_json = _load_nafae_boxes(feat_dir, sp) if nafae_layout else None
         for seg, (meta, classes) in entries[:limit] if limit else entries:
             vid, recipe, index = str(meta[2]), str(meta[1]), int(meta[3])
-            fpath, ppath = _segment_file(feat_dir, sp, seg), _segment_file(prop_dir, sp, seg)
-            problems = [str(p) for p in (fpath, ppath) if not p.is_file()]
+            if nafae_layout:
+                fpath = _nafae_frames(feat_dir, sp, recipe, vid, index)
+                keys = [f"{SPLIT_DIRS[sp]}/{recipe}/{vid}/{f.stem}" for f in fpath]
+                problems = [] if fpath else [f"NAFAE frames {feat_dir / SPLIT_DIRS[sp] / recipe / vid}/{index:04d}*.npy"]
+                problems += [f"box of {k} in {sp}_box.json" for k in keys if k not in box_json][:1]
+                ppath = [box_json.get(k) for k in keys]
+            else:
+                fpath, ppath = _segment_file(feat_dir, sp, seg), _segment_file(prop_dir, sp, seg)
+                problems = [str(p) for p in (fpath, ppath) if not p.is_file()]
             if vid not in size_of:
                 problems.append(f"frame size of video {vid} (give its rwidth/rheight with --sizes)")
             if seg not in sents:
                 problems.append(f"sentence of {seg}")
             if not missing.keep(problems, rename(sp, renames)):
                 continue
+            if D is None and nafae_layout:
+                shape = np.load(fpath[0], mmap_mode="r").shape
+                if len(shape) != 2:
+                    raise ConversionError(f"{fpath[0]}: a NAFAE frame must be [proposals, D]; got shape {shape}")
+                D = int(shape[1])
             if D is None:
                 shape = np.load(fpath, mmap_mode="r").shape
                 if len(shape) != 3:
@@ -261,9 +286,9 @@ def convert(root, annotations, features, proposals, sizes=(), boxes=(), splits=(
          "train_count": pa.array(train_counts, pa.int64()), "heldout": pa.array(np.zeros(len(names), bool))},
         schema=classes_schema(glove.shape[1]))
 
-    args = dict(annotations=str(ann), features=str(feat_dir), proposals=str(prop_dir),
+    args = dict(annotations=str(ann), features=str(feat_dir), proposals=None if nafae_layout else str(prop_dir),
                 sizes=[str(p) for p in size_files], boxes=[str(p) for p in box_files], splits=list(splits),
-                T=T, N=N, feature_dtype=feature_dtype, limit=limit, sentences=sentences,
+                T=T, N=N, feature_dtype=feature_dtype, limit=limit, sentences=sentences, layout=layout,
                 nafae=str(nafae) if nafae else None, skip_missing=skip_missing,
                 max_missing_fraction=max_missing_fraction, renames=renames or {})
     sources = {p.name: p for p in (class_csv, glove_npy, sent_path, *size_files, *box_files)}
@@ -274,7 +299,8 @@ def convert(root, annotations, features, proposals, sizes=(), boxes=(), splits=(
     stats = {"segments_skipped": missing.skipped,
              "segments_with_boxes": {rename(sp, renames): 0 for sp in splits},
              "segments_in_box_files": {rename(sp, renames): 0 for sp in splits}, "frame_count_mismatch": 0}
-    extra = {"source": "youcook2_bb", "layout": "causal-intervention (cvpr) region features",
+    extra = {"source": "youcook2_bb", "layout": ("NAFAE per-frame region features + <split>_box.json" if nafae_layout
+                                                 else "causal-intervention (cvpr) region features"),
              "num_classes": len(names), "proposal_scale": PROPOSAL_SCALE, "stats": stats,
              "splits_from": {rename(sp, renames): SPLIT_DIRS[sp] for sp in splits}}
     feat = None
@@ -313,8 +339,37 @@ def convert(root, annotations, features, proposals, sizes=(), boxes=(), splits=(
     return w.manifest
 
 
-def _row(item, T, N, D, size_of, gt, sents, stats, split: str) -> dict:
-    seg, vid, recipe, index, classes, fpath, ppath = item
+def _nafae_frames(feat_dir: Path, split: str, recipe: str, vid: str, index: int) -> list[Path]:
+    """NAFAE's per-frame files of segment ``index`` of a video, in frame order:
+    ``<feat>/<training|validation|testing>/<recipe>/<video>/<SSSS><FFFFFF>.npy`` (4 digits segment
+    index from 0, 6 digits frame index at 16 fps from the segment's start; NAFAE's object_feature.md)."""
+    d = feat_dir / SPLIT_DIRS[split] / recipe / vid
+    return sorted(d.glob(f"{index:04d}{'[0-9]' * 6}.npy"))
+
+
+def _load_nafae_boxes(feat_dir: Path, split: str) -> dict:
+    """``<feat>/<split>_box.json``: frame key ``<split dir>/<recipe>/<video>/<SSSSFFFFFF>`` ->
+    ``[20, 4]`` boxes x1,y1,x2,y2 in 224x224 coordinates, in the order of the frame's features."""
+    return load_json(need_file(feat_dir / f"{split}_box.json", f"NAFAE box file {split}_box.json in --features"),
+                     "NAFAE box file")
+
+
+def _segment_arrays(fpath, ppath, T: int, N: int, D: int):
+    """(frame count, chosen frame indices, features [T, N, D], proposals [T, N, 4] float64) of a
+    segment: the causal layout's two ``[frames, P, …]`` arrays, or NAFAE's per-frame files (a list
+    of ``(P, D)`` arrays) and their boxes (a list of ``[P, 4]`` lists from the box JSON)."""
+    if isinstance(fpath, list):
+        F = len(fpath)
+        idx = centre_indices(F, T)
+        feats = [np.load(fpath[i], mmap_mode="r") for i in idx]
+        for f, a in zip((fpath[i] for i in idx), feats):
+            if a.ndim != 2 or a.shape[0] < N or a.shape[1] != D:
+                raise ConversionError(f"{f}: a NAFAE frame must be [>={N}, {D}]; got shape {a.shape}")
+        props = [np.asarray(ppath[i], np.float64) for i in idx]
+        for f, b in zip((fpath[i] for i in idx), props):
+            if b.ndim != 2 or b.shape[0] < N or b.shape[1] < 4:
+                raise ConversionError(f"box of {f.stem} in the NAFAE box file must be [>={N}, 4]; got shape {b.shape}")
+        return F, idx, np.stack([a[:N] for a in feats]), np.stack([b[:N, :4] for b in props])
     feats = np.load(fpath, mmap_mode="r")
     props = np.load(ppath, mmap_mode="r")
     if feats.ndim != 3 or feats.shape[1] < N or feats.shape[2] != D:
@@ -323,8 +378,13 @@ def _row(item, T, N, D, size_of, gt, sents, stats, split: str) -> dict:
         raise ConversionError(f"{ppath}: proposals must be [{feats.shape[0]}, >={N}, 4] to match {fpath.name}; "
                               f"got shape {props.shape}")
     idx = centre_indices(feats.shape[0], T)
+    return feats.shape[0], idx, np.asarray(feats[idx, :N, :]), np.asarray(props[idx, :N, :4], np.float64)
+
+
+def _row(item, T, N, D, size_of, gt, sents, stats, split: str) -> dict:
+    seg, vid, recipe, index, classes, fpath, ppath = item
+    F, idx, fsel, boxes = _segment_arrays(fpath, ppath, T, N, D)
     W, H = size_of[vid]
-    boxes = np.asarray(props[idx, :N, :4], np.float64)
     boxes[..., [0, 2]] *= W / PROPOSAL_SCALE
     boxes[..., [1, 3]] *= H / PROPOSAL_SCALE
 
@@ -339,7 +399,7 @@ def _row(item, T, N, D, size_of, gt, sents, stats, split: str) -> dict:
         gt_boxes = np.zeros((len(insts), T, 4), np.float32)
         gt_valid = np.zeros((len(insts), T), bool)
         for i, (_, frames) in enumerate(insts):
-            if frames and len(frames) != feats.shape[0]:
+            if frames and len(frames) != F:
                 stats["frame_count_mismatch"] += 1
             for t, f in enumerate(idx):
                 b = _box(frames[f]) if f < len(frames) else None
@@ -348,7 +408,7 @@ def _row(item, T, N, D, size_of, gt, sents, stats, split: str) -> dict:
     return {
         "segment_id": seg, "video_id": vid, "recipe": recipe, "sentence": sents[seg],
         "query_classes": list(dict.fromkeys(classes)),
-        "features": np.asarray(feats[idx, :N, :]), "proposals": boxes.astype(np.float32),
+        "features": fsel, "proposals": boxes.astype(np.float32),
         "gt_class": gt_class, "gt_boxes": gt_boxes, "gt_valid": gt_valid,
         "frame_width": W, "frame_height": H,
     }
@@ -365,8 +425,12 @@ def add_arguments(p, fmt: str = NAME) -> None:
     p.add_argument("--features", required=True, metavar="DIR",
                    help="per-segment region features <segment>.npy [frames, >=N, D] in "
                         "DIR/{training,validation,testing}/ or flat")
-    p.add_argument("--proposals", required=True, metavar="DIR",
-                   help="per-segment proposal boxes <segment>.npy [frames, >=N, 4] in 224x224 coordinates, same layout")
+    p.add_argument("--proposals", metavar="DIR",
+                   help="per-segment proposal boxes <segment>.npy [frames, >=N, 4] in 224x224 coordinates, same layout "
+                        "(--layout causal; NAFAE's boxes come from <split>_box.json in --features)")
+    p.add_argument("--layout", choices=LAYOUTS, default="causal",
+                   help="causal (default): <segment>.npy [frames, P, D] per segment; nafae: NAFAE's feature folder, "
+                        "<split dir>/<recipe>/<video>/<SSSS><FFFFFF>.npy (P, D) per frame + {train,val,test}_box.json")
     p.add_argument("--sizes", action="append", default=[], metavar="FILE",
                    help="yc2_training_vid.json / yc2_bb_*_annotations.json giving rwidth/rheight per video (repeatable)")
     p.add_argument("--boxes", action="append", default=[], metavar="FILE",
@@ -386,7 +450,7 @@ def add_arguments(p, fmt: str = NAME) -> None:
 def run(args, root, common: dict, fmt: str = NAME):
     return convert(root, args.annotations, args.features, args.proposals, sizes=args.sizes, boxes=args.boxes,
                    splits=[s for s in args.splits.split(",") if s], T=args.T, N=args.N,
-                   sentences=args.sentences, nafae=args.nafae,
+                   sentences=args.sentences, nafae=args.nafae, layout=args.layout,
                    text_encoder=None if args.text_encoder == "none" else args.text_encoder,
                    word_vectors=args.word_vectors, **common)
 
