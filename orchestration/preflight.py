@@ -176,6 +176,11 @@ def open_dataset(cfg: SweepConfig, cwd: Path, log: Callable[[str], None] = print
             raise ConfigError(f"data.root={root} has no {' or '.join(missing)} split (it has "
                               f"{', '.join(ds.manifest.splits)}); a sweep trains on train and ranks trials on val"
                               + (f"; {hint.split(': ', 1)[1]}" if hint else ""))
+        with_boxes = ((ds.manifest.extra or {}).get("stats") or {}).get("segments_with_boxes")
+        if isinstance(with_boxes, dict) and with_boxes.get("val") == 0:  # converted wsvog data (issue 24)
+            raise ConfigError(f"data.root={root}: its val split has no valid ground-truth box "
+                              f"(extra.stats.segments_with_boxes), so box/query accuracy cannot rank trials; "
+                              f"convert it again with the val box file (--boxes)")
         ds = Dataset.open(root, cache=cache)
         ds.verify()  # every shard against the manifest, before any trial starts
     except ConfigError:

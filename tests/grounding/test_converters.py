@@ -250,6 +250,20 @@ def test_splits_without_gt_boxes_are_not_scored(yc2_converted, anet_entities):
     assert set(_scores(ane, "train")[0]) == {"box_macro", "box_micro", "query_macro", "query_micro"}
 
 
+def test_a_val_split_without_boxes_is_refused_before_a_sweep(yc2_inputs, tmp_path):
+    from grounding.data.converters import youcook2_bb
+    from orchestration import preflight
+    from orchestration.config import ConfigError, parse
+
+    base, _ = yc2_inputs
+    root = tmp_path / "ds"
+    youcook2_bb.convert(root, YC2, base / "feat", base / "prop", splits=["train", "val"], limit=3, text_encoder=None,
+                        sizes=[YC2 / "official_yc2_training_vid.json", base / "yc2_bb_val_annotations.json"], **QUIET)
+    assert Dataset.open(root).manifest.extra["stats"]["segments_with_boxes"] == {"train": 0, "val": 0}
+    with pytest.raises(ConfigError, match=r"its val split has no valid ground-truth box .* with the val box file"):
+        preflight.open_dataset(parse(["method=stvg", f"data.root={root}"]), tmp_path, log=lambda m: None)
+
+
 def test_youcook2_bb_classes_table(yc2_converted):
     classes = yc2_converted.read_table("classes")
     glove = np.load(YC2 / "YC2_glove_dict_68x300_float32.npy")[1:]
