@@ -41,13 +41,12 @@ def evaluate_selected(checkpoint, run: dict) -> dict:
     from grounding import engine, inference_grid, recipes
     from grounding.models import registry
 
-    from .trial import SELECTED_FILE, STATE_FILE, load_data
+    from .trial import SELECTED_FILE, load_data, load_state
 
     torch.set_num_threads(max(1, int(run["threads"])))
     with checkpoint.as_directory() as d:
         package = torch.load(os.path.join(d, SELECTED_FILE), map_location="cpu", weights_only=True)
-        state_path = os.path.join(d, STATE_FILE)
-        state = torch.load(state_path, map_location="cpu", weights_only=True) if os.path.exists(state_path) else None
+        state = load_state(d, package)  # the weights state.pt shares with selected.pt put back
     if package["data_digest"] != run["data_digest"]:
         raise RuntimeError(f"checkpoint of dataset {package['data_digest'][:12]}, sweep's is {run['data_digest'][:12]}")
     # a model with inference-only knobs (grounding.inference_grid) is also scored on val over their grid

@@ -11,6 +11,7 @@ from _sweeps import run_sweep
 from grounding import engine, tasks
 from grounding.data.shards import Dataset
 from grounding.models import registry
+from orchestration import trial
 
 
 def test_reported_test_metrics_belong_to_the_best_validation_epoch(tmp_path, smoke_root):
@@ -35,7 +36,7 @@ def test_reported_test_metrics_belong_to_the_best_validation_epoch(tmp_path, smo
     assert len(ckpts) == 3
     scored = {}
     for c in ckpts:
-        state = torch.load(c / "state.pt", map_location="cpu", weights_only=True)["group"]
+        state = trial.load_state(str(c))["group"]  # state.pt with the weights it shares with selected.pt
         pkg = torch.load(c / "selected.pt", map_location="cpu", weights_only=True)
         model = registry.build("stvg", pkg["stages"]["stvg"]["params"], td.info)
         model.load_state_dict(state["stages"]["stvg"]["model"])
