@@ -39,7 +39,10 @@ class MemoryBank(nn.Module):
         if norm not in ("region", "flat"):
             raise ValueError(f"norm={norm!r} is not an option; allowed: region, flat")
         self.register_buffer("memory", init.clone().float())
-        self.register_buffer("snapshot", init.clone().float())  # the entries at the last drift()
+        # the entries at the last drift(): not in checkpoints (at D = 4096 a 1000-entry frame bank is
+        # 328 MB; a checkpoint is written after the epoch's drift(), so it equals memory there and
+        # loading sets it from memory, see _load_from_state_dict)
+        self.register_buffer("snapshot", init.clone().float(), persistent=False)
         self.alpha = float(alpha)
         self.pool_key = pool_key  # frames: key = max over proposals
         self.renormalise = renormalise
@@ -47,6 +50,16 @@ class MemoryBank(nn.Module):
         self._synced = False
         self._updated = False  # since the last drift()
         self._last_drift: float | None = None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        snap = state_dict.pop(prefix + "snapshot", None)  # a checkpoint written while it was stored
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        src = snap if snap is not None else state_dict.get(prefix + "memory")
+        if src is not None and tuple(src.shape) == tuple(self.snapshot.shape):
+            with torch.no_grad():
+                self.snapshot.copy_(src)
 
     @property
     def num(self) -> int:

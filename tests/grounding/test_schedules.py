@@ -190,3 +190,19 @@ def test_the_trial_checkpoint_stores_nothing_twice(tmp_path, yc2_tiny):
     r2, r = g2.runs["stvg"], g.runs["stvg"]
     assert all(torch.equal(r2.model.state_dict()[k], r.model.state_dict()[k]) for k in own)
     assert r2.best.epoch == 1 and all(torch.equal(r2.best.state[k], r.best.state[k]) for k in own)
+
+
+def test_a_memory_bank_checkpoint_holds_its_entries_once():
+    """MemoryBank's drift snapshot is not stored (the 328 MB frame bank was in every checkpoint
+    twice); loading sets it from the entries, and an older checkpoint with the snapshot still loads."""
+    from grounding.models.memory import MemoryBank
+
+    bank = MemoryBank(torch.randn(6, 3, 4), alpha=0.9, pool_key=True)
+    assert set(bank.state_dict()) == {"memory"}
+    bank.memory.add_(1.0)
+    other = MemoryBank(torch.randn(6, 3, 4), alpha=0.9, pool_key=True)
+    other.load_state_dict(bank.state_dict())
+    assert torch.equal(other.memory, bank.memory) and torch.equal(other.snapshot, bank.memory)
+    old = {"memory": bank.memory.clone(), "snapshot": torch.zeros(6, 3, 4)}
+    other.load_state_dict(old)  # strict: the old key is accepted and used
+    assert torch.equal(other.snapshot, torch.zeros(6, 3, 4))
