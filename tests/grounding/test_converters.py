@@ -140,6 +140,17 @@ def yc2_converted(yc2_inputs, tmp_path_factory):
     return Dataset.open(root)
 
 
+def test_youcook2_bb_low_vocabulary_coverage_names_the_word_vectors(yc2_inputs, tmp_path):
+    from grounding.data.converters import youcook2_bb
+
+    base, _ = yc2_inputs
+    (tmp_path / "few.json").write_text(json.dumps({"the": [0.1] * 300, "and": [0.2] * 300}))
+    with pytest.raises(ConversionError, match=r"vocabulary coverage below 90% with the GloVe file \S+/few\.json: train"):
+        youcook2_bb.convert(tmp_path / "ds", YC2, base / "feat", base / "prop", splits=["train"], limit=3,
+                            sizes=[YC2 / "official_yc2_training_vid.json"], word_vectors=tmp_path / "few.json", **QUIET)
+    assert not (tmp_path / "ds").exists()
+
+
 def test_youcook2_bb_rows_shapes_and_frames(yc2_converted, yc2_inputs):
     ds, (_, plan) = yc2_converted, yc2_inputs
     ds.verify()
@@ -169,6 +180,8 @@ def test_youcook2_bb_text_features_come_with_the_conversion(yc2_converted):
     assert m.text["digest"] == text_features.encoder_info("minilm")["digest"]
     assert m.text["mentions"] == sum(len(q) for sp in m.splits for q in ds.read_split(sp)["query_classes"].to_pylist())
     text_features.check_encoder(m, ds.root, "minilm", need_words=True)  # what method=scl checks
+    cov = m.extra["stats"]["vocab_coverage"]  # share of sentence words with a vector, per split
+    assert set(cov) == {"train", "val", "test"} and all(0.9 <= v <= 1 for v in cov.values()), cov
     arr = WsvogArrays.from_table(ds.read_split("train"), 5, 20, 4096)
     assert arr.text_query.shape[:2] == arr.queries.shape and arr.text_query.shape[2] == 384
     assert arr.text_sentence.shape == (3, 384) and np.isfinite(arr.text_sentence.astype(np.float32)).all()

@@ -66,8 +66,8 @@ import pyarrow as pa
 from ..schema import classes_schema
 from ..shards import DatasetWriter
 from .common import (
-    MAX_MISSING_FRACTION, MIN_VOCAB_COVERAGE, ConversionError, MissingInputs, centre_indices, chunks, load_json,
-    need_dir, need_file, producer, rename, wsvog_table)
+    MAX_MISSING_FRACTION, MIN_VOCAB_COVERAGE, ConversionError, MissingInputs, centre_indices, check_coverage, chunks,
+    load_json, need_dir, need_file, producer, rename, wsvog_table)
 
 NAME = "youcook2-bb"
 PRODUCER = "grounding.data.converters.youcook2_bb"
@@ -312,8 +312,12 @@ def convert(root, annotations, features, proposals, sizes=(), boxes=(), splits=(
         need_file(wv, "word vectors for the text features (--word-vectors, or word_embedding_glove.json in --annotations)")
         with open(class_csv) as f:
             listed = {r[1]: r[2:] for r in csv.reader(f) if len(r) > 1}
+        vocab = text_features.WordVocab.from_json(wv)
+        ids = {rename(sp, renames): [vocab.ids(sents[it[0]]) for it in items] for sp, items in plan.items()}
+        stats["vocab_coverage"] = check_coverage({sp: (sum(i != 0 for x in v for i in x), sum(map(len, v)))
+                                                  for sp, v in ids.items()}, str(wv), min_vocab_coverage, log)
         feat = text_features.Featurizer(text_features.forms_from_names(names, [listed.get(n, []) for n in names]),
-                                        text_encoder, text_features.WordVocab.from_json(wv))
+                                        text_encoder, vocab)
         feat.prepare((sents[it[0]], list(dict.fromkeys(it[4]))) for items in plan.values() for it in items)
         dims["D_text"] = feat.info["dim"]
         args.update(text_encoder=text_encoder, word_vectors=str(wv))
