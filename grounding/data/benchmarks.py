@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from . import storage
+from . import locking, storage
 from .manifest import DataError
 from .shards import Dataset
 
@@ -77,8 +77,14 @@ def ensure(root: str | os.PathLike, name: str, overrides: dict[str, Any] | None 
                 f"no dataset at {root}; generate one locally and publish it "
                 f"(python -m grounding.data publish LOCAL {root})"
             )
-        log(f"generating the {name} benchmark at {root} (first use) ...")
-        bench.generator()(Path(root), cfg)
+        # one generator per target: the others wait and reuse it; the writer stages in a sibling
+        # folder and renames it into place, so only a finished dataset has a manifest
+        with locking.exclusive(root, f"generating the {name} benchmark at"):
+            if not fs.exists(storage.join(path, "manifest.json")):
+                locking.remove_partials(root)
+                overwrite = _leftover(Path(root))
+                log(f"generating the {name} benchmark at {root} (first use) ...")
+                bench.generator()(Path(root), cfg, overwrite=overwrite)
     ds = Dataset.open(root)
     producer = ds.manifest.producer
     if producer.get("name") == bench.producer():
@@ -99,6 +105,18 @@ def ensure(root: str | os.PathLike, name: str, overrides: dict[str, Any] | None 
                 f"choose another data.root or remove it"
             )
     return ds
+
+
+def _leftover(root: Path) -> bool:
+    """Whether ``root`` (no manifest) is what an interrupted write leaves (empty, or only split
+    folders of parquet shards): regenerated. Anything else is not ours to remove."""
+    if not root.exists():
+        return False
+    for p in root.iterdir():
+        if not p.is_dir() or any(not f.name.endswith(".parquet") for f in p.rglob("*") if f.is_file()):
+            raise DataError(f"{root} holds files but no manifest.json ({p.name}); allowed: an empty folder or "
+                            f"a dataset; choose another data.root or remove it")
+    return True
 
 
 def _norm(v: Any) -> Any:

@@ -279,6 +279,10 @@ def check_encoder(manifest, root: str, key: str | None, need_words: bool = False
             f"{want['version']}); recompute them with: {ADD_COMMAND} {root} --encoder {key} --overwrite")
 
 
+from .locking import locked_root as _locked_root  # noqa: E402
+
+
+@_locked_root  # one writer per dataset (grounding/data/locking.py)
 def add_text_features(root: str | os.PathLike, key: str = "minilm", word_vectors: str | None = None,
                       class_file: str | None = None, overwrite: bool = False,
                       log: Callable[[str], None] = print):
