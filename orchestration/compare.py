@@ -254,6 +254,8 @@ def parse(argv: list[str]) -> CompareConfig:
     tracking_uri = sweep_config.absolute_uri(first["mlflow.tracking_uri"] or f"sqlite:///{Path.cwd() / 'mlflow.db'}")
     from_sweep: dict[str, dict] = {}
     for name in [str(s) for s in _as_list("from_sweep", own["from_sweep"])]:
+        if (allowed := sweep_config.name_problem(name)) is not None:
+            raise ConfigError(f"from_sweep: {name[:120]!r} is not a plain name; allowed: {allowed}")
         best = _best_of_sweep(name, tracking_uri, first["mlflow.experiment"])
         if best["method"] not in methods:
             raise ConfigError(f"from_sweep={name} is a sweep of {best['method'] or 'an unknown method'}, which is "

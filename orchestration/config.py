@@ -19,7 +19,14 @@ from grounding.models import registry
 
 
 class ConfigError(ValueError):
-    """A bad command line; the message is one line."""
+    """A bad command line; the message is one line (control characters of a value, a newline
+    included, are shown escaped)."""
+
+    def __init__(self, message: str = ""):
+        text = str(message)
+        if any(c < " " or c == "\x7f" for c in text):
+            text = "".join(c if c >= " " and c != "\x7f" else repr(c)[1:-1] for c in text)
+        super().__init__(text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,13 +47,39 @@ def _positive(v):
     return None if v > 0 else "> 0"
 
 
+NAME_MAX = 100
+NAME_ALLOWED = f"letters, digits, '.', '_', '-' (no leading '.', at most {NAME_MAX} characters)"
+
+
+def name_problem(v: str) -> str | None:
+    """A value that becomes a path segment (a folder, a run or study name): ``None`` if it is a
+    plain name, else what is allowed."""
+    import re
+
+    if re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", v) and len(v) <= NAME_MAX:
+        return None
+    return NAME_ALLOWED
+
+
+def _name_or_empty(v: str) -> str | None:
+    return None if v == "" else name_problem(v)
+
+
+def _resume_target(v: str) -> str | None:
+    """resume=: a sweep name, or an experiment path (absolute folder or URL) holding sweep.json."""
+    if v == "" or (v.startswith("/") or "://" in v) and "\0" not in v:
+        return None
+    return name_problem(v) and f"a sweep name ({NAME_ALLOWED}) or an absolute experiment path or URL"
+
+
 def _one_of(*values):
     return lambda v: None if v in values else ", ".join(map(str, values))
 
 
 KEYS: tuple[Key, ...] = (
     Key("method", str, "causal", "grounding method (registry key)", _one_of(*registry.names())),
-    Key("name", str, "", "sweep name (default: <method>-<timestamp>); also the Ray experiment folder"),
+    Key("name", str, "", "sweep name (default: <method>-<timestamp>); also the Ray experiment folder",
+        _name_or_empty),
     Key("trials", int, 8, "number of trials (configurations) to run", _at_least(1)),
     Key("epochs", int, 4, "maximum epochs per trial (ASHA stops weak trials earlier)", _at_least(1)),
     Key("concurrent", int, 2, "maximum concurrent trials", _at_least(1)),
@@ -87,12 +120,13 @@ KEYS: tuple[Key, ...] = (
     Key("eval_batch_size", int, 128, "evaluation batch size", _at_least(1)),
     Key("resume", str, "", "resume an interrupted sweep: its name or its experiment path (only "
         "mlflow.tracking_uri, ray.address, data.cache_dir may be given with it); with trials=N (more "
-        "than it ran) a finished sweep is extended on the same Optuna study and MLflow parent"),
+        "than it ran) a finished sweep is extended on the same Optuna study and MLflow parent", _resume_target),
     Key("verbose", int, 0, "0: one line per trial start/end; 1-3: Ray Tune's status tables too", _one_of(0, 1, 2, 3)),
     Key("backbone", str, "", "start from an existing backbone stage instead of training one: the stage's MLflow "
         "run id or its folder (…/stages/backbone-<key>); must match the data digest and dims"),
 )
 KEY_INDEX = {k.name: k for k in KEYS}
+NAME_KEYS = ("name", "resume")  # values that become path segments (compare: also from_sweep)
 PREFIXES = ("model.", "optim.")
 
 
@@ -219,8 +253,10 @@ def parse(argv: list[str]) -> SweepConfig:
         spec = KEY_INDEX[key]
         value = _coerce(key, spec.type, raw)
         if spec.check and (allowed := spec.check(value)) is not None:
-            what = "is unknown" if key == "method" else "is out of range"
-            raise ConfigError(f"{key}={value!r} {what}; allowed: {allowed}")
+            what = ("is unknown" if key == "method" else "is not a plain name" if key in NAME_KEYS
+                    else "is out of range")
+            shown = value if not isinstance(value, str) or len(value) <= 120 else value[:60] + "…"
+            raise ConfigError(f"{key}={shown!r} {what}; allowed: {allowed}")
         values[key] = value
 
     method = values["method"]

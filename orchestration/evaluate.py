@@ -52,12 +52,19 @@ def parse(argv: list[str]) -> dict[str, Any]:
         if key == "splits" and not isinstance(raw, str):
             from hydra.core.override_parser.types import ChoiceSweep
 
-            raw = ",".join(map(str, raw.list if isinstance(raw, ChoiceSweep) else raw))
+            if isinstance(raw, (ChoiceSweep, list, tuple)):
+                raw = ",".join(map(str, raw.list if isinstance(raw, ChoiceSweep) else raw))
+            elif isinstance(raw, dict):
+                raise ConfigError(f"splits={raw!r} has the wrong type; expected comma-separated split names")
+            else:
+                raw = "" if raw is None else str(raw)
         values[key] = sweep_config._coerce(key, spec.type, raw)
         if spec.check and (allowed := spec.check(values[key])) is not None:
             raise ConfigError(f"{key}={values[key]!r} is out of range; allowed: {allowed}")
     if not values["run"]:
         raise ConfigError("run= is required; allowed: the MLflow run id of a trial with a logged model or of a sweep")
+    if (allowed := sweep_config.name_problem(values["run"])) is not None:
+        raise ConfigError(f"run={values['run'][:120]!r} is not a plain name; allowed: an MLflow run id ({allowed})")
     values["mlflow.tracking_uri"] = sweep_config.absolute_uri(
         values["mlflow.tracking_uri"] or f"sqlite:///{os.path.abspath('mlflow.db')}")
     return values

@@ -144,7 +144,16 @@ def open_dataset(cfg: SweepConfig, cwd: Path, log: Callable[[str], None] = print
     if cfg["data.dim"]:
         overrides["D"] = cfg["data.dim"]
     given = bool(cfg["data.root"])
+    if "\0" in cfg["data.root"]:
+        raise ConfigError(f"data.root={cfg['data.root']!r}: a path cannot hold a NUL character")
     root = absolute_uri(cfg["data.root"] or default_root(cfg, cwd, overrides))
+    if not given or (cfg["data.generate"] and not storage.is_remote(root)):
+        check_writable(str(Path(root).parent), "data.root" if given else "the default data folder",
+                       None if given else str(cwd / "data"))
+    if cfg["data.cache_dir"] or storage.is_remote(root):
+        from grounding.data.cache import default_cache_dir
+
+        check_writable(str(cfg["data.cache_dir"] or default_cache_dir()), "data.cache_dir")
     cache = ShardCache(cfg["data.cache_dir"] or None, int(cfg["data.cache_max_gb"] * 2**30))
     t0 = time.time()
     try:
@@ -238,15 +247,25 @@ def check_tracking(uri: str, experiment: str = "", timeout: float = TIMEOUT_S) -
             raise ConfigError(f"mlflow.tracking_uri={shown}: the tracking server answered HTTP {code}; "
                               f"allowed: an MLflow tracking server")
         return
-    if uri.startswith("sqlite:///") or uri.startswith("file:") or "://" not in uri:
-        path = Path(re.sub(r"^(sqlite:///|file://|file:)", "", uri))
-        folder = path.parent if uri.startswith("sqlite:") else path
-        while not folder.exists() and folder != folder.parent and not uri.startswith("sqlite:"):
-            folder = folder.parent  # a file store is created below an existing folder
+    if uri.startswith("file:") or "://" not in uri:
+        raise ConfigError(f"mlflow.tracking_uri={shown}: a file store (a folder) is not supported here; allowed: "
+                          f"a SQLite store (sqlite:///path/to/mlflow.db) or a tracking server (http://host:5000)")
+    if uri.startswith("sqlite:"):
+        if not uri.startswith("sqlite:///") or "\0" in uri:
+            raise ConfigError(f"mlflow.tracking_uri={shown}: allowed: sqlite:///<path to a database file>")
+        path = Path(uri[len("sqlite:///"):])
+        folder = path.parent
         if not folder.is_dir():
             raise ConfigError(f"mlflow.tracking_uri={shown}: folder {folder} does not exist; allowed: a store "
                               f"in an existing folder")
+        if path.is_dir():
+            raise ConfigError(f"mlflow.tracking_uri={shown}: {path} is a folder; allowed: a database file")
+        check_writable(str(folder), "mlflow.tracking_uri", shown)
         return
+    scheme = uri.split("://", 1)[0].lower()
+    if scheme.split("+")[0] not in ("postgresql", "mysql", "mssql", "databricks", "uc"):
+        raise ConfigError(f"mlflow.tracking_uri={shown}: scheme {scheme}:// is not a tracking store; allowed: "
+                          f"sqlite:///path/to/mlflow.db, http(s)://server, postgresql://, mysql://, mssql://")
     # a database URI (postgresql://…, mysql://…): the host answers on its port
     parsed = urllib.parse.urlparse(strip_userinfo(uri)[0])
     if parsed.hostname:
@@ -259,17 +278,55 @@ def check_tracking(uri: str, experiment: str = "", timeout: float = TIMEOUT_S) -
                 raise ConfigError(f"mlflow.tracking_uri={shown}: the database is unreachable ({e})") from None
 
 
-def check_services(tracking_uri: str, storage_path: str, experiment: str = "") -> None:
-    """MLflow and the Tune storage before Ray starts (each bounded by :data:`TIMEOUT_S`)."""
-    check_tracking(tracking_uri, experiment)
-    if storage.is_remote(storage_path):
-        probe_store(storage_path, "storage_path")
-    else:
-        folder = Path(storage_path)
+def check_writable(target: str, key: str, shown: str | None = None, timeout: float = TIMEOUT_S) -> None:
+    """``target`` (a local folder, existing or to be created, or an object-store URL) can be
+    written with these permissions/credentials: a probe file is created and removed in its nearest
+    existing folder (nothing else is created), or a probe object under the URL. One-line
+    ConfigError naming ``key`` otherwise."""
+    import uuid
+
+    shown = shown or scrub(target)
+    if "\0" in target:
+        raise ConfigError(f"{key}={shown!r}: a path cannot hold a NUL character")
+    probe_name = f".grounding-write-probe-{uuid.uuid4().hex[:12]}"
+    if storage.is_remote(target):
+        probe_store(target, key, timeout)
+
+        def work():
+            fs, path = storage.filesystem(target)
+            probe = storage.join(path, probe_name)
+            with fs.open(probe, "wb") as f:
+                f.write(b"probe")
+            fs.rm(probe)
+
+        try:
+            _bounded(work, timeout, key)
+        except BaseException as e:  # noqa: BLE001 - every store failure becomes one line
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise ConfigError(f"{key}={shown}: cannot write there ({store_problem(e)})") from None
+        return
+    folder = Path(target.removeprefix("file://")).expanduser().absolute()
+    try:
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent
         if not folder.is_dir():
-            raise ConfigError(f"storage_path={storage_path}: {folder} is not a folder")
+            raise ConfigError(f"{key}={shown}: {folder} is not a folder; allowed: a folder this user can write")
+        probe = folder / probe_name
+        with open(probe, "xb"):
+            pass
+        probe.unlink()
+    except ConfigError:
+        raise
+    except OSError as e:
+        raise ConfigError(f"{key}={shown}: cannot write in {folder} ({e.strerror or type(e).__name__}); "
+                          f"allowed: a folder this user can write") from None
+
+
+def check_services(tracking_uri: str, storage_path: str, experiment: str = "") -> None:
+    """MLflow and the Tune storage before Ray starts (each bounded by :data:`TIMEOUT_S`)."""
+    check_tracking(tracking_uri, experiment)
+    check_writable(storage_path, "storage_path")
 
 
 # --------------------------------------------------------------------- configurations vs data

@@ -77,3 +77,12 @@ def test_nodes_need_only_the_checkout(cluster):
     assert list(cluster["file_mounts"].values()) == ["."]
     text = (REPO / "cluster.yaml").read_text()
     assert "GROUNDING_ANNOTATIONS" not in text and "../" not in text
+
+
+def test_dashboard_and_mlflow_listen_on_loopback_only(cluster):
+    """Issue 26: nothing exposed by default; reached through `ray dashboard` / `ray attach -p 5000`."""
+    head = "\n".join(cluster["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head
+    assert "mlflow server" in head and "--host 127.0.0.1" in head
+    assert "0.0.0.0" not in head  # the authenticated variant is a comment in cluster.yaml, not on
+    assert "--app-name basic-auth" in (REPO / "cluster.yaml").read_text()
