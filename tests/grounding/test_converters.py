@@ -635,7 +635,10 @@ def test_moment_converter_missing_features_is_one_clear_error(tmp_path):
                          glove_pkl=sta / "glove.pkl", limit=2, skip_missing=True, **QUIET)
     charades.convert(tmp_path / "ds", "charades-sta", {"train": sta / "train.json"}, tmp_path / "i3d.hdf5",
                      glove_pkl=sta / "glove.pkl", limit=2, skip_missing=True, max_missing_fraction=0.5, **QUIET)
-    assert Dataset.open(tmp_path / "ds").manifest.extra["stats"]["videos_skipped"] == 1
+    m = Dataset.open(tmp_path / "ds").manifest
+    assert m.extra["stats"]["videos_skipped"] == 1
+    # no L given: 200 clips, CPL's and CCR's max_num_frames (5 frames repeat, as CPL's pooling)
+    assert m.dims["L"] == 200 and m.extra["num_clips"] == 200
     with pytest.raises(ConversionError, match="give exactly one of --glove-txt"):
         charades.convert(tmp_path / "ds2", "charades-sta", {"train": sta / "train.json"}, tmp_path / "i3d.hdf5",
                          limit=1, **QUIET)

@@ -224,7 +224,7 @@ def add_arguments(p, default_L: int, feature_help: str, default_key: str | None,
                    help=f"dataset inside each video's group (default {default_key!r}; '' = the video's own dataset)"
                    if default_key else "dataset inside each video's group (default: none, f[video] itself)")
     p.add_argument("--num-clips", type=int, default=default_L, metavar="L",
-                   help=f"clips per video after CPL's mean pooling (default {default_L})")
+                   help=f"clips per video after CPL's mean pooling (default {default_L}, as CPL/CCR: max_num_frames)")
     add_glove_arguments(p)
     p.add_argument("--vocab", choices=VOCAB_MODES, default="auto",
                    help="word ids: 'glove' = the GloVe file's own rows (pkl / npy+w2id; <PAD>=0, <UNK> last), "

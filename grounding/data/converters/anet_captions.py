@@ -8,7 +8,8 @@
   sentences}}``) -> splits ``train``/``val``/``test_iid``/``test_ood``.
 
 Features: the C3D HDF5 (``sub_activitynet_v1-3.c3d.hdf5``) with ``f[video]["c3d_features"] ->
-[frames, 500]``, pooled to ``--num-clips`` clips (default 128) by CPL's mean pooling. See
+[frames, 500]``, pooled to ``--num-clips`` clips (default 200, CPL/CCR's ``max_num_frames``) by CPL's mean
+pooling. See
 :mod:`._moment` for the row conventions.
 """
 
@@ -26,7 +27,7 @@ HELP = {
     "anet-captions": "ActivityNet Captions records + C3D HDF5 f[vid]['c3d_features'] -> moment",
     "anet-cd": "ActivityNet-CD JSON + C3D HDF5 f[vid]['c3d_features'] -> moment",
 }
-DEFAULT_L = 128
+DEFAULT_L = 200  # CPL's and CCR's config/activitynet/main.json: max_num_frames 200, target_stride 1
 FEATURE_KEY = "c3d_features"
 
 

@@ -6,8 +6,8 @@
   sentences, video_duration, …}}``) -> splits ``train``/``val``/``test_iid``/``test_ood``.
 
 Features: one HDF5 file with ``f[video] -> [frames, 1024]`` (CPL's ``i3d_features.hdf5``;
-``[frames, 1, 1, 1024]`` is squeezed), pooled to ``--num-clips`` clips (default 64) by CPL's mean
-pooling. GloVe: ``--glove-pkl charades_sta/glove.pkl`` (restricted unpickler) or
+``[frames, 1, 1, 1024]`` is squeezed), pooled to ``--num-clips`` clips (default 200, CPL/CCR's ``max_num_frames``) by CPL's
+mean pooling. GloVe: ``--glove-pkl charades_sta/glove.pkl`` (restricted unpickler) or
 ``--glove-npy charades_sta/glove_vectors_1146x300_float32.npy --glove-vocab
 charades_sta/glove_vocab_w2id_counter.json`` or ``--glove-txt``. See :mod:`._moment` for the row
 conventions (one row per video, moments in seconds, vocabulary ids).
@@ -27,7 +27,7 @@ HELP = {
     "charades-sta": "Charades-STA records + I3D HDF5 f[vid] [T,1024] -> moment",
     "charades-cd": "Charades-CD JSON + I3D HDF5 f[vid] [T,1024] -> moment",
 }
-DEFAULT_L = 64
+DEFAULT_L = 200  # CPL's and CCR's config/charades/main.json: max_num_frames 200, target_stride 1
 
 
 def convert(root, fmt: str, split_files: dict[str, str], features: str, L: int = DEFAULT_L,
