@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -48,15 +49,14 @@ def _positive(v):
 
 
 NAME_MAX = 100
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 NAME_ALLOWED = f"letters, digits, '.', '_', '-' (no leading '.', at most {NAME_MAX} characters)"
 
 
 def name_problem(v: str) -> str | None:
     """A value that becomes a path segment (a folder, a run or study name): ``None`` if it is a
     plain name, else what is allowed."""
-    import re
-
-    if re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", v) and len(v) <= NAME_MAX:
+    if _PLAIN_NAME.fullmatch(v) and len(v) <= NAME_MAX:
         return None
     return NAME_ALLOWED
 

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import functools
 import os
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -63,7 +64,7 @@ def locked_root(fn: Callable) -> Callable:
     """Decorator: ``fn(root, ...)`` runs holding :func:`exclusive` on its local ``root``."""
     @functools.wraps(fn)
     def wrapper(root, *args, **kwargs):
-        if "://" in str(root):
+        if "://" in str(root):  # a URL (file:// included) is not a local folder to lock
             return fn(root, *args, **kwargs)
         with exclusive(root, "rewriting"):
             return fn(root, *args, **kwargs)
@@ -72,8 +73,6 @@ def locked_root(fn: Callable) -> Callable:
 
 def remove_partials(target: str | os.PathLike) -> None:
     """Staging folders of killed writes of ``target`` (``.<name>.partial-*``): call holding the lock."""
-    import shutil
-
     t = Path(target).expanduser().absolute()
     for p in t.parent.glob(f".{t.name}.partial-*"):
         shutil.rmtree(p, ignore_errors=True)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 from importlib import metadata
@@ -41,6 +42,7 @@ import pyarrow as pa
 
 from . import annotations, text
 from .cache import sha256_file
+from .locking import locked_root
 from .manifest import DataError
 
 MAX_TOKENS = 128
@@ -150,13 +152,14 @@ class WordVocab:
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "WordVocab":
         """A ``{word: [300 floats]}`` file such as the causal repo's ``word_embedding_glove.json``."""
-        d = json.loads(annotations.read_text(path))  # plain or packaged .gz; digest of the original
+        raw = annotations.read_bytes(path)  # plain or packaged .gz: the original bytes, read once
+        d = json.loads(raw)
         names = ["<unk>"] + [w for w in d if w != "<unk>"]
         dim = len(next(iter(d.values())))
         vecs = np.zeros((len(names), dim), np.float32)
         for i, w in enumerate(names[1:], 1):
             vecs[i] = d[w]
-        return cls(names, vecs, Path(path).name, annotations.sha256(path))
+        return cls(names, vecs, Path(path).name, hashlib.sha256(raw).hexdigest())
 
     @functools.cached_property
     def index(self) -> dict[str, int]:
@@ -279,10 +282,7 @@ def check_encoder(manifest, root: str, key: str | None, need_words: bool = False
             f"{want['version']}); recompute them with: {ADD_COMMAND} {root} --encoder {key} --overwrite")
 
 
-from .locking import locked_root as _locked_root  # noqa: E402
-
-
-@_locked_root  # one writer per dataset (grounding/data/locking.py)
+@locked_root  # one writer per dataset (grounding/data/locking.py)
 def add_text_features(root: str | os.PathLike, key: str = "minilm", word_vectors: str | None = None,
                       class_file: str | None = None, overwrite: bool = False,
                       log: Callable[[str], None] = print):
