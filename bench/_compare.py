@@ -32,7 +32,7 @@ def read(name: str, tracking_uri: str, experiment: str = "video-grounding") -> d
     parent's ``compare_table.json`` artifact, read as the file it is)."""
     from mlflow.tracking import MlflowClient
 
-    from orchestration.compare import MARKDOWN_FILE, TABLE_FILE
+    from orchestration.tracking.summary import MARKDOWN_FILE, TABLE_FILE
 
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)

@@ -86,7 +86,7 @@ def main() -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from grounding.data import youcook2
+    from grounding.data.benchmarks import youcook2
     from grounding.data.cache import ShardCache
     from grounding.data.manifest import DataError
     from grounding.data.shards import Dataset, publish

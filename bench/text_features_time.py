@@ -28,7 +28,8 @@ def main() -> None:
 
     import torch
 
-    from grounding.data import text_features, youcook2
+    from grounding.data import text_features
+    from grounding.data.benchmarks import youcook2
 
     cfg = youcook2.YC2Config(limit=args.limit)
     ann = youcook2.YC2Annotations.load()

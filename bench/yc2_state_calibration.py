@@ -28,7 +28,7 @@ def template_accuracy(root: str, strength: float, split: str = "val") -> dict:
     import torch
 
     from grounding import tasks
-    from grounding.data import youcook2
+    from grounding.data.benchmarks import youcook2
     from grounding.data.shards import Dataset
 
     ds = Dataset.open(root)
@@ -69,7 +69,7 @@ def main() -> None:
     from bench._compare import compare
 
     from grounding import tasks
-    from grounding.data import youcook2
+    from grounding.data.benchmarks import youcook2
     from grounding.data.shards import Dataset
 
     rows = []

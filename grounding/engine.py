@@ -204,6 +204,13 @@ def accumulate(model: nn.Module, data: Any, task, info, batch_size: int = 64,
     for i in range(0, len(data), batch_size):
         batch = data.batch(np.arange(i, min(i + batch_size, len(data))), device)
         acc.update_batch(net.predict(batch), batch)
+    return merge_ranks(acc)
+
+
+def merge_ranks(acc):
+    """Add every other rank's counts to the metric accumulator ``acc`` (``state()``/``merge()``) in
+    place, so that it counts every rank's rows exactly once; returns ``acc``. Every rank must call it
+    (an all-reduce); on one process it changes nothing."""
     local = np.array(acc.state(), dtype=np.float64)
     total = _all_reduce(torch.from_numpy(local.copy())).numpy()
     acc.merge(total - local)  # local counts + every other rank's

@@ -8,7 +8,7 @@ at every value without retraining: :func:`with_inference` sets the fields for th
 :func:`evaluate_grid` scores a split at every point of the grid (the Cartesian product of the
 declared values; the other knobs stay at their trained values).
 
-Works on a bare model and on a :class:`~grounding.recipes.Predictor`: a knob is set on every
+Works on a bare model and on a :class:`~grounding.training.Predictor`: a knob is set on every
 member model that declares it (the grid of the first such member is used).
 """
 

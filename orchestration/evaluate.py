@@ -1,7 +1,7 @@
 """``python -m orchestration.evaluate run=<MLflow run id> data.root=<dataset>`` — see ``--help``.
 
 Evaluates the predictor a trial delivered (``model/selected.pt`` + ``model/config.json``, see
-:mod:`orchestration.lineage`) on any compatible dataset, e.g. a lab's real features converted to
+:mod:`orchestration.tracking.lineage`) on any compatible dataset, e.g. a lab's real features converted to
 shards: every evaluation split it has (``val``, ``test_iid``, ``test_ood``, ``test``) or those in
 ``splits=``. ``run=`` may be a trial's run or a sweep's parent (its best trial is used). The
 result is printed and, unless ``log=false``, recorded as a new MLflow run (tag ``kind=evaluation``,
@@ -15,215 +15,18 @@ written.
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-import tempfile
-import time
-from typing import Any
-
-from . import config as sweep_config
-from .config import ConfigError, Key, fail
-
-SHARED = ("data.root", "data.cache_dir", "data.cache_max_gb", "mlflow.tracking_uri", "mlflow.experiment",
-          "eval_batch_size")
-OWN = (
-    Key("run", str, "", "MLflow run id of a trial with a logged model, or of a sweep (its best trial); required"),
-    Key("splits", str, "", "comma-separated splits to evaluate (default: every evaluation split present)"),
-    Key("log", bool, True, "record the evaluation as a new MLflow run"),
-)
-EVAL_SPLITS = ("val", "test_iid", "test_ood", "test")
+from .cli.evaluate_args import help_text, parse
+from .cli.keys import cli
 
 
-def parse(argv: list[str]) -> dict[str, Any]:
-    values = {k.name: k.default for k in OWN}
-    for k in SHARED:
-        spec = sweep_config.KEY_INDEX[k]
-        env = os.environ.get(spec.env) if spec.env else None
-        values[k] = sweep_config._coerce(k, spec.type, env) if env else spec.default
-    seen = set()
-    for key, raw in sweep_config.parse_overrides(argv):
-        if key in seen:
-            raise ConfigError(f"{key} is given twice")
-        seen.add(key)
-        spec = {k.name: k for k in OWN}.get(key) or (sweep_config.KEY_INDEX[key] if key in SHARED else None)
-        if spec is None:
-            raise ConfigError(f"unknown key '{key}'; allowed: {', '.join([*(k.name for k in OWN), *SHARED])}")
-        if key == "splits" and not isinstance(raw, str):
-            from hydra.core.override_parser.types import ChoiceSweep
+def _run(values: dict) -> int:
+    from .evaluate_run import evaluate  # lazy on purpose: MLflow and torch load only after validation
 
-            if isinstance(raw, (ChoiceSweep, list, tuple)):
-                raw = ",".join(map(str, raw.list if isinstance(raw, ChoiceSweep) else raw))
-            elif isinstance(raw, dict):
-                raise ConfigError(f"splits={raw!r} has the wrong type; expected comma-separated split names")
-            else:
-                raw = "" if raw is None else str(raw)
-        values[key] = sweep_config._coerce(key, spec.type, raw)
-        if spec.check and (allowed := spec.check(values[key])) is not None:
-            raise ConfigError(f"{key}={values[key]!r} is out of range; allowed: {allowed}")
-    if not values["run"]:
-        raise ConfigError("run= is required; allowed: the MLflow run id of a trial with a logged model or of a sweep")
-    if (allowed := sweep_config.name_problem(values["run"])) is not None:
-        raise ConfigError(f"run={values['run'][:120]!r} is not a plain name; allowed: an MLflow run id ({allowed})")
-    values["mlflow.tracking_uri"] = sweep_config.absolute_uri(
-        values["mlflow.tracking_uri"] or f"sqlite:///{os.path.abspath('mlflow.db')}")
-    return values
-
-
-def help_text() -> str:
-    width = 22
-    lines = ["usage: python -m orchestration.evaluate run=<MLflow run id> [data.root=<dataset>] [key=value ...]",
-             "", (__doc__ or "").split("\n\n")[1].replace("\n", " "), "", "keys (default):"]
-    for k in [*OWN, *(sweep_config.KEY_INDEX[n] for n in SHARED)]:
-        d = repr(k.default) if isinstance(k.default, str) else str(k.default).lower() if isinstance(k.default, bool) else k.default
-        help_ = "dataset to evaluate on (default: the one the model was trained on)" if k.name == "data.root" else k.help
-        lines.append(f"  {k.name:<{width}} {d!s:<18} {help_}")
-    lines += ["", "examples:", "  python -m orchestration.evaluate run=98fdc845c9564b36b58c53de5caefda5",
-              "  python -m orchestration.evaluate run=<sweep parent id> data.root=s3://lab-features/yc2bb/v1"]
-    return "\n".join(lines)
-
-
-def _model_files(client, run_id: str, tmp: str) -> tuple[str, dict, str]:
-    """(trial run id, its resolved config, the local state file) of ``run_id``."""
-    from mlflow.exceptions import MlflowException
-
-    from .lineage import CONFIG_FILE, MODEL_DIR, SELECTED_FILE
-
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise ConfigError(f"run={run_id}: no such MLflow run at {client.tracking_uri}; allowed: a run id "
-                          f"from the MLflow UI or a sweep's summary") from None
-    if "best_run_id" in run.data.tags and not any(a.path == MODEL_DIR for a in client.list_artifacts(run_id)):
-        run_id = run.data.tags["best_run_id"]
-    if not any(a.path == f"{MODEL_DIR}/{CONFIG_FILE}" for a in client.list_artifacts(run_id, MODEL_DIR)):
-        raise ConfigError(f"run={run_id} has no logged model ({MODEL_DIR}/{CONFIG_FILE}); allowed: a trial run "
-                          f"with a model (a compared cell, a sweep's best trial) or a finished sweep's parent")
-    cfg = json.load(open(client.download_artifacts(run_id, f"{MODEL_DIR}/{CONFIG_FILE}", tmp)))
-    state = client.download_artifacts(run_id, f"{MODEL_DIR}/{SELECTED_FILE}", tmp)
-    return run_id, cfg, state
-
-
-def _open(values: dict, cfg: dict):
-    from grounding.data.cache import ShardCache
-    from grounding.data.manifest import DataError
-    from grounding.data.shards import Dataset
-
-    root = sweep_config.absolute_uri(values["data.root"] or cfg["data"]["root"])
-    cache = ShardCache(values["data.cache_dir"] or None, int(values["data.cache_max_gb"] * 2**30))
-    try:
-        ds = Dataset.open(root, cache=cache)
-    except (DataError, FileNotFoundError, ValueError, OSError) as e:
-        raise ConfigError(f"data.root={root}: {str(e).splitlines()[0]}") from None
-    if ds.manifest.task != cfg["task"]:
-        raise ConfigError(f"data.root={root} holds a {ds.manifest.task} dataset; the model ({cfg['method']}) "
-                          f"needs {cfg['task']}")
-    trained = cfg["data"]["dims"]
-    if ds.manifest.dims.get("D") != trained.get("D"):
-        raise ConfigError(f"data.root={root} has feature size D={ds.manifest.dims.get('D')}; the model was trained "
-                          f"on D={trained.get('D')} ({cfg['data']['name']})")
-    return ds
-
-
-def evaluate(values: dict) -> int:
-    import torch
-    from mlflow.tracking import MlflowClient
-
-    from grounding import engine, tasks
-    from grounding.data.manifest import DataError
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr is for the one-line errors
-    client = MlflowClient(values["mlflow.tracking_uri"])
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            run_id, cfg, state_file = _model_files(client, values["run"], tmp)
-            ds = _open(values, cfg)
-        except ConfigError as e:
-            fail(str(e))
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
-    present = ds.manifest.splits
-    splits = [s for s in values["splits"].split(",") if s] or [s for s in EVAL_SPLITS if s in present]
-    missing = [s for s in splits if s not in present]
-    if missing or not splits:
-        fail(f"splits={','.join(missing) or '(none)'}: not in data.root={ds.root}; allowed: "
-             f"{', '.join(s for s in present if s != 'train')}")
-    try:
-        ds.verify(splits)
-        data = tasks.load(ds, splits=tuple(splits), optional=())
-    except (DataError, ValueError, KeyError) as e:
-        fail(f"data.root={ds.root}: {str(e).splitlines()[0]}")
-    from grounding import recipes
-
-    try:
-        model = recipes.load_predictor(state, data.info)
-    except (RuntimeError, ValueError, KeyError) as e:
-        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln or "Missing" in ln),
-                     str(e).splitlines()[0])
-        fail(f"data.root={ds.root} does not fit the model of run {run_id} ({cfg['method']}, trained on "
-             f"{cfg['data']['name']}): {first.rstrip('.')}")
-
-    t0 = time.time()
-    results, per_class = {}, {}
-    for sp in splits:
-        acc = engine.accumulate(model, data[sp], data.task, data.info, values["eval_batch_size"])
-        results[sp] = acc.compute()
-        if hasattr(acc, "per_class"):
-            per_class[sp] = acc.per_class()
-    from .report import table
-
-    names = list(data.task.metric_names)
-    print(f"model of run {run_id} ({cfg['method']}, epoch {cfg.get('epoch')}, trained on {cfg['data']['name']}) "
-          f"on {ds.root} (digest {ds.digest[:12]}), {time.time() - t0:.1f}s:\n")
-    print(table([[sp, *(results[sp].get(m) for m in names)] for sp in splits], ["split", *names]))  # absent: no GT
-    if values["log"]:
-        eval_id = _record(client, run_id, cfg, ds, results, per_class, values)
-        print(f"\nrecorded as MLflow run {eval_id} (source run {run_id})")
-    return 0
-
-
-def per_class_rows(ds, per_class: dict) -> dict[str, list]:
-    """The per-class accuracies as table columns: one row per (split, class)."""
-    names = ds.read_table("classes").sort_by("class_id")
-    ids, labels = names["class_id"].to_pylist(), names["name"].to_pylist()
-    heldout = names["heldout"].to_pylist() if "heldout" in names.column_names else [False] * len(ids)
-    cols: dict[str, list] = {"split": [], "class_id": [], "class": [], "heldout": [], "box": [], "query": []}
-    for sp, arrays in per_class.items():
-        for i, cid in enumerate(ids):
-            box, query = float(arrays["box"][cid]), float(arrays["query"][cid])
-            if box != box and query != query:  # NaN: the class never occurs in this split
-                continue
-            cols["split"].append(sp)
-            cols["class_id"].append(cid)
-            cols["class"].append(labels[i])
-            cols["heldout"].append(bool(heldout[i]))
-            cols["box"].append(None if box != box else box)
-            cols["query"].append(None if query != query else query)
-    return cols
-
-
-def _record(client, source: str, cfg: dict, ds, results: dict, per_class: dict, values: dict) -> str:
-    from mlflow.entities import Metric
-
-    from . import lineage
-
-    src = client.get_run(source)
-    exp_id = src.info.experiment_id
-    run = client.create_run(exp_id, run_name=f"evaluate-{lineage.dataset_name(str(ds.root))}-{source[:8]}",
-                            tags={"kind": "evaluation", "source_run": source, "method": cfg["method"],
-                                  "model_uri": f"runs:/{source}/{lineage.MODEL_DIR}",
-                                  "command": "python -m orchestration.evaluate " + " ".join(sys.argv[1:])})
-    rid = run.info.run_id
-    lineage.log_dataset(client, rid, ds, context="evaluation")
-    now = int(time.time() * 1000)
-    client.log_batch(rid, metrics=[Metric(f"{sp}/{m}", float(v), now, 0) for sp, d in results.items()
-                                   for m, v in d.items()])
-    if per_class:
-        client.log_table(rid, data=per_class_rows(ds, per_class), artifact_file="per_class.json")
-    client.set_terminated(rid, "FINISHED")
-    return rid
+    return evaluate(values)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return sweep_config.cli(argv, lambda _: help_text(), parse, evaluate)
+    return cli(argv, lambda _: help_text(), parse, _run)
 
 
 if __name__ == "__main__":

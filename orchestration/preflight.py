@@ -24,7 +24,9 @@ This module imports neither Ray nor MLflow.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import os
 import re
 import socket
 import threading
@@ -32,20 +34,25 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from grounding import tasks
+import torch
+
+from grounding import recipes, tasks
 from grounding.credentials import scrub, strip_userinfo
 from grounding.data import benchmarks, storage
-from grounding.data.cache import ShardCache
+from grounding.data.cache import ShardCache, default_cache_dir
+from grounding.data.converters.common import val_split_advice
 from grounding.data.manifest import DataError
-from grounding.data.shards import Dataset
+from grounding.data.shards import Dataset, rank_range
 from grounding.engine import OPTIM_KEYS, OptimConfig
 from grounding.models import registry
 from search_spaces import Choice, Float, Param
 
-from .config import ConfigError, SweepConfig, absolute_uri
+from .cli.keys import ConfigError, absolute_uri
+from .cli.sweep_args import SweepConfig
 
 TIMEOUT_S = 10.0  # bound of each reachability check
 
@@ -151,8 +158,6 @@ def open_dataset(cfg: SweepConfig, cwd: Path, log: Callable[[str], None] = print
         check_writable(str(Path(root).parent), "data.root" if given else "the default data folder",
                        None if given else str(cwd / "data"))
     if cfg["data.cache_dir"] or storage.is_remote(root):
-        from grounding.data.cache import default_cache_dir
-
         check_writable(str(cfg["data.cache_dir"] or default_cache_dir()), "data.cache_dir")
     cache = ShardCache(cfg["data.cache_dir"] or None, int(cfg["data.cache_max_gb"] * 2**30))
     t0 = time.time()
@@ -179,12 +184,10 @@ def open_dataset(cfg: SweepConfig, cwd: Path, log: Callable[[str], None] = print
                               f"{cfg.task}")
         missing = [sp for sp in ("train", "val") if sp not in ds.manifest.splits]
         if missing:
-            from grounding.data.converters.common import no_val_hint
-
-            hint = no_val_hint(ds.manifest)  # converted train/test-only data: the flags that add a val split
+            advice = val_split_advice(ds.manifest)  # converted train/test-only data: the flags that add a val split
             raise ConfigError(f"data.root={root} has no {' or '.join(missing)} split (it has "
                               f"{', '.join(ds.manifest.splits)}); a sweep trains on train and ranks trials on val"
-                              + (f"; {hint.split(': ', 1)[1]}" if hint else ""))
+                              + (f"; {advice}" if advice else ""))
         with_boxes = ((ds.manifest.extra or {}).get("stats") or {}).get("segments_with_boxes")
         if isinstance(with_boxes, dict) and with_boxes.get("val") == 0:  # converted wsvog data (issue 24)
             raise ConfigError(f"data.root={root}: its val split has no valid ground-truth box "
@@ -210,9 +213,6 @@ def check_tracking(uri: str, experiment: str = "", timeout: float = TIMEOUT_S) -
     accepted); a local SQLite/file store: its folder exists. One-line ConfigError otherwise."""
     shown = scrub(uri)
     if uri.startswith(("http://", "https://")):
-        import base64
-        import os
-
         base, user, password = strip_userinfo(uri)
         user = user or os.environ.get("MLFLOW_TRACKING_USERNAME")
         password = password or os.environ.get("MLFLOW_TRACKING_PASSWORD")
@@ -283,8 +283,6 @@ def check_writable(target: str, key: str, shown: str | None = None, timeout: flo
     written with these permissions/credentials: a probe file is created and removed in its nearest
     existing folder (nothing else is created), or a probe object under the URL. One-line
     ConfigError naming ``key`` otherwise."""
-    import uuid
-
     shown = shown or scrub(target)
     if "\0" in target:
         raise ConfigError(f"{key}={shown!r}: a path cannot hold a NUL character")
@@ -357,12 +355,10 @@ class DataFacts:
     def samples_per_worker(self, workers: int = 1) -> int:
         """The fewest training samples any of ``workers`` ranks holds (ranks share rows, as
         :meth:`Dataset.read_split` does)."""
-        from grounding.data.shards import _rank_range
-
         workers = max(1, workers)
         if self.train_samples is None:
             return self.train_rows // workers
-        return min(sum(self.train_samples[slice(*_rank_range(len(self.train_samples), r, workers))])
+        return min(sum(self.train_samples[slice(*rank_range(len(self.train_samples), r, workers))])
                    for r in range(workers))
 
     def split_text(self, workers: int = 1) -> str:
@@ -386,8 +382,6 @@ def problem(method: str, facts: DataFacts, values: dict[str, Any], workers: int 
             _cache: dict | None = None) -> tuple[str, str] | None:
     """Why ``values`` (model and optimiser hyperparameters; the rest at their config defaults)
     cannot train ``method`` on these data: ``(group, message)``, or None if it can."""
-    import torch
-
     fields = registry.config_fields(method)
     model = {k: v for k, v in values.items() if k in fields}
     optim = {k: v for k, v in values.items() if k in OPTIM_KEYS}
@@ -404,8 +398,6 @@ def problem(method: str, facts: DataFacts, values: dict[str, Any], workers: int 
                          f"({facts.split_text(workers)}); allowed: <= {per_worker}")
     # every stage's own batch (a recipe stage may set its optimiser; grounding.recipes)
     try:
-        from grounding import recipes
-
         _, stages = recipes.plan(method, {}, dict(values), 1, "-")
     except (ValueError, TypeError, KeyError):
         stages = {}  # the model build below names the problem
@@ -451,12 +443,6 @@ def check_configurations(ds: Dataset | DataFacts, method: str, configurations: I
         if found:
             group, message = found
             raise ConfigError(f"{_fmt(group, message, sources or {})} ({label}; {facts.describe(workers)})")
-
-
-def _probe_values(p: Param) -> list:
-    if isinstance(p, Choice):
-        return list(p.values)
-    return [p.low, p.high]
 
 
 def clip_space(method: str, facts: DataFacts, space: dict[str, Param], base: dict[str, Any],

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .config import ConfigError, cli, help_text, parse
+from .cli.keys import ConfigError, cli
+from .cli.sweep_args import help_text, parse
 
 
 def _help(argv: list[str]) -> str:
@@ -14,7 +15,7 @@ def _help(argv: list[str]) -> str:
 
 
 def _run(cfg) -> int:
-    from .runner import run_sweep  # Ray, MLflow and Optuna load only after validation
+    from .sweep_run import run_sweep  # lazy on purpose: Ray, MLflow and Optuna load only after validation
 
     return run_sweep(cfg)
 

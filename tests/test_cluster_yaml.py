@@ -11,7 +11,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from orchestration.config import KEY_INDEX
+from orchestration.cli.sweep_args import KEY_INDEX
 
 REPO = Path(__file__).resolve().parents[1]
 

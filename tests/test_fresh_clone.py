@@ -53,7 +53,7 @@ def test_a_clone_with_nothing_beside_it_runs_the_first_command(tmp_path):
 
     # the non-editable install carries the annotation files and reads them, from an unrelated folder
     probe = subprocess.run([str(py), "-c", (
-        "from grounding.data import annotations as a, youcook2;"
+        "from grounding.data import annotations as a; from grounding.data.benchmarks import youcook2;"
         "print(a.annotations_dir()); print(youcook2.YC2Annotations.load().digests['train_dict.json'])")],
         cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert probe.returncode == 0, probe.stderr[-3000:]

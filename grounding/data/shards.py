@@ -151,7 +151,7 @@ class DatasetWriter:
         self.manifest = manifest
 
 
-def _rank_range(n: int, rank: int, world: int) -> tuple[int, int]:
+def rank_range(n: int, rank: int, world: int) -> tuple[int, int]:
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} outside world size {world}")
     return rank * n // world, (rank + 1) * n // world
@@ -247,7 +247,7 @@ class Dataset:
         are decoded, and nothing is returned unless all of them are."""
         shards = self.manifest.split_shards(split)
         n = sum(s.rows for s in shards)
-        lo, hi = _rank_range(n, rank, world)
+        lo, hi = rank_range(n, rank, world)
         plan = []
         start = 0
         for entry in shards:

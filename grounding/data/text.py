@@ -13,7 +13,7 @@ Token matching (SCL, "Stable Context Learning for WSVOG", Sec. 3.2 leaves it ope
 * A class that is not found has no mention (``-1``); callers count these (the text-feature step
   falls back to the mean of the sentence's tokens).
 
-State words (the generator's context effect, ``grounding/data/youcook2.py``): a fixed lexicon of
+State words (the generator's context effect, ``grounding/data/benchmarks/youcook2.py``): a fixed lexicon of
 cooking verbs and adjectives that change how an ingredient looks, grouped into ``STATES``. The state
 of a mention is the lexicon word nearest to it within ``window`` words on either side (the earlier
 word wins a tie); none found -> ``NO_STATE``.

@@ -6,7 +6,7 @@ with their ground truth. :class:`TubeArrays` keeps the video tensors per video a
 sentences into samples that point at their video (``video_index``); ``batch(idx)`` gathers the
 videos of the sampled sentences, so a split never holds a copy of the features per sentence.
 
-Also here, shared by the generator (:mod:`grounding.data.vidstg`) and the VidSTG/HC-STVG
+Also here, shared by the generator (:mod:`grounding.data.benchmarks.vidstg`) and the VidSTG/HC-STVG
 converters:
 
 * :func:`tube_tokens`: the tokeniser of the family (``grounding.data.moment.tokenize``, lower-case,

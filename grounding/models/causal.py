@@ -90,8 +90,8 @@ depends on (``COMPONENT_FIELDS[name]``) from ``cfg`` and every other field at it
 members the switches of a staged config ask for (``acl_spatial=false`` drops ``spatial``, and so on:
 the paper's ablation rows). Each component's proposal score is ``model.proposal_scores(batch)``
 (``S [B, Kq, T, N]``, the raw query-region cosine; with ``bda_form=project`` ``M + M_bda``), and
-``ensemble_scores({name: S}, cfg) = sum_c w_c sigmoid(S_c)`` with ``w_spatial``, ``w_temporal``,
-``w_deconf`` (0.5, 0.5, 1.0 in C); ``CausalEnsemble(components, cfg).predict(batch)`` does both.
+the staged predictor is ``sum_c w_c sigmoid(S_c)`` with ``w_spatial``, ``w_temporal``, ``w_deconf``
+(0.5, 0.5, 1.0 in C): the recipe's ``combine``, :class:`~grounding.models.recipe.sigmoid_ensemble`.
 ``protocol=joint`` is one stage, this class with the switches as given.
 
 The stvg control
@@ -102,7 +102,7 @@ them. Its recipe (``STVG_CONTROL``) has three output stages ``stvg_1``, ``stvg_2
 ``backbone`` component (plain MIL; ``acl_spatial``, ``acl_temporal`` and ``bda`` are ignored and
 switched off), each trained **from scratch** with the trial's optimiser and epochs and its own
 seed (``Stage.seed_offset`` 1, 2, 3, i.e. independent initialisation, data order and dropout,
-see :func:`grounding.recipes.stage_seed`), combined with weights ``w_spatial``,
+see :func:`grounding.models.recipe.stage_seed`), combined with weights ``w_spatial``,
 ``w_temporal``, ``w_deconf`` (0.5, 0.5, 1.0) in that order. They share no stage with each other or
 with the causal rows' backbone. Issue 12 asks for "three independently seeded stvg models", so each
 member is a model of its own rather than a fine-tune of a shared backbone (our choice; the paper
@@ -146,6 +146,7 @@ from torch import nn
 from ..losses import log_loss, mil_ranking_loss, symmetric_mil_loss
 from .base import DataInfo, check_choice, check_config
 from .memory import MemoryBank
+from .recipe import Recipe, Stage, sigmoid_ensemble
 from .registry import register
 from .stvg import STVG, ProposalEncoder, STVGConfig
 
@@ -170,7 +171,7 @@ COMPONENTS = ("backbone", "spatial", "temporal", "deconf")
 COMPONENT_INIT = {"backbone": None, "spatial": "backbone", "temporal": "backbone", "deconf": None}
 _SWITCHES = {"backbone": (False, False, False), "spatial": (True, False, False),
              "temporal": (False, True, False), "deconf": (False, False, True)}
-_WEIGHT = {"spatial": "w_spatial", "temporal": "w_temporal", "deconf": "w_deconf", "backbone": "w_backbone"}
+_WEIGHT = {"spatial": "w_spatial", "temporal": "w_temporal", "deconf": "w_deconf"}
 # components=stvg_control: member stage -> (seed offset, ensemble weight field)
 STVG_CONTROL = {"stvg_1": (1, "w_spatial"), "stvg_2": (2, "w_temporal"), "stvg_3": (3, "w_deconf")}
 
@@ -241,36 +242,6 @@ def staged_components(cfg: CausalConfig) -> tuple[str, ...]:
     out = tuple(n for n, on in (("spatial", cfg.acl_spatial), ("temporal", cfg.acl_temporal),
                                 ("deconf", cfg.bda)) if on)
     return out or ("backbone",)
-
-
-def ensemble_scores(scores: Mapping[str, torch.Tensor], cfg: CausalConfig) -> torch.Tensor:
-    """``sum_c w_c sigmoid(S_c)`` over the given components (the backbone, alone, has weight 1)."""
-    total = None
-    for name, S in scores.items():
-        w = getattr(cfg, _WEIGHT[name], 1.0)
-        term = w * torch.sigmoid(S)
-        total = term if total is None else total + term
-    if total is None:
-        raise ValueError("an ensemble needs at least one component's scores")
-    return total
-
-
-class CausalEnsemble(nn.Module):
-    """The staged protocol's predictor: ``predict(batch) = ensemble_scores({c: S_c(batch)})``."""
-
-    task = "wsvog"
-
-    def __init__(self, components: Mapping[str, "Causal"], cfg: CausalConfig):
-        super().__init__()
-        unknown = sorted(set(components) - set(COMPONENTS))
-        if unknown:
-            raise KeyError(f"unknown causal component {', '.join(unknown)}; allowed: {', '.join(COMPONENTS)}")
-        self.components = nn.ModuleDict(dict(components))
-        self.cfg = cfg
-
-    @torch.no_grad()
-    def predict(self, batch) -> torch.Tensor:
-        return ensemble_scores({n: m.proposal_scores(batch) for n, m in self.components.items()}, self.cfg)
 
 
 def _init_bank(info: DataInfo, num: int, frames: bool, seed: int) -> torch.Tensor:
@@ -552,19 +523,17 @@ class Causal(STVG):
     # ------------------------------------------------------------------ recipe
     @classmethod
     def recipe(cls, params: dict):
-        """``protocol=staged``: the authors' training as a :mod:`grounding.recipes` recipe (the
+        """``protocol=staged``: the authors' training as a :mod:`grounding.models.recipe` recipe (the
         "Components for staged training" above); ``protocol=joint``: None, the one-stage recipe.
 
         The backbone takes no searched hyperparameter (``takes=()``), so a sweep trains it once
         and every trial's spatial/temporal components start from its selected checkpoint; it
         trains with the optimiser of the authors' code (``BACKBONE_OPTIM``). Every component keeps
         its own best-validation epoch by the sum of the four val accuracies (as C does); the
-        predictor is ``sum_c w_c sigmoid(S_c)`` over ``staged_components`` (``ensemble_scores``).
+        predictor is ``sum_c w_c sigmoid(S_c)`` over ``staged_components`` (``sigmoid_ensemble``).
         ``components=stvg_control``: the three seeded plain-MIL members of ``STVG_CONTROL`` instead
         ("The stvg control" above).
         """
-        from ..recipes import Recipe, Stage, sigmoid_ensemble
-
         cfg = cls.Config(**params)
         if cfg.protocol != "staged":
             return None

@@ -10,7 +10,8 @@ import json
 
 import pytest
 
-from grounding.data import annotations, charades, youcook2
+from grounding.data import annotations
+from grounding.data.benchmarks import charades, youcook2
 from grounding.data.cli import main as data_cli
 
 

@@ -18,8 +18,9 @@ from grounding.losses import log_loss, mil_ranking_loss, symmetric_mil_loss
 from grounding.models import registry
 from grounding.models.base import DataInfo
 from grounding.models.causal import (COMPONENT_FIELDS, COMPONENT_INIT, COMPONENTS, LEGACY, Causal, CausalConfig,
-                                     CausalEnsemble, component_config, ensemble_scores, staged_components)
+                                     component_config, staged_components)
 from grounding.models.memory import MemoryBank
+from grounding.models.recipe import sigmoid_ensemble
 from grounding.models.stvg import STVG, STVGConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -391,25 +392,30 @@ def test_backbone_component_is_stvg_and_initialises_the_acl_components():
         backbone.train()
 
 
-def test_ensemble_scores_by_hand_and_the_ensemble_predictor():
+def test_staged_ensemble_by_hand_and_the_ensemble_predictor():
+    """The staged recipe's ``combine`` is ``sum_c w_c sigmoid(S_c)`` with the config's weights."""
     cfg = CausalConfig(embed_dim=4, heads=2)
     s = {"spatial": torch.tensor([0.0, 1.0]), "temporal": torch.tensor([2.0, -1.0]), "deconf": torch.tensor([0.5, 0.0])}
     sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
     expected = [0.5 * sig(0.0) + 0.5 * sig(2.0) + 1.0 * sig(0.5), 0.5 * sig(1.0) + 0.5 * sig(-1.0) + 1.0 * sig(0.0)]
-    np.testing.assert_allclose(ensemble_scores(s, cfg).numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(sigmoid_ensemble({"spatial": 0.5, "temporal": 0.5, "deconf": 1.0})(s).numpy(),
+                               expected, rtol=1e-6)
+    combine = Causal.recipe(dataclasses.asdict(cfg)).combine
+    assert combine.weights == {"spatial": 0.5, "temporal": 0.5, "deconf": 1.0}
+    np.testing.assert_allclose(combine(s).numpy(), expected, rtol=1e-6)
     cfg2 = cfg.replace(w_spatial=0.2, w_temporal=0.0, w_deconf=2.0)
-    np.testing.assert_allclose(ensemble_scores(s, cfg2).numpy(),
+    np.testing.assert_allclose(Causal.recipe(dataclasses.asdict(cfg2)).combine(s).numpy(),
                                [0.2 * sig(0.0) + 2.0 * sig(0.5), 0.2 * sig(1.0) + 2.0 * sig(0.0)], rtol=1e-6)
-    # the predictor over real component models
+    # over real component models' scores
     info = info_for()
     comps = {n: Causal(component_config(cfg.replace(J=3, W=3, B_r=2, B_f=1), n), info).eval()
              for n in ("spatial", "temporal", "deconf")}
-    ens = CausalEnsemble(comps, cfg)
     batch = batch_for()
+    got = combine({n: m.proposal_scores(batch) for n, m in comps.items()})
     want = sum(w * torch.sigmoid(comps[n].proposal_scores(batch)) for n, w in
                (("spatial", 0.5), ("temporal", 0.5), ("deconf", 1.0)))
-    torch.testing.assert_close(ens.predict(batch), want)
-    assert ens.predict(batch).shape == (4, 2, T, N)
+    torch.testing.assert_close(got, want)
+    assert got.shape == (4, 2, T, N)
 
 
 # -------------------------------------------------------------- diagnostics

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 import search_spaces
-from grounding import engine, recipes, tasks
+from grounding import engine, recipes, tasks, training
 from grounding.data.shards import Dataset
 from grounding.models import causal, registry
-from orchestration.compare import parse
+from grounding.models.recipe import stage_seed
+from orchestration.cli.compare_args import parse
 
 ROWS = ("joint_paper", "staged_paper", "spatial_only", "temporal_only", "no_bda", "deconf_only", "stvg_ensemble")
 SELECT = ("box_macro", "box_micro", "query_macro", "query_micro")
@@ -62,7 +63,7 @@ def test_default_staged_recipe_is_unchanged():
     assert _cfg(st["spatial"]).intervention == "code"
     # every stage trains with the trial's seed, and its key has no seed-offset entry (keys as before)
     assert all(s.seed_offset == 0 for s in r.stages) and all("seed_offset" not in st[n].identity() for n in st)
-    assert all(recipes.stage_seed(7, st[n].seed_offset) == 7 for n in st)
+    assert all(stage_seed(7, st[n].seed_offset) == 7 for n in st)
 
 
 @pytest.mark.parametrize("variant, members, switches", [
@@ -128,7 +129,7 @@ def test_stvg_control_is_three_independently_seeded_plain_mil_models():
         assert _cfg(st[n]).negatives == "disjoint" and _cfg(st[n]).mil_form == "code"
     offsets = [st[n].seed_offset for n in names]
     assert len(set(offsets)) == 3 and 0 not in offsets
-    seeds = {(trial_seed, n): recipes.stage_seed(trial_seed, st[n].seed_offset) for trial_seed in (0, 1, 2) for n in names}
+    seeds = {(trial_seed, n): stage_seed(trial_seed, st[n].seed_offset) for trial_seed in (0, 1, 2) for n in names}
     assert len(set(seeds.values())) == 9 and not set(seeds.values()) & {0, 1, 2}
     keys = {recipes.stage_key(r, st, n, "d" * 64, 0) for n in names}
     assert len(keys) == 3  # three distinct results, nothing shared
@@ -146,7 +147,7 @@ def test_stvg_control_members_differ_in_init_and_data_order_and_ensemble_as_decl
     params = {"embed_dim": 16, "heads": 2, "batch_size": 8, "components": "stvg_control",
               "acl_spatial": False, "acl_temporal": False, "bda": False}
     r, st = recipes.plan("causal", {}, params, 1, "box_micro")
-    group = recipes.build_group(r, st, td, seed=0, device="cpu", eval_batch_size=16)
+    group = training.build_group(r, st, td, seed=0, device="cpu", eval_batch_size=16)
     runs = group.runs
     assert len({runs[n].seed for n in runs}) == 3
     sd = {m: runs[m].model.state_dict() for m in runs}
@@ -160,7 +161,7 @@ def test_stvg_control_members_differ_in_init_and_data_order_and_ensemble_as_decl
     assert not any(k.startswith("stage/") and "loss_acl" in k for k in report)  # plain MIL only
     pkg = group.package("causal", params, td.digest)
     assert pkg["combine"] == {"kind": "sigmoid_ensemble", "weights": {"stvg_1": 0.5, "stvg_2": 0.5, "stvg_3": 1.0}}
-    predictor = recipes.load_predictor(pkg, td.info).eval()
+    predictor = training.load_predictor(pkg, td.info).eval()
     batch = td["test_iid"].batch(np.arange(4))
     s = [predictor.members[m].predict(batch) for m in ("stvg_1", "stvg_2", "stvg_3")]
     expect = 0.5 * torch.sigmoid(s[0]) + 0.5 * torch.sigmoid(s[1]) + torch.sigmoid(s[2])

@@ -166,7 +166,7 @@ def test_score_code_never_trains_the_rectified_logits_and_paper_does():
 
 
 def test_switches_parse_on_the_sweep_command_line():
-    from orchestration import config
+    from orchestration.cli import sweep_args as config
 
     cfg = config.parse(["method=ccr", "model.rank=main", "model.score=paper", "model.side_head=shared",
                         "model.rec_norm=halves", "optim.schedule=warmup_rsqrt", "optim.warmup_steps=400"])

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from grounding import tasks
-from grounding.data import benchmarks, charades
+from grounding.data import benchmarks
+from grounding.data.benchmarks import charades
 from grounding.data.annotations import annotations_dir, read_text
 from grounding.data.moment import PAD_ID, MomentArrays, is_content, tokenize
 from grounding.data.shards import Dataset

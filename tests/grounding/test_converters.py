@@ -266,7 +266,7 @@ def test_splits_without_gt_boxes_are_not_scored(yc2_converted, anet_entities):
 def test_a_val_split_without_boxes_is_refused_before_a_sweep(yc2_inputs, tmp_path):
     from grounding.data.converters import youcook2_bb
     from orchestration import preflight
-    from orchestration.config import ConfigError, parse
+    from orchestration.cli.sweep_args import ConfigError, parse
 
     base, _ = yc2_inputs
     root = tmp_path / "ds"
@@ -724,7 +724,7 @@ def test_charades_sta_without_val_names_the_flags_then_the_documented_command_tr
     name the flags that add a val split (CPL validates on test); docs/shards.md's command is this one."""
     from grounding.data.cli import main
     from orchestration import preflight
-    from orchestration.config import ConfigError, parse
+    from orchestration.cli.sweep_args import ConfigError, parse
 
     ann = tmp_path / "ann"
     (ann / "charades_sta").mkdir(parents=True)

@@ -30,7 +30,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def yc2_256(tmp_path_factory):
-    from grounding.data.youcook2 import YC2Config, generate
+    from grounding.data.benchmarks.youcook2 import YC2Config, generate
 
     root = tmp_path_factory.mktemp("ddp") / "yc2"
     generate(root, YC2Config(limit=256, D=16), workers=1)

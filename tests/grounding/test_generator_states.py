@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from grounding import tasks
-from grounding.data import text, youcook2
+from grounding.data import text
+from grounding.data.benchmarks import youcook2
 from grounding.data.shards import Dataset
 from grounding.metrics.wsvog import box_iou
 

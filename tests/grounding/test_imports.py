@@ -41,7 +41,7 @@ def test_every_module_imports_without_ray_or_mlflow():
     # the walk really visited the package (guards against an empty walk passing vacuously)
     for expected in ("grounding.engine", "grounding.tasks", "grounding.losses", "grounding.models.causal",
                      "grounding.models.stvg", "grounding.metrics.wsvog", "grounding.data.shards",
-                     "grounding.data.youcook2", "grounding.data.benchmarks"):
+                     "grounding.data.benchmarks.youcook2", "grounding.data.benchmarks"):
         assert expected in report["imported"]
 
 
@@ -81,3 +81,30 @@ def test_static_check_detects_forbidden_imports(tmp_path, monkeypatch):
                    "x = __import__('mlflow.tracking')\nimport rayon\n")
     assert sorted(b.rsplit(": ", 1)[1] for b in _forbidden_imports(src)) == \
         ["mlflow", "mlflow.tracking", "ray", "ray.train"]
+
+
+def _grounding_imports(path: Path) -> set[str]:
+    """The ``grounding.*`` modules ``path`` imports (relative imports resolved)."""
+    package = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts[:-1])
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([node.module] if node.module else []))
+            out |= {base} | {f"{base}.{a.name}" for a in node.names}
+    return {m for m in out if m.split(".")[0] == "grounding"}
+
+
+def test_layering_of_recipes():
+    """Models declare (grounding.models.recipe) and never import the layers above them: resolution
+    (grounding.recipes) and execution (grounding.training); resolution never imports execution."""
+    above = {"grounding.recipes", "grounding.training"}
+    bad = [f"{f.relative_to(REPO_ROOT)}: {m}" for f in sorted((PACKAGE_DIR / "models").rglob("*.py"))
+           for m in _grounding_imports(f) if m in above]
+    assert bad == []
+    assert "grounding.training" not in _grounding_imports(PACKAGE_DIR / "recipes.py")
+    assert "grounding.models.recipe" in _grounding_imports(PACKAGE_DIR / "models" / "causal.py")

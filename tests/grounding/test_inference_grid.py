@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from grounding import engine, inference_grid, recipes, tasks
-from grounding.data import vidstg
+from grounding import engine, inference_grid, tasks, training
+from grounding.data.benchmarks import vidstg
 from grounding.data.shards import Dataset
 from grounding.models import registry
 from grounding.models.vcma import BETA_GRID
@@ -33,7 +33,7 @@ def _same_weights(td, src, **kw):
 
 def test_declared_knobs_and_trained_values(td):
     m = _build(td, beta=0.3)
-    pred = recipes.Predictor({"vcma": m})
+    pred = training.Predictor({"vcma": m})
     assert inference_grid.knobs(pred) == {"beta": BETA_GRID} and len(BETA_GRID) == 11
     assert BETA_GRID[0] == 0.0 and BETA_GRID[-1] == 1.0 and 0.3 in BETA_GRID
     assert inference_grid.current(pred) == {"beta": 0.3}
@@ -44,7 +44,7 @@ def test_declared_knobs_and_trained_values(td):
 
 def test_with_inference_changes_decoding_and_restores(td):
     m = _build(td, beta=0.3)
-    pred = recipes.Predictor({"vcma": m})
+    pred = training.Predictor({"vcma": m})
     b = td["val"].batch(np.arange(8))
     ref = {beta: _same_weights(td, m, beta=beta).predict(b) for beta in (0.0, 1.0)}
     for beta in (0.0, 1.0):
@@ -66,7 +66,7 @@ def test_with_inference_changes_decoding_and_restores(td):
 
 def test_evaluate_grid_rows_equal_models_built_at_each_beta(td):
     m = _build(td, beta=0.3)
-    pred = recipes.Predictor({"vcma": m})
+    pred = training.Predictor({"vcma": m})
     rows = inference_grid.evaluate_grid(pred, td["val"], td.task, td.info, batch_size=4)
     assert [r["beta"] for r in rows] == list(BETA_GRID)
     assert all(set(r) == {"beta", *td.task.metric_names} for r in rows)

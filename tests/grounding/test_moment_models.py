@@ -188,7 +188,7 @@ def test_predict_votes_and_scores_as_cpl_per_dataset(method, dataset, weight):
 
 
 def test_vote_options_parse_on_the_sweep_command_line():
-    from orchestration import config
+    from orchestration.cli import sweep_args as config
 
     cfg = config.parse(["method=cpl", "model.vote_weight=uniform", "model.topn_order=vote"])
     assert cfg.model == {"vote_weight": "uniform", "topn_order": "vote"}

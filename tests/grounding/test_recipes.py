@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from grounding import engine, recipes, tasks
+from grounding import engine, recipes, tasks, training
 from grounding.data.shards import Dataset
 from grounding.models import registry
-from grounding.recipes import Recipe, Stage
+from grounding.models.recipe import Recipe, Stage, sigmoid_ensemble
 
 SMALL = {"embed_dim": 32, "heads": 4}
 
@@ -39,7 +39,7 @@ def test_trivial_recipe_trains_as_before_and_keeps_its_best_epoch(td):
     plain = _plain_run(td, SMALL, optim, epochs=4, seed=5)
     recipe, stages = recipes.plan("stvg", {"lr": 3e-3}, {**SMALL, "batch_size": 8}, 4, "box_micro")
     assert recipe.trivial and recipe.outputs == ("stvg",) and recipe.prerequisites() == []
-    group = recipes.build_group(recipe, stages, td, seed=5, device="cpu", eval_batch_size=16)
+    group = training.build_group(recipe, stages, td, seed=5, device="cpu", eval_batch_size=16)
     reports = [group.step(td) for _ in range(4)]
     best, best_epoch = -1.0, 0
     for epoch, ((logs, val), rep) in enumerate(zip(plain, reports), start=1):
@@ -51,7 +51,7 @@ def test_trivial_recipe_trains_as_before_and_keeps_its_best_epoch(td):
         assert rep["selected_epoch"] == best_epoch
     # the package holds the selected epoch's weights: they score exactly the selected val metrics
     pkg = group.package("stvg", SMALL, td.digest)
-    predictor = recipes.load_predictor(pkg, td.info)
+    predictor = training.load_predictor(pkg, td.info)
     again = engine.evaluate(predictor, td["val"], td.task, td.info, batch_size=16)
     assert again == pytest.approx({k[4:]: v for k, v in reports[-1].items() if k.startswith("val/")})
     assert pkg["stages"]["stvg"]["epoch"] == best_epoch
@@ -63,7 +63,7 @@ def _three_stage(weights=(0.5, 1.0)):
                 Stage("tuned", "stvg", init="base", model={"dropout": 0.0}),
                 Stage("fresh", "stvg")),
         output=("tuned", "fresh"),
-        combine=recipes.sigmoid_ensemble({"tuned": weights[0], "fresh": weights[1]}))
+        combine=sigmoid_ensemble({"tuned": weights[0], "fresh": weights[1]}))
 
 
 def test_resolution_overrides_takes_and_unknown_keys():
@@ -97,9 +97,9 @@ def test_stage_keys_follow_data_seed_and_the_init_chain():
 def test_ensemble_selects_per_stage_and_reports_the_delivered_combination(td):
     r = _three_stage()
     st = recipes.resolve(r, "stvg", {}, {**SMALL, "batch_size": 8}, 3, "box_micro")
-    base = recipes.train_stage(st["base"], td, seed=1, device="cpu", eval_batch_size=16)
+    base = training.train_stage(st["base"], td, seed=1, device="cpu", eval_batch_size=16)
     assert len(base["history"]) == 2 and base["epoch"] in (1, 2)
-    group = recipes.build_group(r, st, td, seed=1, device="cpu", init_states={"base": base["model"]},
+    group = training.build_group(r, st, td, seed=1, device="cpu", init_states={"base": base["model"]},
                                 eval_batch_size=16)
     tuned = group.runs["tuned"].model.state_dict()
     for k, v in base["model"].items():  # the fine-tune starts from the base's selected weights
@@ -112,7 +112,7 @@ def test_ensemble_selects_per_stage_and_reports_the_delivered_combination(td):
     # val/ is the ensemble of each stage's selected epoch, recomputed from its saved weights
     pkg = group.package("stvg", SMALL, td.digest)
     assert pkg["combine"] == {"kind": "sigmoid_ensemble", "weights": {"tuned": 0.5, "fresh": 1.0}}
-    predictor = recipes.load_predictor(pkg, td.info)
+    predictor = training.load_predictor(pkg, td.info)
     again = engine.evaluate(predictor, td["val"], td.task, td.info, batch_size=16)
     assert again == pytest.approx({k[4:]: v for k, v in reports[-1].items() if k.startswith("val/")})
     # the combination really is 0.5 sigmoid(S_tuned) + 1.0 sigmoid(S_fresh)
@@ -126,7 +126,7 @@ def test_group_checkpoint_round_trip_continues_identically(td):
     st = recipes.resolve(r, "stvg", {}, {**SMALL, "batch_size": 8}, 3, "box_micro")
 
     def fresh():
-        return recipes.build_group(r, st, td, seed=2, device="cpu", eval_batch_size=16)
+        return training.build_group(r, st, td, seed=2, device="cpu", eval_batch_size=16)
 
     g = fresh()
     g.step(td)
@@ -146,7 +146,7 @@ def test_init_from_another_architecture_is_refused(td):
     small = registry.build("stvg", SMALL, td.info).state_dict()
     other = registry.build("stvg", {"embed_dim": 16, "heads": 4}, td.info)
     with pytest.raises(ValueError, match="does not fit"):
-        recipes.load_matching(other, small)
+        training.load_matching(other, small)
 
 
 def test_causal_staged_recipe_is_the_authors_procedure():
@@ -166,10 +166,11 @@ def test_causal_staged_recipe_is_the_authors_procedure():
     assert st["backbone"].optim.lr == causal.BACKBONE_OPTIM["lr"] and st["backbone"].optim.grad_clip == 10.0
     assert st["spatial"].optim.lr == 2e-4 and st["spatial"].params["J"] == 50
     assert all(st[n].select == ("box_macro", "box_micro", "query_macro", "query_micro") for n in st)
-    # the combination is the model file's ensemble score
+    # the combination is sum_c w_c sigmoid(S_c) with the trial's weights
     scores = {n: torch.randn(2, 3, 5, 4) for n in r.outputs}
-    cfg = causal.CausalConfig(w_deconf=0.7)
-    assert torch.allclose(r.combine(scores), causal.ensemble_scores(scores, cfg))
+    want = 0.5 * torch.sigmoid(scores["spatial"]) + 0.5 * torch.sigmoid(scores["temporal"]) \
+        + 0.7 * torch.sigmoid(scores["deconf"])
+    assert torch.allclose(r.combine(scores), want)
     # ablation rows: fewer members; every term off is the backbone alone; joint is one model
     assert recipes.plan("causal", {}, {"acl_spatial": False}, 3, "box_micro")[0].outputs == ("temporal", "deconf")
     assert recipes.plan("causal", {}, {"acl_spatial": False, "acl_temporal": False}, 3, "box_micro")[0] \

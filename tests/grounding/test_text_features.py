@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from grounding import tasks
-from grounding.data import cli, text, text_features, youcook2
+from grounding.data import cli, text, text_features
+from grounding.data.benchmarks import youcook2
 from grounding.data.manifest import DataError
 from grounding.data.shards import Dataset
 from grounding.models import registry

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from grounding import tasks
-from grounding.data import benchmarks, vidstg
+from grounding.data import benchmarks
+from grounding.data.benchmarks import vidstg
 from grounding.data.annotations import annotations_dir, read_text
 from grounding.data.shards import Dataset
 from grounding.data.tube import link_tubes, relation_positions, subject_position, tube_tokens, noun_lexicon

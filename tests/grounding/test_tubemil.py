@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from grounding import engine, tasks
-from grounding.data import vidstg
+from grounding.data.benchmarks import vidstg
 from grounding.data.shards import Dataset
 from grounding.models import registry
 from grounding.models.tubemil import best_segment

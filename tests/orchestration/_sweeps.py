@@ -10,6 +10,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
+def names(p: Path) -> list[str]:
+    """The entries of folder ``p`` (none when it does not exist)."""
+    return sorted(x.name for x in p.iterdir()) if p.exists() else []
+
+
 def sweep_env(tmp: Path, **extra: str) -> dict:
     env = dict(os.environ)
     for k in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "GROUNDING_DATA_ROOT", "GROUNDING_STORAGE_PATH"):

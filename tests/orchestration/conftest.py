@@ -1,39 +1,42 @@
-"""Fixtures of the orchestration tests."""
+"""Fixtures of the orchestration tests (the data fixtures are in tests/conftest.py)."""
 
 from __future__ import annotations
 
+from importlib import import_module
 import pytest
 
-
-@pytest.fixture(scope="session")
-def smoke_root(tmp_path_factory) -> str:
-    """The youcook2 benchmark at its smoke size, generated once for all sweep tests."""
-    from grounding.data import benchmarks
-
-    root = tmp_path_factory.mktemp("data") / "youcook2-smoke"
-    benchmarks.ensure(root, "youcook2", benchmarks.get("youcook2").smoke, log=lambda m: None)
-    return str(root)
+from _sweeps import names as _names
 
 
-@pytest.fixture(scope="session")
-def slow_root(tmp_path_factory) -> str:
-    """A larger benchmark whose epochs last long enough to interrupt a trial in the middle."""
-    from grounding.data import benchmarks
+@pytest.fixture
+def sweep(tmp_path, tmp_path_factory, monkeypatch, capsys):
+    """``python -m orchestration.<module> ARGS`` (``module="sweep"``, ``"compare"`` or ``"evaluate"``)
+    in this process from an empty folder: seconds per case, where a subprocess pays Python's and
+    the framework imports' start. Returns ``(exit code, stderr lines, stdout)``. ``ray.init`` is a
+    tripwire and nothing may be written in the working folder."""
+    import ray
 
-    root = tmp_path_factory.mktemp("data") / "youcook2-800"
-    benchmarks.ensure(root, "youcook2", {"limit": 800, "D": 64}, log=lambda m: None)
-    return str(root)
+    for k in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "GROUNDING_DATA_ROOT", "GROUNDING_STORAGE_PATH"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("GROUNDING_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    started = []
 
+    def tripwire(*a, **k):
+        started.append(1)
+        raise AssertionError("ray.init was called")
 
-@pytest.fixture(scope="session")
-def smoke_roots(tmp_path_factory, smoke_root) -> dict[str, str]:
-    """Every generated benchmark at its smoke size, by task family."""
-    from grounding.data import benchmarks
+    monkeypatch.setattr(ray, "init", tripwire)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
 
-    roots = {"wsvog": smoke_root}
-    for task, name in benchmarks.DEFAULT_FOR_TASK.items():
-        if task not in roots:
-            root = tmp_path_factory.mktemp("data") / f"{name}-smoke"
-            benchmarks.ensure(root, name, benchmarks.get(name).smoke, log=lambda m: None)
-            roots[task] = str(root)
-    return roots
+    def run(*args: str, module: str = "sweep"):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            import_module(f"orchestration.{module}").main(list(args))
+        out = capsys.readouterr()
+        assert not started, "Ray was started"
+        assert _names(cwd) == [], f"written in the working folder: {_names(cwd)}"
+        return e.value.code, out.err.strip().splitlines(), out.out
+
+    return run

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestration.config import ConfigError, help_text, parse
+from orchestration.cli.sweep_args import ConfigError, help_text, parse
 
 
 def test_options_are_pinned_and_validated():

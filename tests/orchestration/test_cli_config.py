@@ -7,9 +7,10 @@ import sys
 
 import pytest
 
-from orchestration.config import KEYS, ConfigError, absolute_uri, help_text, parse
+from orchestration.cli.keys import ConfigError, absolute_uri
+from orchestration.cli.sweep_args import KEYS, help_text, parse
 
-from _sweeps import run_sweep, sweep_env
+from _sweeps import sweep_env
 
 
 def test_defaults_are_the_embedded_sweep():
@@ -65,14 +66,11 @@ def test_environment_supplies_deployment_defaults(monkeypatch):
         (["trials=1", "trials=2"], "error: trials is given twice"),
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_starts_nothing(tmp_path, args, message):
-    proc = run_sweep(tmp_path, *args, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
+def test_bad_input_is_one_line_exit_2_and_starts_nothing(sweep, args, message):
+    code, lines, _ = sweep(*args)  # the fixture also checks: no Ray, nothing written
+    assert code == 2, lines
+    assert len(lines) == 1, lines
     assert lines[0].startswith(message), lines[0]
-    # nothing written: no data, no MLflow store, no Ray results
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_validation_happens_before_ray_or_mlflow_are_imported(tmp_path):
@@ -84,15 +82,17 @@ def test_validation_happens_before_ray_or_mlflow_are_imported(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
-def test_help_lists_every_key_with_its_default(tmp_path):
-    proc = run_sweep(tmp_path, "--help", timeout=120)
-    assert proc.returncode == 0
+def test_help_lists_every_key_with_its_default(capsys):
+    from orchestration.sweep import main
+
+    assert main(["--help"]) == 0
+    stdout = capsys.readouterr().out
     for k in KEYS:
-        line = next((ln for ln in proc.stdout.splitlines() if ln.strip().startswith(k.name + " ")), None)
+        line = next((ln for ln in stdout.splitlines() if ln.strip().startswith(k.name + " ")), None)
         assert line is not None, f"{k.name} missing from --help"
         shown = repr(k.default) if isinstance(k.default, str) else str(k.default).lower() if isinstance(k.default, bool) else str(k.default)
         assert shown in line, (k.name, line)
-    assert "model.<name>" in proc.stdout and "optim.<name>" in proc.stdout
+    assert "model.<name>" in stdout and "optim.<name>" in stdout
 
 
 def test_method_help_lists_hyperparameters_with_defaults_and_ranges():
@@ -104,7 +104,7 @@ def test_method_help_lists_hyperparameters_with_defaults_and_ranges():
 
 
 def test_help_names_the_validation_metric_in_effect_for_the_method():
-    from orchestration import compare
+    from orchestration.cli import compare_args as compare
 
     def metric_line(text):
         return next(ln for ln in text.splitlines() if ln.strip().startswith("search.metric "))

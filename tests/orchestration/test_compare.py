@@ -12,9 +12,10 @@ from mlflow.tracking import MlflowClient
 
 import search_spaces
 from _sweeps import sweep_env
-from orchestration import stats
-from orchestration.compare import TABLE_FILE, parse
-from orchestration.config import ConfigError
+from orchestration.tracking import summary as stats
+from orchestration.cli.compare_args import parse
+from orchestration.tracking.summary import TABLE_FILE
+from orchestration.cli.sweep_args import ConfigError
 
 T_975_DF1 = 12.706204736174704  # Student's t, 0.975 quantile, 1 degree of freedom (tables)
 
@@ -68,11 +69,9 @@ def test_cells_cover_methods_variants_and_seeds():
     (["methods=causal", "point=best"], "error: point=best is not declared for causal; allowed: paper, defaults"),
     ([], "error: methods= is required"),
 ])
-def test_bad_input_is_one_line_and_exit_2_before_ray(tmp_path, args, message):
-    proc = run_compare(tmp_path, *args, timeout=120)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
+def test_bad_input_is_one_line_and_exit_2_before_ray(sweep, args, message):
+    code, lines, _ = sweep(*args, module="compare")  # the fixture also checks: no Ray, nothing written
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(message), lines
 
 
 def test_from_sweep_needs_a_sweep_in_the_store(tmp_path):

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from _sweeps import sweep_env
 from orchestration import preflight as pre
-from orchestration.compare import parse
+from orchestration.cli.compare_args import parse
 
 ROWS = "joint_paper,staged_paper,spatial_only,temporal_only,no_bda,deconf_only,stvg_ensemble"
 

@@ -10,44 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestration import compare, evaluate, preflight as pre
-from orchestration.config import ConfigError, parse
+from _sweeps import names as _names
+from orchestration import preflight as pre
+from orchestration.cli import compare_args as compare, evaluate_args as evaluate
+from orchestration.cli.sweep_args import ConfigError, parse
 
 
-def _names(p: Path) -> list[str]:
-    return sorted(x.name for x in p.iterdir()) if p.exists() else []
-
-
-@pytest.fixture
-def sweep(tmp_path, tmp_path_factory, monkeypatch, capsys):
-    """``python -m orchestration.sweep ARGS`` in this process from an empty folder; returns
-    ``(exit code, stderr lines)``; ``ray.init`` is a tripwire and nothing may be written."""
-    import ray
-
-    for k in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "GROUNDING_DATA_ROOT", "GROUNDING_STORAGE_PATH"):
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv("GROUNDING_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    started = []
-    monkeypatch.setattr(ray, "init", lambda *a, **k: started.append(1) or (_ for _ in ()).throw(AssertionError))
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-
-    def run(*args: str, module: str = "sweep"):
-        from importlib import import_module
-
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as e:
-            import_module(f"orchestration.{module}").main(list(args))
-        out = capsys.readouterr()
-        assert not started, "Ray was started"
-        assert _names(cwd) == [], f"written in the working folder: {_names(cwd)}"
-        return e.value.code, out.err.strip().splitlines()
-
-    return run
-
-
-def _one_line(code, lines, *contains):
+def _one_line(code, lines, out, *contains):
     assert code == 2, (code, lines)
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     for c in contains:

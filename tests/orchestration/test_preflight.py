@@ -11,54 +11,15 @@ import socket
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
-from _sweeps import sweep_env
+from _sweeps import names as _names, sweep_env
 from orchestration import preflight as pre
-from orchestration.config import ConfigError, parse
+from orchestration.cli.sweep_args import ConfigError, parse
 from search_spaces import Choice, Float, Int
 
 SECRET = "sekrit-preflight-41c9"
-
-
-def _names(p: Path) -> list[str]:
-    return sorted(x.name for x in p.iterdir()) if p.exists() else []
-
-
-@pytest.fixture
-def sweep(tmp_path, tmp_path_factory, monkeypatch, capsys):
-    """Run ``python -m orchestration.sweep ARGS`` in this process from an empty folder; returns
-    ``(exit code, stderr lines, stdout)``. ``ray.init`` is a tripwire."""
-    import ray
-
-    for k in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "GROUNDING_DATA_ROOT", "GROUNDING_STORAGE_PATH"):
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv("GROUNDING_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    started = []
-
-    def tripwire(*a, **k):
-        started.append(1)
-        raise AssertionError("ray.init was called")
-
-    monkeypatch.setattr(ray, "init", tripwire)
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-
-    def run(*args: str):
-        from orchestration.sweep import main
-
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as e:
-            main(list(args))
-        out = capsys.readouterr()
-        assert not started, "Ray was started"
-        assert _names(cwd) == [], f"written in the working folder: {_names(cwd)}"
-        return e.value.code, out.err.strip().splitlines(), out.out
-
-    return run
 
 
 def _one_line(code, lines, out, start):

@@ -90,10 +90,23 @@ def test_killed_driver_resumes_without_duplicates(tmp_path, slow_root):
     assert len(done_numbers) == 3 and len(set(done_numbers)) == 3 and set(done_numbers) <= {0, 1, 2, 3}
 
 
-def test_resume_of_an_unknown_sweep_is_a_clear_error(tmp_path):
-    proc = run_sweep(tmp_path, "resume=nope", timeout=120)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("error: resume=nope: no sweep state (sweep.json) at ")
+def test_resume_of_an_unknown_sweep_is_a_clear_error(sweep):
+    code, lines, _ = sweep("resume=nope")
+    assert code == 2 and len(lines) == 1
+    assert lines[0].startswith("error: resume=nope: no sweep state (sweep.json) at ")
+
+
+def test_resume_of_an_unfinished_sweep_of_the_earlier_layout_is_refused(sweep, tmp_path):
+    """Tune pickled the earlier module paths of its callbacks: such a sweep is not restored."""
+    import json
+
+    exp = tmp_path / "elsewhere" / "old"
+    exp.mkdir(parents=True)
+    (exp / "sweep.json").write_text(json.dumps({"name": "old", "argv": ["method=stvg"], "data_digest": "x",
+                                                "parent_run_id": "p"}))
+    code, lines, _ = sweep(f"resume={exp}")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: resume=old: the sweep was started by an earlier version of this project")
 
 
 def _pids(pattern: str) -> list[int]:

@@ -11,7 +11,7 @@ from _sweeps import run_sweep
 from grounding import engine, tasks
 from grounding.data.shards import Dataset
 from grounding.models import registry
-from orchestration import trial
+from orchestration.worker import trial
 
 
 def test_reported_test_metrics_belong_to_the_best_validation_epoch(tmp_path, smoke_root):

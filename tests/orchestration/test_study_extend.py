@@ -97,7 +97,7 @@ def test_a_finished_sweep_is_extended_without_repeating_its_trials(tmp_path, smo
 
 
 def test_extension_plan_and_its_bad_requests(tmp_path, capsys):
-    from orchestration import extend
+    from orchestration.search import extend
 
     exp = str(tmp_path / "ray_results" / "s")
     done = {"finished": True, "extensions": [{"folder": "ext-1", "trials": 2, "finished": True}]}

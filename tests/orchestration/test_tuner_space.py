@@ -6,7 +6,7 @@ import optuna
 
 import search_spaces
 from grounding.models import registry
-from orchestration.tuner import DefineByRun, searcher_for
+from orchestration.search.tuner import DefineByRun, searcher_for
 from search_spaces import Choice, Float, Int
 
 

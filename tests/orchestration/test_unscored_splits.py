@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from orchestration import compare, report
+from orchestration.tracking import summary as report
+from orchestration.tracking import summary as compare
 
 NAMES = ("box_macro", "box_micro", "query_macro", "query_micro")
 

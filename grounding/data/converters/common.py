@@ -105,11 +105,11 @@ def check_coverage(coverage: dict[str, tuple[int, int]], source: str, min_covera
     return {sp: round(v, 6) for sp, v in shares.items()}
 
 
-def no_val_hint(manifest) -> str | None:
+def val_split_advice(manifest) -> str | None:
     """For a converted dataset with a train split but no val split (Charades-STA and HC-STVG v1
-    publish train and test only): the flags that make it trainable, as CPL does it (it validates on
-    the test annotations): ``--split val=<the test file> --rename-split test=test_iid``. None when
-    nothing is missing or the dataset was not converted from split files."""
+    publish train and test only): how to make it trainable, as CPL does it (it validates on the
+    test annotations): ``convert again adding --split val=<the test file> --rename-split
+    test=test_iid …``. None when nothing is missing or the dataset was not converted from split files."""
     splits = list(manifest.splits)
     if "train" not in splits or "val" in splits:
         return None
@@ -123,8 +123,13 @@ def no_val_hint(manifest) -> str | None:
     flags = f"--split val={files[test]}"
     if renames.get(test, test) == "test":
         flags += " --rename-split test=test_iid"
-    return (f"no val split (it has {', '.join(splits)}); a sweep ranks trials on val: convert again adding "
-            f"{flags} (as CPL does: it validates on the test annotations)")
+    return f"convert again adding {flags} (as CPL does: it validates on the test annotations)"
+
+
+def no_val_hint(manifest) -> str | None:
+    """The converter's note on a dataset without a val split (:func:`val_split_advice`)."""
+    advice = val_split_advice(manifest)
+    return advice and f"no val split (it has {', '.join(manifest.splits)}); a sweep ranks trials on val: {advice}"
 
 
 def need_file(path: str | os.PathLike | None, what: str) -> Path:
@@ -398,7 +403,7 @@ PAD, UNK = "<PAD>", "<UNK>"
 
 class Vocab:
     """Word ids of a moment dataset, in the convention of the generated Charades benchmark
-    (:mod:`grounding.data.charades`): id 0 = ``<PAD>`` (zero vector), the last id = ``<UNK>``
+    (:mod:`grounding.data.benchmarks.charades`): id 0 = ``<PAD>`` (zero vector), the last id = ``<UNK>``
     (zero vector, every token outside the vocabulary), tokens from
     :func:`grounding.data.moment.tokenize`.
 

@@ -37,7 +37,7 @@ Inputs (paths as in that code's ``config.py``; the NAFAE release shares the clas
     ``encoding="latin1"``): with ``--sentences nafae`` the sentence of segment ``<video>_<i:02d>``
     is ``" ".join(sentence_raw[i])``.
 
-Conventions of a row (the same as the generated benchmark, :mod:`grounding.data.youcook2`):
+Conventions of a row (the same as the generated benchmark, :mod:`grounding.data.benchmarks.youcook2`):
 
 * ``T`` frames (default 5, the code's ``num_frm``) are the centre frames of ``T`` equal bins of
   the segment's frames (:func:`~.common.centre_indices`; deterministic, where the original

@@ -17,12 +17,16 @@ shows them as images; plotly's HTML would need plotly, which the stack does not 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import warnings
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from optuna.visualization import matplotlib as ovm  # noqa: E402
 
 log = logging.getLogger(__name__)
 DIR = "figures"
@@ -59,8 +63,6 @@ def learning_curves(client, run_id: str, title: str = "") -> str | None:
     ax1.set(xlabel="epoch", ylabel="metric", title="validation and test metrics")
     if evals:
         ax1.legend(fontsize=6, ncol=2)
-    from matplotlib.ticker import MaxNLocator
-
     for ax in (ax0, ax1):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title or run.info.run_name)
@@ -90,8 +92,6 @@ def iid_vs_ood(client, run_id: str, runs: list, metric: str, label_of) -> str | 
 
 def study_figures(client, run_id: str, study) -> list[str]:
     """Optuna's own plots of the sweep's study (matplotlib backend)."""
-    from optuna.visualization import matplotlib as ovm
-
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     paths = []
     plots = [("optimization_history", ovm.plot_optimization_history, 1),
@@ -116,14 +116,11 @@ def study_figures(client, run_id: str, study) -> list[str]:
 def inference_grid(client, run_id: str, grid: dict) -> list[str]:
     """Table and figure of a trial's validation metrics over its inference-only knobs' grid.
 
-    ``grid`` (from :func:`orchestration.final_test.evaluate_selected`): ``rows`` (knob values and
+    ``grid`` (from :func:`orchestration.worker.final_eval.evaluate_selected`): ``rows`` (knob values and
     metrics per grid point), ``trained`` (the trial's own knob values), ``metric`` (the sweep's),
     ``selected`` (its val value at the trained knobs), ``split``. Safe to repeat (a resent record):
     an existing table is kept, the figure is overwritten. The figure is rendered first and a
     rendering error only skips it; an upload error propagates (the sender retries the record)."""
-    import os
-    import tempfile
-
     rows, trained, metric = grid["rows"], dict(grid.get("trained") or {}), grid["metric"]
     if not rows:
         return []

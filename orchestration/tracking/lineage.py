@@ -16,16 +16,26 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from typing import Any
 
+import torch
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag
 from mlflow.tracking import MlflowClient
 
+from grounding.engine import OPTIM_KEYS
+from grounding.models import registry
+
+from ..worker.final_eval import trial_checkpoint
+from ..worker.trial import SELECTED_FILE  # the delivered predictor
+
 MODEL_DIR = "model"
 CONFIG_FILE = "config.json"
-SELECTED_FILE = "selected.pt"  # the delivered predictor (orchestration/trial.py SELECTED_FILE)
+
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"
 
@@ -35,9 +45,6 @@ def dataset_name(root: str) -> str:
 
 
 def dataset_input(ds, context: str = "training") -> DatasetInput:
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-
     m = ds.manifest
     with warnings.catch_warnings():  # a local path matches two equivalent registered source types
         warnings.simplefilter("ignore")
@@ -63,9 +70,6 @@ def mark_training_experiment(client: MlflowClient, experiment_id: str) -> None:
 
 def resolved_config(method: str, task: str, params: dict[str, Any], ds_info: dict[str, Any],
                     epoch: int | None, metric: str | None = None) -> dict:
-    from grounding.engine import OPTIM_KEYS
-    from grounding.models import registry
-
     fields = registry.config_fields(method)
     return {"method": method, "task": task,
             "model": {k: v for k, v in params.items() if k in fields},
@@ -80,12 +84,8 @@ def data_info(ds) -> dict:
 
 def log_model(client: MlflowClient, run_id: str, checkpoint, config: dict) -> str:
     """Log the predictor a trial delivered (its checkpoint's ``selected.pt``: each output stage at
-    its best-validation epoch, :mod:`orchestration.final_test`) and ``config`` under ``model/``
+    its best-validation epoch, :mod:`orchestration.worker.final_eval`) and ``config`` under ``model/``
     of ``run_id``; returns the ``runs:/`` URI."""
-    import shutil
-
-    import torch
-
     with checkpoint.as_directory() as d:
         src = os.path.join(d, SELECTED_FILE)
         package = torch.load(src, map_location="cpu", weights_only=True)
@@ -105,9 +105,7 @@ def log_model(client: MlflowClient, run_id: str, checkpoint, config: dict) -> st
 def best_checkpoint(result, metric: str):
     """The checkpoint holding the predictor a trial delivered: its latest (``selected.pt`` in it
     is each output stage at its best-validation epoch); a multi-worker trial's is in its Train run
-    (:func:`orchestration.final_test.trial_checkpoint`)."""
-    from .final_test import trial_checkpoint
-
+    (:func:`orchestration.worker.final_eval.trial_checkpoint`)."""
     return trial_checkpoint(result.checkpoint, result.metrics, getattr(result, "path", "") or "")
 
 

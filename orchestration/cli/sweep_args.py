@@ -2,6 +2,11 @@
 
 Everything is validated before Ray starts; a bad override is one line on stderr naming what is
 wrong and what is allowed, and exit code 2.
+
+- :data:`KEYS`: every key of ``python -m orchestration.sweep``; :class:`SweepConfig`: the parsed values
+- :func:`parse`: overrides -> :class:`SweepConfig`, checked against the method's hyperparameters
+- :func:`help_text`, :func:`metric_help`: ``--help``; :func:`in_effect`: a config error in one line
+- :func:`sweep_fixed`, :func:`sweep_paper`: the method's ``FIXED`` and ``PAPER`` points
 """
 
 from __future__ import annotations
@@ -9,56 +14,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import sys
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import search_spaces
 from grounding import tasks
 from grounding.data import benchmarks
 from grounding.engine import OPTIM_KEYS, OptimConfig
 from grounding.models import registry
 
-
-class ConfigError(ValueError):
-    """A bad command line; the message is one line (control characters of a value, a newline
-    included, are shown escaped)."""
-
-    def __init__(self, message: str = ""):
-        text = str(message)
-        if any(c < " " or c == "\x7f" for c in text):
-            text = "".join(c if c >= " " and c != "\x7f" else repr(c)[1:-1] for c in text)
-        super().__init__(text)
-
-
-@dataclasses.dataclass(frozen=True)
-class Key:
-    name: str
-    type: type
-    default: Any
-    help: str
-    check: Callable[[Any], str | None] | None = None  # returns the allowed range on failure
-    env: str | None = None  # environment variable that supplies the default
-
-
-def _at_least(lo):
-    return lambda v: None if v >= lo else f">= {lo}"
-
-
-def _positive(v):
-    return None if v > 0 else "> 0"
-
-
-NAME_MAX = 100
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
-NAME_ALLOWED = f"letters, digits, '.', '_', '-' (no leading '.', at most {NAME_MAX} characters)"
-
-
-def name_problem(v: str) -> str | None:
-    """A value that becomes a path segment (a folder, a run or study name): ``None`` if it is a
-    plain name, else what is allowed."""
-    if _PLAIN_NAME.fullmatch(v) and len(v) <= NAME_MAX:
-        return None
-    return NAME_ALLOWED
+from .keys import (NAME_ALLOWED, ConfigError, Key, at_least, coerce, field_type, key_lines, name_problem,
+                   one_of, parse_overrides, positive)
 
 
 def _name_or_empty(v: str) -> str | None:
@@ -72,29 +37,27 @@ def _resume_target(v: str) -> str | None:
     return name_problem(v) and f"a sweep name ({NAME_ALLOWED}) or an absolute experiment path or URL"
 
 
-def _one_of(*values):
-    return lambda v: None if v in values else ", ".join(map(str, values))
-
-
 KEYS: tuple[Key, ...] = (
-    Key("method", str, "causal", "grounding method (registry key)", _one_of(*registry.names())),
+    Key("method", str, "causal", "grounding method (registry key)", one_of(*registry.names())),
     Key("name", str, "", "sweep name (default: <method>-<timestamp>); also the Ray experiment folder",
         _name_or_empty),
-    Key("trials", int, 8, "number of trials (configurations) to run", _at_least(1)),
-    Key("epochs", int, 4, "maximum epochs per trial (ASHA stops weak trials earlier)", _at_least(1)),
-    Key("concurrent", int, 2, "maximum concurrent trials", _at_least(1)),
-    Key("workers", int, 1, "Ray Train workers per trial (>1 runs a TorchTrainer with DDP)", _at_least(1)),
+    Key("trials", int, 8, "number of trials (configurations) to run", at_least(1)),
+    Key("epochs", int, 4, "maximum epochs per trial (ASHA stops weak trials earlier)", at_least(1)),
+    Key("concurrent", int, 2, "maximum concurrent trials", at_least(1)),
+    Key("workers", int, 1, "Ray Train workers per trial (>1 runs a TorchTrainer with DDP)", at_least(1)),
     Key("trainer", str, "auto", "auto: single-worker trials train in the trial's actor; always: every trial "
-        "runs a Ray Train TorchTrainer (worker group per trial)", _one_of("auto", "always")),
-    Key("cpus_per_worker", float, 1.0, "CPUs per worker (fractions allowed); also its torch threads", _positive),
-    Key("gpus_per_worker", float, 0.0, "GPUs per worker (fractions allowed; > 0 trains on CUDA)", _at_least(0.0)),
-    Key("seed", int, 0, "training seed (model init, shuffling)", _at_least(0)),
+        "runs a Ray Train TorchTrainer (worker group per trial)", one_of("auto", "always")),
+    Key("cpus_per_worker", float, 1.0, "CPUs per worker (fractions allowed); also its torch threads", positive),
+    Key("gpus_per_worker", float, 0.0, "GPUs per worker (fractions allowed; > 0 trains on CUDA)", at_least(0.0)),
+    Key("amp", bool, True, "automatic mixed precision (autocast + gradient scaling) when training on CUDA; "
+        "no effect on CPU"),
+    Key("seed", int, 0, "training seed (model init, shuffling)", at_least(0)),
     Key("smoke", bool, False, "tiny sweep: smoke-sized data, 2 trials x 2 epochs, no ASHA"),
-    Key("scheduler", str, "asha", "trial scheduler", _one_of("asha", "fifo")),
-    Key("asha.grace_period", int, 1, "ASHA: epochs before a trial can be stopped", _at_least(1)),
-    Key("asha.reduction_factor", int, 2, "ASHA: keep the top 1/reduction_factor at each rung", _at_least(2)),
-    Key("search.algo", str, "tpe", "Optuna sampler: tpe (Bayesian) or random", _one_of("tpe", "random")),
-    Key("search.seed", int, 0, "seed of the search algorithm", _at_least(0)),
+    Key("scheduler", str, "asha", "trial scheduler", one_of("asha", "fifo")),
+    Key("asha.grace_period", int, 1, "ASHA: epochs before a trial can be stopped", at_least(1)),
+    Key("asha.reduction_factor", int, 2, "ASHA: keep the top 1/reduction_factor at each rung", at_least(2)),
+    Key("search.algo", str, "tpe", "Optuna sampler: tpe (Bayesian) or random", one_of("tpe", "random")),
+    Key("search.seed", int, 0, "seed of the search algorithm", at_least(0)),
     Key("search.metric", str, "", "validation metric to maximise (default: the method's task's: "
                                   "box_micro for WSVOG, r1_iou50 for moments, m_viou for tubes)"),
     Key("search.storage", str, "", "Optuna study storage: an RDB URL (default: a journal file under the "
@@ -103,11 +66,11 @@ KEYS: tuple[Key, ...] = (
         env="GROUNDING_DATA_ROOT"),
     Key("data.generate", bool, False, "generate the benchmark at a given local data.root that holds no dataset "
         "(without it such a root is an error; the default ./data/<benchmark> is always generated on first use)"),
-    Key("data.seed", int, 0, "seed of the generated benchmark", _at_least(0)),
-    Key("data.dim", int, 0, "feature size D of the generated benchmark (0 = the benchmark's default)", _at_least(0)),
+    Key("data.seed", int, 0, "seed of the generated benchmark", at_least(0)),
+    Key("data.dim", int, 0, "feature size D of the generated benchmark (0 = the benchmark's default)", at_least(0)),
     Key("data.cache_dir", str, "", "node-local cache of remote shards (default: ~/.cache/grounding)",
         env="GROUNDING_CACHE_DIR"),
-    Key("data.cache_max_gb", float, 50.0, "size bound of the shard cache in GB", _positive),
+    Key("data.cache_max_gb", float, 50.0, "size bound of the shard cache in GB", positive),
     Key("mlflow.tracking_uri", str, "", "MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)",
         env="MLFLOW_TRACKING_URI"),
     Key("mlflow.experiment", str, "video-grounding", "MLflow experiment holding the sweeps"),
@@ -115,13 +78,13 @@ KEYS: tuple[Key, ...] = (
         "(default: <cwd>/ray_results)", env="GROUNDING_STORAGE_PATH"),
     Key("ray.address", str, "", "Ray cluster to join (default: start a local Ray; 'auto' joins a running one)",
         env="RAY_ADDRESS"),
-    Key("checkpoints.keep", int, 2, "checkpoints kept per trial", _at_least(1)),
-    Key("failures", int, 1, "retries of a failed trial/worker from its last checkpoint", _at_least(0)),
-    Key("eval_batch_size", int, 128, "evaluation batch size", _at_least(1)),
+    Key("checkpoints.keep", int, 2, "checkpoints kept per trial", at_least(1)),
+    Key("failures", int, 1, "retries of a failed trial/worker from its last checkpoint", at_least(0)),
+    Key("eval_batch_size", int, 128, "evaluation batch size", at_least(1)),
     Key("resume", str, "", "resume an interrupted sweep: its name or its experiment path (only "
         "mlflow.tracking_uri, ray.address, data.cache_dir may be given with it); with trials=N (more "
         "than it ran) a finished sweep is extended on the same Optuna study and MLflow parent", _resume_target),
-    Key("verbose", int, 0, "0: one line per trial start/end; 1-3: Ray Tune's status tables too", _one_of(0, 1, 2, 3)),
+    Key("verbose", int, 0, "0: one line per trial start/end; 1-3: Ray Tune's status tables too", one_of(0, 1, 2, 3)),
     Key("backbone", str, "", "start from an existing backbone stage instead of training one: the stage's MLflow "
         "run id or its folder (…/stages/backbone-<key>); must match the data digest and dims"),
 )
@@ -159,78 +122,14 @@ class SweepConfig:
         return out
 
 
-def _coerce(name: str, typ: type, value: Any) -> Any:
-    """Hydra parses values by their look; convert them to the key's declared type."""
-    if typ is str:
-        if isinstance(value, (list, dict)):
-            raise ConfigError(f"{name}={value!r} has the wrong type; expected a string")
-        return "" if value is None else str(value)
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{name}={value!r} has the wrong type; expected true or false")
-    if typ is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{name}={value!r} has the wrong type; expected an integer")
-    if typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{name}={value!r} has the wrong type; expected a number")
-    raise ConfigError(f"{name}: unsupported type {typ}")
-
-
-def _field_type(f: dataclasses.Field) -> type:
-    t = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool, "str": str}.get(str(f.type), str)
-    return t
-
-
 def _method_in(argv: list[str]) -> str:
     value = next((a.split("=", 1)[1] for a in argv if a.startswith("method=")), KEY_INDEX["method"].default)
     return value if value in registry.names() else "<method>"
 
 
-def sweep_syntax_error(arg: str, method: str) -> ConfigError:
-    """Hydra multirun syntax (``key=a,b``, ``key=range(...)``) is not a sweep of this CLI."""
-    key = arg.split("=", 1)[0]
-    return ConfigError(
-        f"'{arg}' is Hydra sweep syntax, which this command does not take; give one value ({key}=VALUE), "
-        f"let the sweep search it (ranges in search_spaces/{method}.py), or run fixed configurations "
-        f"side by side with python -m orchestration.compare")
-
-
-def parse_overrides(argv: list[str], allow_sweep: bool = False) -> list[tuple[str, Any]]:
-    """``key=value`` pairs, values typed by their look (Hydra's grammar). Hydra sweep syntax
-    (``a,b``, ``range()``, ``choice()``, ``interval()``, ``glob()``) is refused unless
-    ``allow_sweep``, where a choice or range becomes the list of its values."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import OverrideType
-    from hydra.errors import HydraException
-
-    parser = OverridesParser.create()
-    out = []
-    for arg in argv:
-        if "=" not in arg:
-            raise ConfigError(f"'{arg}' is not an override; write key=value (see --help)")
-        try:
-            (ov,) = parser.parse_overrides([arg])
-        except HydraException as e:
-            first = str(e).strip().splitlines()[0]
-            raise ConfigError(f"cannot parse '{arg}': {first}") from None
-        if ov.type != OverrideType.CHANGE or ov.package is not None:
-            raise ConfigError(f"'{arg}': only plain key=value overrides are supported")
-        if ov.is_sweep_override():
-            if not allow_sweep or not (ov.is_choice_sweep() or ov.is_range_sweep()):
-                raise sweep_syntax_error(arg, _method_in(argv))
-            out.append((ov.key_or_group, list(ov.sweep_iterator())))
-            continue
-        out.append((ov.key_or_group, ov.value()))
-    return out
-
-
 def parse(argv: list[str]) -> SweepConfig:
     """Validate overrides against the keys, the method's hyperparameters and their ranges."""
-    pairs = parse_overrides(argv)
+    pairs = parse_overrides(argv, method=_method_in(argv))
     seen = set()
     for key, _ in pairs:
         if key in seen:
@@ -239,7 +138,7 @@ def parse(argv: list[str]) -> SweepConfig:
     values: dict[str, Any] = {}
     for k in KEYS:
         env = os.environ.get(k.env) if k.env else None
-        values[k.name] = _coerce(k.name, k.type, env) if env else k.default
+        values[k.name] = coerce(k.name, k.type, env) if env else k.default
     prefixed = []
     for key, raw in pairs:
         if key.startswith(PREFIXES):
@@ -251,7 +150,7 @@ def parse(argv: list[str]) -> SweepConfig:
                 f"optim.<{'|'.join(OPTIM_KEYS)}>"
             )
         spec = KEY_INDEX[key]
-        value = _coerce(key, spec.type, raw)
+        value = coerce(key, spec.type, raw)
         if spec.check and (allowed := spec.check(value)) is not None:
             what = ("is unknown" if key == "method" else "is not a plain name" if key in NAME_KEYS
                     else "is out of range")
@@ -269,7 +168,7 @@ def parse(argv: list[str]) -> SweepConfig:
         table = fields if group == "model" else optim_fields
         if name not in table:
             raise ConfigError(f"{method} has no {group} hyperparameter '{name}'; allowed: {', '.join(table)}")
-        (model if group == "model" else optim)[name] = _coerce(key, _field_type(table[name]), raw)
+        (model if group == "model" else optim)[name] = coerce(key, field_type(table[name]), raw)
     # validated with the values in effect for the first trial: the published point (PAPER) for
     # the searched values, under the sweep's FIXED values, under the pinned ones
     fixed = sweep_fixed(method)
@@ -282,8 +181,6 @@ def parse(argv: list[str]) -> SweepConfig:
         OptimConfig(**{**{k: v for k, v in first.items() if k in optim_fields}, **optim})
     except (ValueError, TypeError) as e:
         raise ConfigError(in_effect("optim", str(e), method, fixed, optim)) from None
-    from grounding import tasks
-
     task = tasks.get(registry.task_of(method))
     if values["search.metric"] and values["search.metric"] not in task.metric_names:
         raise ConfigError(f"search.metric={values['search.metric']!r} is unknown for {task.name}; "
@@ -306,39 +203,23 @@ def parse(argv: list[str]) -> SweepConfig:
 
 def sweep_fixed(method: str) -> dict[str, Any]:
     """The values ``search_spaces/<method>.py`` holds fixed (``FIXED``), before any pin."""
-    import search_spaces
-
     return dict(getattr(search_spaces.load(method), "FIXED", {}))
 
 
 def sweep_paper(method: str) -> dict[str, Any]:
     """The published point ``search_spaces/<method>.py`` evaluates first (``PAPER``)."""
-    import search_spaces
-
     return dict(getattr(search_spaces.load(method), "PAPER", {}))
 
 
 def in_effect(group: str, message: str, method: str, fixed: dict[str, Any], pinned: dict[str, Any]) -> str:
     """A config error as one line: ``group.``-prefixed, saying which named values the sweep holds
     fixed (so the message shows the value in effect and where it comes from)."""
-    import re
-
     first = re.sub(r"^\w+Config\.", "", message.strip().splitlines()[0])
     named = re.findall(r"\b(\w+)=", first)
     from_fixed = [n for n in dict.fromkeys(named) if n in fixed and n not in pinned]
     note = "".join(f"; {n}={fixed[n]!r} is held fixed by search_spaces/{method}.py (pin {group}.{n}=... to change it)"
                    for n in from_fixed)
     return f"{group}.{first}{note}"
-
-
-def absolute_uri(uri: str) -> str:
-    """Absolute paths for local SQLite/file URIs: trials run in other working directories."""
-    if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///"):]
-        return "sqlite:///" + str(Path(path).expanduser().resolve())
-    if "://" not in uri:
-        return str(Path(uri).expanduser().resolve())
-    return uri
 
 
 def metric_help(methods: list[str], what: str = "validation metric to maximise") -> str:
@@ -379,9 +260,7 @@ def help_text(method: str | None = None) -> str:
         f"methods: {', '.join(registry.names())}",
     ]
     if method:
-        from search_spaces import load as load_space
-
-        mod = load_space(method)
+        mod = search_spaces.load(method)
         fixed = getattr(mod, "FIXED", {})
         lines += ["", f"{method} hyperparameters (config default; search space; sweep-fixed value):"]
         space = mod.space({"T": 5, "N": 20, "L": 64})
@@ -413,41 +292,3 @@ def _describe(param) -> str:
     return f"{type(param).__name__}({', '.join(f'{v}' for v in d.values())}){when}"
 
 
-def key_lines(keys, extra: dict[str, str] | None = None) -> list[str]:
-    """``--help`` lines for ``keys``: name, default, help and environment variable, aligned; then
-    ``extra`` (name: help) without a default."""
-    def shown(d):
-        if isinstance(d, str):
-            return repr(d)
-        if isinstance(d, bool):
-            return str(d).lower()
-        return ",".join(map(str, d)) if isinstance(d, list) else str(d)
-
-    width = max(len(k.name) for k in keys) + 2
-    lines = [f"  {k.name:<{width}} {shown(k.default):<18} {k.help}" + (f" [env {k.env}]" if k.env else "")
-             for k in keys]
-    return lines + [f"  {name:<{width}} {'':<18} {text}" for name, text in (extra or {}).items()]
-
-
-def fail(message: str) -> None:
-    """Bad input: one line on stderr (credentials scrubbed), exit code 2."""
-    from grounding.credentials import scrub
-
-    print(f"error: {scrub(message)}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
-
-
-def cli(argv: list[str] | None, help_text: Callable[[list[str]], str], parse: Callable[[list[str]], Any],
-        run: Callable[[Any], int]) -> int:
-    """What every entry point does: ``-h``/``--help`` prints ``help_text(argv)``; otherwise the
-    arguments are validated by ``parse`` (a :class:`ConfigError` is one line and exit 2, before
-    anything starts) and ``run`` gets the result (it imports Ray, MLflow and Optuna only then)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if any(a in ("-h", "--help") for a in argv):
-            print(help_text(argv))
-            return 0
-        parsed = parse(argv)
-    except ConfigError as e:
-        fail(str(e))
-    return run(parsed)

@@ -69,14 +69,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .. import __version__
-from .annotations import annotations_dir, file_digest, read_text
+from ... import __version__
+from ..annotations import annotations_dir, file_digest, read_text
 from .planting import text_prototypes, unit
-from .moment import PAD_ID, UNK_WORD, is_content, tokenize
-from .schema import moment_schema, vocab_schema
-from .shards import DatasetWriter
+from ..moment import PAD_ID, UNK_WORD, is_content, tokenize
+from ..schema import moment_schema, vocab_schema
+from ..shards import DatasetWriter
 
-PRODUCER = "grounding.data.charades"
+PRODUCER = "grounding.data.charades"  # recorded in manifests and their digest: kept as before the move
 SPLITS = ("train", "val", "test_iid", "test_ood")
 SPLIT_FILES = {"train": "charades_train.json", "val": "charades_val.json",
                "test_iid": "charades_test_iid.json", "test_ood": "charades_test_ood.json"}

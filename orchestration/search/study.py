@@ -4,7 +4,7 @@ cluster's MLflow database host), an RDB study named after the sweep.
 
 Tune pickles the searcher (and with it the study's storage handle) in its experiment state, so a
 resumed sweep asks and tells the same study: trials, their numbers and the sampler's history
-carry over. A finished sweep extended with ``resume=<name> trials=<N>`` (orchestration/extend.py)
+carry over. A finished sweep extended with ``resume=<name> trials=<N>`` (:mod:`orchestration.search.extend`)
 loads the same study in a continuation Tune run. The figures of the parent run are drawn from the
 stored study.
 """
@@ -12,6 +12,9 @@ stored study.
 from __future__ import annotations
 
 import os
+
+import optuna
+from optuna.storages.journal import JournalFileBackend
 
 from grounding.data import storage as data_storage
 
@@ -29,22 +32,16 @@ def storage_for(exp_path: str, url: str = ""):
     """The study's storage: ``url`` (an RDB URL), else a journal file under a local ``exp_path``,
     else None (in memory: a sweep on an object store without an RDB keeps its study in Tune's
     searcher state only)."""
-    import optuna
-
     if url:
         return optuna.storages.RDBStorage(url)
     path = journal_path(exp_path)
     if path is None:
         return None
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    from optuna.storages.journal import JournalFileBackend
-
     return optuna.storages.JournalStorage(JournalFileBackend(path))
 
 
 def load(name: str, storage):
-    import optuna
-
     if storage is None:
         return None
     try:

@@ -108,14 +108,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .. import __version__
-from .annotations import annotations_dir, file_digest, read_text
-from . import text
+from ... import __version__
+from ..annotations import annotations_dir, file_digest, read_text
+from .. import text
 from .planting import text_prototypes, unit
-from .schema import classes_schema, wsvog_schema
-from .shards import DatasetWriter
+from ..schema import classes_schema, wsvog_schema
+from ..shards import DatasetWriter
 
-PRODUCER = "grounding.data.youcook2"
+PRODUCER = "grounding.data.youcook2"  # recorded in manifests and their digest: kept as before the move
 SPLITS = ("train", "val", "test_iid", "test_ood")
 STATE_STRENGTH_DEFAULT = 1.0  # calibrated on stvg alone, see the module docstring
 STATE_DECOYS_DEFAULT = 0.5
@@ -621,7 +621,7 @@ def generate(root: str | os.PathLike, cfg: YC2Config = YC2Config(), workers: int
     dims = {"T": cfg.T, "N": cfg.N, "D": cfg.D}
     feat = None
     if text_encoder:
-        from . import text_features
+        from .. import text_features
 
         wv = (Path(annotations) if annotations else annotations_dir() / "youcook2_bb" / "causal_repo")
         feat = text_features.Featurizer(ann.forms, text_encoder,

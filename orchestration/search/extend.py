@@ -2,7 +2,7 @@
 
 Tune cannot raise ``num_samples`` of a restored experiment, so the extra trials run as a
 continuation Tune run in ``<experiment path>/ext-<k>`` whose OptunaSearch loads the sweep's
-persisted study (orchestration/study.py): TPE sees every earlier trial, the PAPER/named points are
+persisted study (orchestration/search/study.py): TPE sees every earlier trial, the PAPER/named points are
 not enqueued again, Optuna numbers the new trials after the old ones, and the sampler (with its
 random state) is the one the previous Tune run pickled in its searcher state. The children are
 logged under the same MLflow parent, numbered after the earlier ones; the parent's summary and
@@ -21,10 +21,12 @@ import os
 import pickle
 from dataclasses import dataclass
 
+from ray.tune import ExperimentAnalysis, ResultGrid
+
 from grounding.data import storage
 
-from . import study as study_mod, tracking
-from .config import fail
+from ..cli.keys import fail
+from . import study as study_mod
 
 
 @dataclass
@@ -114,32 +116,8 @@ def previous_sampler(folder: str):
     return saved.get("_sampler") if isinstance(saved, dict) else None
 
 
-class ContinuedLogger(tracking.MlflowTrialLogger):
-    """The sweep's trial logger numbering an extension's children after the earlier trials
-    (module level: Tune pickles its callbacks with the experiment state)."""
-
-    trial_offset = 0
-    extension_folder = ""
-
-    def child_tags(self, trial):
-        tags = super().child_tags(trial)
-        if tags.get("trial_number", "").isdigit():
-            tags["trial_number"] = str(int(tags["trial_number"]) + self.trial_offset)
-        tags["extension"] = self.extension_folder
-        return tags
-
-
-def numbered_logger(logger, extension: Extension):
-    """``logger`` (an MlflowTrialLogger) as a ContinuedLogger for ``extension``."""
-    logger.__class__ = ContinuedLogger
-    logger.trial_offset, logger.extension_folder = extension.before, extension.folder
-    return logger
-
-
 def earlier_results(state: dict, exp_path: str, metric: str) -> list:
     """The results of the sweep's earlier Tune runs (the best model is chosen over all trials)."""
-    from ray.tune import ExperimentAnalysis, ResultGrid
-
     folders = [exp_path] + [storage.join(exp_path, e["folder"]) for e in state.get("extensions", [])[:-1]]
     out = []
     for folder in folders:

@@ -21,7 +21,7 @@ What a video looks like (every knob is a field of :class:`VidSTGConfig`, default
 
 * ``N`` proposals per frame [10], region features of ``Dr`` dims [64] and frame features of ``Df``
   dims [64], stored as ``feature_dtype`` [float16]; boxes in the item's real ``width x height``.
-* Prototypes (``grounding.data.planting.text_prototypes``): per category from its words' GloVe
+* Prototypes (``grounding.data.benchmarks.planting.text_prototypes``): per category from its words' GloVe
   vectors (``class_noise`` [1.0]) and per predicate from its words' vectors (``word_noise``
   [0.5]), separately for the region and the frame feature spaces (hidden width ``proto_hidden``
   [256]).
@@ -123,15 +123,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .. import __version__
-from .annotations import annotations_dir, file_digest, read_text
+from ... import __version__
+from ..annotations import annotations_dir, file_digest, read_text
 from .planting import text_prototypes, unit
-from .schema import classes_schema, vocab_schema
-from .shards import DatasetWriter
-from .tube import (DECLARATIVE, INTERROGATIVE, PAD_ID, UNK_ID, box_iou, category_words, link_tubes,
+from ..schema import classes_schema, vocab_schema
+from ..shards import DatasetWriter
+from ..tube import (DECLARATIVE, INTERROGATIVE, PAD_ID, UNK_ID, box_iou, category_words, link_tubes,
                    noun_lexicon, relation_positions, subject_position, tube_table, tube_tokens)
 
-PRODUCER = "grounding.data.vidstg"
+PRODUCER = "grounding.data.vidstg"  # recorded in manifests and their digest: kept as before the move
 SPLITS = ("train", "val", "test_iid", "test_ood")
 SOURCE_FILES = ("vidstg/val_annotations.json", "vidstg/test_annotations.json",
                 "charades_sta/glove_vocab_w2id_counter.json", "charades_sta/glove_vectors_1146x300_float32.npy",

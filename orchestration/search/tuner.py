@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Callable
 
+import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import Choice, Float, Int, Param
 
-from .trial import trial_fn
+from ..worker.spec import TrialSpec
+from ..worker.trial import trial_fn
 
 
 class DefineByRun:
@@ -48,10 +51,8 @@ def searcher_for(algo: str, seed: int, space: dict[str, Param], known: dict[str,
                  points: list[dict], metric: str, study_name: str | None = None, storage=None,
                  sampler=None):
     """OptunaSearch over ``space``; ``known`` (config defaults + fixed values) decides conditions.
-    With ``storage`` (orchestration/study.py) the study named ``study_name`` is persisted (loaded
-    when it exists: an extension, orchestration/extend.py, passes the earlier run's ``sampler``)."""
-    import optuna
-
+    With ``storage`` (:mod:`orchestration.search.study`) the study named ``study_name`` is persisted (loaded
+    when it exists: an extension, :mod:`orchestration.search.extend`, passes the earlier run's ``sampler``)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is the progress display's
     if sampler is None:
         sampler = (optuna.samplers.RandomSampler(seed=seed) if algo == "random"
@@ -61,37 +62,54 @@ def searcher_for(algo: str, seed: int, space: dict[str, Param], known: dict[str,
                         storage=storage)
 
 
-def trainable(run: dict, fn=trial_fn):
+def trainable(spec: TrialSpec, fn=trial_fn):
     """The trial function with its resources: the worker's own when training in the trial actor,
     none when the trial only drives a TorchTrainer whose workers hold the resources (Tune refuses
     an empty request, so it asks for one byte of memory, a purely logical resource)."""
-    if run["use_trainer"]:
+    if spec.use_trainer:
         resources = {"cpu": 0, "memory": 1}
     else:
-        resources = {"cpu": run["cpus_per_worker"], "gpu": run["gpus_per_worker"]}
-    return tune.with_resources(tune.with_parameters(fn, run=run), resources)
+        resources = {"cpu": spec.cpus_per_worker, "gpu": spec.gpus_per_worker}
+    return tune.with_resources(tune.with_parameters(fn, spec=spec), resources)
 
 
-def build(run: dict, *, name: str, storage_path: str, trials: int, concurrent: int, metric: str,
-          searcher, scheduler, callbacks: list, verbose: int = 1, fn=trial_fn,
-          param_space: dict | None = None) -> tune.Tuner:
+@dataclasses.dataclass(frozen=True)
+class TuneRun:
+    """One Tune run of a sweep, an extension or a comparison: where it is stored, how many trials,
+    how they are chosen (``searcher``/``scheduler``: None for a comparison's grid in
+    ``param_space``) and which trainable runs them."""
+
+    name: str  # the Tune experiment folder under storage_path
+    storage_path: str
+    trials: int
+    concurrent: int
+    metric: str  # "val/<name>", maximised
+    verbose: int = 0
+    searcher: Any = None
+    scheduler: Any = None
+    fn: Callable = trial_fn
+    param_space: dict | None = None
+
+
+def build(spec: TrialSpec, run: TuneRun, callbacks: list) -> tune.Tuner:
     return tune.Tuner(
-        trainable(run, fn), param_space=param_space,
+        trainable(spec, run.fn), param_space=run.param_space,
         tune_config=tune.TuneConfig(
-            metric=metric, mode="max", num_samples=trials, max_concurrent_trials=concurrent,
-            search_alg=searcher, scheduler=scheduler,
-            reuse_actors=not run["use_trainer"],  # keep the process, its imports and its data
+            metric=run.metric, mode="max", num_samples=run.trials, max_concurrent_trials=run.concurrent,
+            search_alg=run.searcher, scheduler=run.scheduler,
+            reuse_actors=not spec.use_trainer,  # keep the process, its imports and its data
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage_path, callbacks=callbacks, verbose=verbose,
+            name=run.name, storage_path=run.storage_path, callbacks=callbacks, verbose=run.verbose,
             # the best checkpoints by the reported (selected) val metric; Tune always keeps the latest too
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=run["checkpoints_keep"],
-                                                    checkpoint_score_attribute=metric, checkpoint_score_order="max"),
-            failure_config=tune.FailureConfig(max_failures=run["failures"]),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.checkpoints_keep,
+                                                    checkpoint_score_attribute=run.metric,
+                                                    checkpoint_score_order="max"),
+            failure_config=tune.FailureConfig(max_failures=spec.failures),
         ),
     )
 
 
-def restore(path: str, run: dict) -> tune.Tuner:
-    return tune.Tuner.restore(path, trainable=trainable(run), resume_unfinished=True,
+def restore(path: str, spec: TrialSpec) -> tune.Tuner:
+    return tune.Tuner.restore(path, trainable=trainable(spec), resume_unfinished=True,
                               resume_errored=True)

@@ -1,7 +1,9 @@
 """Generated benchmarks by name, and "generate on first use, reuse after a manifest check".
 
 Each benchmark has a frozen config dataclass (every field a documented knob), a ``generate(root,
-cfg, overwrite=...)`` function and the task family it produces.
+cfg, overwrite=...)`` function and the task family it produces; the generators are the modules of
+this package (:mod:`.youcook2`, :mod:`.charades`, :mod:`.vidstg`; :mod:`.planting` is shared by
+them), apart from the shard format they write (:mod:`grounding.data.shards`).
 """
 
 from __future__ import annotations
@@ -12,31 +14,36 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from . import locking, storage
-from .manifest import DataError
-from .shards import Dataset
+from .. import locking, storage
+from ..manifest import DataError
+from ..shards import Dataset
 
 
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
     name: str
     task: str
-    module: str  # grounding.data.<module> defines the config class and generate()
+    module: str  # grounding.data.benchmarks.<module> defines the config class, generate() and PRODUCER
     config_class: str
     # Overrides that make a tiny, fast instance (tests and ``smoke=true`` sweeps).
     smoke: dict = dataclasses.field(default_factory=dict)
 
+    def _module(self):
+        return importlib.import_module(f"{__name__}.{self.module}")
+
     def config_type(self) -> type:
-        return getattr(importlib.import_module(f"grounding.data.{self.module}"), self.config_class)
+        return getattr(self._module(), self.config_class)
 
     def generator(self) -> Callable:
-        return importlib.import_module(f"grounding.data.{self.module}").generate
+        return self._module().generate
 
     def config(self, **overrides: Any):
         return self.config_type()(**overrides)
 
     def producer(self) -> str:
-        return f"grounding.data.{self.module}"
+        """The producer name the generator records in its manifests (part of the data digest, so it
+        stays what it was when the generators lived in ``grounding.data`` itself)."""
+        return self._module().PRODUCER
 
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -88,7 +95,7 @@ def ensure(root: str | os.PathLike, name: str, overrides: dict[str, Any] | None 
     ds = Dataset.open(root)
     producer = ds.manifest.producer
     if producer.get("name") == bench.producer():
-        from .. import __version__
+        from ... import __version__
 
         if producer.get("version") != __version__:
             raise DataError(

@@ -1,0 +1,341 @@
+"""How a recipe runs: its stages trained, selected, packaged and rebuilt as a predictor.
+
+The engine runs stages, the models stay one file per method (what a method declares:
+:mod:`grounding.models.recipe`; its resolved stages: :mod:`grounding.recipes`).
+
+* :class:`Group` trains the output stages together, one epoch at a time: every stage trains one
+  epoch, every stage is scored on val, each keeps its best-validation epoch (strictly better sum
+  of its ``select`` metrics; the earliest epoch wins a tie), and the group reports the predictor it
+  would deliver now (each output stage at its own selected epoch) as ``val/<metric>``, so a
+  scheduler's decision is about that predictor. ``epoch_val/<metric>`` is the combination of this
+  epoch's models (the learning curve), ``stage/<name>/...`` each stage's own train and val curves.
+* Validation predictions of each stage's selected epoch are kept (this rank's rows only), so the
+  delivered combination is scored without keeping extra models or running extra forward passes.
+* :func:`train_stage` trains a prerequisite on its own and returns its selected state.
+* :meth:`Group.package` is everything needed to rebuild the delivered predictor
+  (:func:`load_predictor`), which is what the IID and OOD test splits are evaluated on, once.
+
+Everything works under ``torch.distributed`` as the engine does: every rank trains its share, and
+metric counts are summed over ranks before they are computed (:func:`grounding.engine.merge_ranks`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import engine
+from .models import registry
+from .models.recipe import Recipe, Stage, combine_from_spec, stage_seed
+from .recipes import ResolvedStage, for_method
+
+PACKAGE_FORMAT = 1
+
+
+def _batches(data, batch_size: int):
+    return [np.arange(i, min(i + batch_size, len(data))) for i in range(0, len(data), batch_size)]
+
+
+def _cpu(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu")
+    if isinstance(x, dict):
+        return {k: _cpu(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_cpu(v) for v in x)
+    return x
+
+
+def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load every entry of ``state`` that ``model`` has; a shared name with another shape is an
+    error (another architecture). Returns the names loaded."""
+    own = model.state_dict()
+    bad = [f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}" for k, v in state.items()
+           if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        raise ValueError(f"initial checkpoint does not fit the model: {bad[0]}")
+    loaded = [k for k in state if k in own]
+    if not loaded:
+        raise ValueError("initial checkpoint shares no parameter with the model")
+    model.load_state_dict({k: state[k] for k in loaded}, strict=False)
+    return loaded
+
+
+def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+@dataclasses.dataclass
+class Selection:
+    epoch: int = 0
+    score: float = -math.inf
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    state: dict[str, torch.Tensor] | None = None
+    preds: list | None = None  # this rank's val predictions at the selected epoch
+
+
+class StageRun:
+    """One stage in training: its model, optimiser, schedule and selected epoch."""
+
+    def __init__(self, rs: ResolvedStage, data, seed: int, device, init_state: dict | None = None,
+                 wrap: Callable[[nn.Module], nn.Module] | None = None):
+        self.rs, self.seed, self.device = rs, stage_seed(seed, rs.seed_offset), torch.device(device)
+        engine.seed_everything(self.seed)
+        self.model = registry.build(rs.method, rs.params, data.info).to(self.device)
+        self.init_loaded = load_matching(self.model, init_state) if init_state is not None else []
+        self.optimizer = engine.make_optimizer(self.model, rs.optim)
+        # the stage's learning-rate schedule over its own epochs (engine.OptimConfig.schedule)
+        steps = engine.steps_per_epoch(data["train"], rs.optim)
+        self.scheduler = engine.make_scheduler(self.optimizer, rs.optim, steps, rs.epochs) if steps > 0 else None
+        self.net = wrap(self.model) if wrap is not None else self.model
+        self.epoch = 0  # epochs trained
+        self.best = Selection()
+
+    def train_epoch(self, data, amp: bool = False) -> dict[str, float]:
+        logs = engine.train_one_epoch(self.net, self.optimizer, data["train"], self.rs.optim, self.epoch,
+                                      self.seed, self.device, amp=amp, scheduler=self.scheduler)
+        self.epoch += 1
+        return logs
+
+    def score(self, metrics: dict[str, float]) -> float:
+        absent = [m for m in self.rs.select if m not in metrics]
+        if absent:  # a metric the split has no ground truth for is absent, never 0 (grounding.metrics)
+            raise ValueError(f"stage {self.rs.name!r} selects its checkpoint on val/{absent[0]}, but the val split "
+                             f"has no ground truth for it (scored: {', '.join(metrics) or 'nothing'})")
+        return float(sum(metrics[m] for m in self.rs.select))
+
+    def consider(self, metrics: dict[str, float], preds: list) -> bool:
+        """Keep this epoch if it is strictly better on the stage's selection metric."""
+        s = self.score(metrics)
+        if s > self.best.score:
+            self.best = Selection(self.epoch, s, dict(metrics), _state_copy(self.model), preds)
+            return True
+        return False
+
+    # checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        b = self.best
+        out = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
+               "best": {"epoch": b.epoch, "score": b.score, "metrics": b.metrics, "state": b.state}}
+        if self.scheduler is not None:
+            out["scheduler"] = self.scheduler.state_dict()
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and "scheduler" in state:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        b = state["best"]
+        self.best = Selection(int(b["epoch"]), float(b["score"]), dict(b["metrics"]), b["state"], None)
+
+
+class Group:
+    """The recipe's output stages, trained together one epoch at a time (module docstring)."""
+
+    def __init__(self, recipe: Recipe, runs: dict[str, StageRun], task, info, eval_batch_size: int = 128):
+        self.recipe, self.runs, self.task, self.info = recipe, runs, task, info
+        self.eval_batch_size = eval_batch_size
+        self.epochs = max(r.rs.epochs for r in runs.values())
+        self.epoch = 0
+        self.selected_epoch = 0  # the last epoch at which the delivered predictor changed
+        self.selected_metrics: dict[str, float] = {}
+
+    @property
+    def single(self) -> bool:
+        return len(self.runs) == 1 and self.recipe.combine is None
+
+    def _combine(self, preds: dict[str, Any]):
+        if self.single:
+            return next(iter(preds.values()))
+        return self.recipe.combine(preds)
+
+    @torch.no_grad()
+    def _refresh_selected_preds(self, data) -> None:
+        """After a restore: recompute the selected epochs' val predictions from their states."""
+        val = data["val"]
+        for name, r in self.runs.items():
+            if r.best.state is None or r.best.preds is not None:
+                continue
+            model = copy.deepcopy(r.model)
+            model.load_state_dict(r.best.state)
+            model.eval()
+            r.best.preds = [_cpu(model.predict(val.batch(idx, r.device))) for idx in _batches(val, self.eval_batch_size)]
+
+    @torch.no_grad()
+    def validate(self, data) -> dict[str, float]:
+        val = data["val"]
+        self._refresh_selected_preds(data)
+        trained = {n: r for n, r in self.runs.items() if r.epoch == self.epoch}  # trained this epoch
+        for r in trained.values():
+            r.model.eval()
+        idxs = _batches(val, self.eval_batch_size)
+        accs = {n: self.task.accumulator(self.info) for n in trained}
+        preds: dict[str, list] = {n: [] for n in trained}
+        current = self.task.accumulator(self.info)
+        for i, idx in enumerate(idxs):
+            device = next(iter(self.runs.values())).device
+            batch = val.batch(idx, device)
+            now = {}
+            for n, r in self.runs.items():
+                if n in trained:
+                    p = r.model.predict(batch)
+                    accs[n].update_batch(p, batch)
+                    preds[n].append(_cpu(p))
+                    now[n] = p
+                else:
+                    now[n] = _to(r.best.preds[i], device)
+            if not self.single:
+                current.update_batch(self._combine(now), batch)
+        out: dict[str, float] = {}
+        changed = False
+        for n, r in trained.items():
+            m = engine.merge_ranks(accs[n]).compute()
+            changed |= r.consider(m, preds[n])
+            if not self.single:
+                out.update({f"stage/{n}/val/{k}": v for k, v in m.items()})
+                out[f"stage/{n}/selected_epoch"] = r.best.epoch
+            else:
+                out.update({f"epoch_val/{k}": v for k, v in m.items()})
+        if not self.single:
+            out.update({f"epoch_val/{k}": v for k, v in engine.merge_ranks(current).compute().items()})
+        if changed or not self.selected_metrics:
+            self.selected_epoch = self.epoch
+            if self.single:
+                self.selected_metrics = dict(next(iter(self.runs.values())).best.metrics)
+            else:
+                acc = self.task.accumulator(self.info)
+                for i, idx in enumerate(idxs):
+                    batch = val.batch(idx, device)
+                    acc.update_batch(self._combine({n: _to(r.best.preds[i], device) for n, r in self.runs.items()}),
+                                     batch)
+                self.selected_metrics = engine.merge_ranks(acc).compute()
+        out.update({f"val/{k}": v for k, v in self.selected_metrics.items()})
+        out["selected_epoch"] = self.selected_epoch
+        return out
+
+    def step(self, data, amp: bool = False) -> dict[str, float]:
+        """Train every stage that has epochs left for one epoch, then validate and select."""
+        out: dict[str, float] = {}
+        total = 0.0
+        t0 = time.time()
+        for n, r in self.runs.items():
+            if r.epoch >= r.rs.epochs:
+                continue
+            logs = r.train_epoch(data, amp)
+            if self.single:
+                out.update({f"train/{k}": v for k, v in logs.items()})
+            else:
+                out.update({f"stage/{n}/train/{k}": v for k, v in logs.items()})
+                total += logs["loss"]
+        self.epoch += 1
+        if not self.single:
+            out["train/loss"] = total
+        t1 = time.time()
+        out.update(self.validate(data))
+        out["time/train_s"], out["time/eval_s"] = t1 - t0, time.time() - t1
+        return out
+
+    # checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "selected_epoch": self.selected_epoch,
+                "selected_metrics": self.selected_metrics, "stages": {n: r.state_dict() for n, r in self.runs.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        for n, r in self.runs.items():
+            r.load_state_dict(state["stages"][n])
+        self.epoch = int(state["epoch"])
+        self.selected_epoch = int(state["selected_epoch"])
+        self.selected_metrics = dict(state["selected_metrics"])
+
+    def package(self, method: str, params: dict[str, Any], data_digest: str) -> dict:
+        """The delivered predictor: each output stage's selected state (see :func:`load_predictor`)."""
+        spec = getattr(self.recipe.combine, "spec", None)
+        return {"format": PACKAGE_FORMAT, "method": method, "params": dict(params), "data_digest": data_digest,
+                "combine": spec() if spec is not None else None,
+                "selected_epoch": self.selected_epoch, "val": dict(self.selected_metrics),
+                "stages": {n: {"method": r.rs.method, "params": dict(r.rs.params), "epoch": r.best.epoch,
+                               "metrics": dict(r.best.metrics), "model": r.best.state}
+                           for n, r in self.runs.items()}}
+
+
+def _to(x, device):
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to(v, device) for v in x)
+    return x
+
+
+def build_group(recipe: Recipe, stages: dict[str, ResolvedStage], data, seed: int, device,
+                init_states: dict[str, dict] | None = None, wrap=None, eval_batch_size: int = 128) -> Group:
+    """The output stages, each built (and initialised from its init stage's selected state)."""
+    init_states = init_states or {}
+    runs = {}
+    for name in recipe.outputs:
+        rs = stages[name]
+        runs[name] = StageRun(rs, data, seed, device, init_states.get(rs.init) if rs.init else None, wrap)
+    return Group(recipe, runs, data.task, data.info, eval_batch_size)
+
+
+def train_stage(rs: ResolvedStage, data, seed: int, device, init_state: dict | None = None, wrap=None,
+                eval_batch_size: int = 128, amp: bool = False,
+                on_epoch: Callable[[int, dict], None] | None = None) -> dict:
+    """Train one stage to completion; returns its selected epoch, val metrics, state and history."""
+    recipe = Recipe(stages=(Stage(rs.name, rs.method),))
+    group = Group(recipe, {rs.name: StageRun(rs, data, seed, device, init_state, wrap)}, data.task, data.info,
+                  eval_batch_size)
+    history = []
+    for _ in range(rs.epochs):
+        m = group.step(data, amp)
+        history.append({"epoch": group.epoch, **m})
+        if on_epoch is not None:
+            on_epoch(group.epoch, m)
+    best = group.runs[rs.name].best
+    return {"epoch": best.epoch, "metrics": dict(best.metrics), "model": best.state, "history": history,
+            "method": rs.method, "params": dict(rs.params)}
+
+
+class Predictor(nn.Module):
+    """The delivered model: one stage's ``predict``, or ``combine`` over several."""
+
+    def __init__(self, models: dict[str, nn.Module], combine=None):
+        super().__init__()
+        self.members = nn.ModuleDict(models)
+        self.combine = combine
+
+    @torch.no_grad()
+    def predict(self, batch):
+        if self.combine is None and len(self.members) == 1:
+            return next(iter(self.members.values())).predict(batch)
+        return self.combine({n: m.predict(batch) for n, m in self.members.items()})
+
+
+def load_predictor(package: dict, info, device="cpu") -> Predictor:
+    """Rebuild the predictor a trial delivered from :meth:`Group.package`."""
+    if package.get("format") != PACKAGE_FORMAT:
+        raise ValueError(f"unknown predictor package format {package.get('format')!r}; allowed: {PACKAGE_FORMAT}")
+    models = {}
+    for name, st in package["stages"].items():
+        m = registry.build(st["method"], st["params"], info)
+        m.load_state_dict(st["model"])
+        models[name] = m.to(device)
+    combine = None
+    if package.get("combine"):
+        combine = combine_from_spec(package["combine"])
+    elif len(models) > 1:  # a combine function without a spec: the method's recipe rebuilds it
+        fields = registry.config_fields(package["method"])
+        defaults = dataclasses.asdict(registry.get(package["method"]).Config())
+        recipe = for_method(package["method"], {**defaults, **{k: v for k, v in package["params"].items() if k in fields}})
+        combine = recipe.combine
+    return Predictor(models, combine)

@@ -1,0 +1,69 @@
+"""The trial loop (:func:`orchestration.worker.trial.train_loop`) on a fake session, no Ray: it
+reports every epoch with its checkpoint, a restored trial continues after its checkpoint's epoch,
+and the final evaluation scores the checkpoint's selected predictor on the test splits."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from ray.train import Checkpoint
+
+from grounding.data.shards import Dataset
+from orchestration.worker import trial
+from orchestration.worker.final_eval import evaluate_selected
+
+
+class FakeSession(trial.Session):
+    """Rank 0 of 1; keeps each report and a copy of each checkpoint folder."""
+
+    def __init__(self, root, restore_from=None):
+        self.root, self.restore_from = root, restore_from
+        self.reports: list[dict] = []
+        self.folders: list[str] = []
+
+    def checkpoint(self):
+        return Checkpoint.from_directory(self.restore_from) if self.restore_from else None
+
+    def report(self, metrics, checkpoint_dir):
+        self.reports.append(dict(metrics))
+        keep = self.root / f"epoch{metrics['epoch']}"
+        shutil.copytree(checkpoint_dir, keep)
+        self.folders.append(str(keep))
+
+
+@pytest.fixture
+def spec(yc2_tiny, make_spec, tmp_path):
+    ds = Dataset.open(yc2_tiny)
+    return make_spec(method="stvg", data_root=str(yc2_tiny), data_digest=ds.digest, epochs=3,
+                     cache_dir=str(tmp_path / "cache"), fixed={"embed_dim": 16, "heads": 4, "batch_size": 8})
+
+
+def test_every_epoch_is_reported_with_its_checkpoint_and_a_restore_continues(spec, tmp_path):
+    first = FakeSession(tmp_path / "a")
+    trial.train_loop({"lr": 1e-3}, spec, first)
+    assert [r["epoch"] for r in first.reports] == [1, 2, 3]
+    assert all("val/box_micro" in r and "train/loss" in r for r in first.reports)
+    assert first.reports[0]["time/resumed_from_epoch"] == 0 and first.reports[0]["cluster/world_size"] == 1
+    assert "time/setup_s" not in first.reports[1]  # the start-up facts come once
+    for folder in first.folders:
+        assert {trial.STATE_FILE, trial.SELECTED_FILE} <= {p.name for p in Path(folder).iterdir()}
+
+    again = FakeSession(tmp_path / "b", restore_from=first.folders[0])  # a trial restarted after epoch 1
+    trial.train_loop({"lr": 1e-3}, spec, again)
+    assert [r["epoch"] for r in again.reports] == [2, 3] and again.reports[0]["time/resumed_from_epoch"] == 1
+
+
+def test_unknown_hyperparameters_fail_the_trial(spec, tmp_path):
+    with pytest.raises((KeyError, TypeError, ValueError)):
+        trial.train_loop({"no_such_knob": 1}, spec, FakeSession(tmp_path))
+
+
+def test_the_final_evaluation_scores_the_selected_predictor_on_both_test_splits(spec, tmp_path):
+    session = FakeSession(tmp_path)
+    trial.train_loop({}, spec, session)
+    result = evaluate_selected(Checkpoint.from_directory(session.folders[-1]), spec)
+    assert 1 <= result["selected_epoch"] <= 3 and result["last_epoch"] == 3
+    for split in ("test_iid", "test_ood"):
+        assert 0.0 <= result[f"{split}/box_micro"] <= 1.0 and f"last/{split}/box_micro" in result
