@@ -48,6 +48,33 @@ def reshard(src, dest, rows_per_shard: int, row_group_rows: int, splits=None):
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m grounding.data ARGS`` in this process (``grounding.data.cli.main``, stdout and
+    stderr captured, ``env`` set for the call and restored): what the command prints and returns,
+    without a Python start per call. :func:`cli_process` runs the real entry point."""
+    import contextlib
+    import io
+
+    from grounding.data.cli import main
+
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse: usage errors (2) and --help (0)
+                code = e.code if isinstance(e.code, int) else 1
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return subprocess.CompletedProcess(["grounding.data", *args], code, out.getvalue(), err.getvalue())
+
+
+def cli_process(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run ``python -m grounding.data ARGS`` in a subprocess (environment: ours + ``env``)."""
     full = dict(os.environ)
     full.update(env or {})

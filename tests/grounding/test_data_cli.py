@@ -11,7 +11,7 @@ import pytest
 from grounding.data.cli import UsageError, parse_overrides
 from grounding.data.shards import Dataset
 
-from _data_helpers import cli, new_bucket
+from _data_helpers import cli, cli_process, new_bucket
 
 
 def _one_line_error(r, *needles):
@@ -72,6 +72,13 @@ def test_an_existing_root_needs_overwrite(generated, tmp_path):
     shutil.copytree(generated[0], root)
     _one_line_error(cli("generate", "youcook2", str(root), "--smoke"), "exists; pass --overwrite")
     assert Dataset.open(root).digest == Dataset.open(generated[0]).digest
+
+
+def test_the_real_entry_point_answers_and_fails_in_one_line(tmp_path):
+    """``python -m grounding.data`` as a user runs it (the other tests call its main in process)."""
+    assert "usage:" in cli_process("--help").stdout
+    _one_line_error(cli_process("generate", "nope", str(tmp_path / "x")), "unknown benchmark 'nope'")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_help_of_every_command():

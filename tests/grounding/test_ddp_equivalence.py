@@ -49,6 +49,7 @@ def _run(method: str, world: int, root, out) -> list[dict]:
     return [torch.load(out / f"{method}-w{world}-rank{r}.pt", weights_only=False) for r in range(world)]
 
 
+@pytest.mark.slow  # two gloo processes per method (about 40 s in all)
 @pytest.mark.parametrize("method", ["stvg", "causal"])
 def test_two_workers_at_half_batch_follow_one_worker(method, yc2_256, tmp_path):
     one = _run(method, 1, yc2_256, tmp_path)[0]

@@ -21,13 +21,19 @@ def _trial(tid: str, number: int, config: dict | None = None, **extra):
     return types.SimpleNamespace(trial_id=tid, experiment_tag=f"{number}_lr=0.1", config=config or {}, **extra)
 
 
+@pytest.fixture(scope="module")
+def _db(tmp_path_factory):
+    """One SQLite store for the module (creating one takes seconds): (client, experiment id)."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    return client, client.create_experiment("cb", artifact_location=str(folder / "art"))
+
+
 @pytest.fixture
-def store(tmp_path):
-    """(client, experiment id, parent run id) on a fresh SQLite store."""
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.create_experiment("cb", artifact_location=str(tmp_path / "art"))
-    parent = client.create_run(exp, run_name="sweep").info.run_id
-    return client, exp, parent
+def store(_db):
+    """(client, experiment id, parent run id): a new parent run of its own in the module's store."""
+    client, exp = _db
+    return client, exp, client.create_run(exp, run_name="sweep").info.run_id
 
 
 def _logger(store, tmp_path, children: Children, epochs: int = 3) -> MlflowTrialLogger:

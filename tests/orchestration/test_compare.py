@@ -151,7 +151,7 @@ def run_evaluate(cwd, *args):
                           capture_output=True, text=True, timeout=600)
 
 
-def test_evaluate_a_logged_model_and_refuse_incompatible_data(compared, smoke_roots, tmp_path):
+def test_evaluate_a_logged_model_and_refuse_incompatible_data(compared, smoke_roots, tmp_path, sweep):
     from grounding.data import benchmarks
 
     cwd, _ = compared
@@ -176,13 +176,14 @@ def test_evaluate_a_logged_model_and_refuse_incompatible_data(compared, smoke_ro
 
     other_d = tmp_path / "youcook2-D16"
     benchmarks.ensure(other_d, "youcook2", {**benchmarks.get("youcook2").smoke, "D": 16}, log=lambda m: None)
+    store = f"mlflow.tracking_uri=sqlite:///{cwd / 'mlflow.db'}"
     for root, message in ((smoke_roots["moment"], "holds a moment dataset; the model (causal) needs wsvog"),
                           (str(other_d), "has feature size D=16; the model was trained on D=32")):
-        proc = run_evaluate(cwd, f"run={child.info.run_id}", f"data.root={root}")
-        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-        assert proc.stderr.startswith("error: data.root=") and message in proc.stderr, proc.stderr
-    proc = run_evaluate(cwd, "run=0123456789abcdef")
-    assert proc.returncode == 2 and "no such MLflow run" in proc.stderr
+        code, lines, _ = sweep(f"run={child.info.run_id}", f"data.root={root}", store, module="evaluate")
+        assert code == 2 and len(lines) == 1, lines
+        assert lines[0].startswith("error: data.root=") and message in lines[0], lines
+    code, lines, _ = sweep("run=0123456789abcdef", store, module="evaluate")
+    assert code == 2 and "no such MLflow run" in lines[0]
     assert len(client.search_runs([exp.experiment_id], "tags.kind = 'evaluation'")) == 1  # nothing written
 
 

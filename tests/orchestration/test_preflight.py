@@ -65,6 +65,7 @@ def test_the_message_names_the_value_in_effect(sweep):
     assert "embed_dim=128 is held fixed by search_spaces/causal.py" in line
 
 
+@pytest.mark.slow  # a real process (8 s); every refusal also runs in process above
 def test_bad_data_input_in_a_real_process_starts_no_ray(tmp_path, smoke_root):
     env = sweep_env(tmp_path, RAY_TMPDIR=str(tmp_path / "raytmp"))
     cwd = tmp_path / "cwd"
@@ -200,6 +201,7 @@ def test_object_store_problems_are_one_line_naming_the_url(sweep, s3, monkeypatc
     assert SECRET not in line
 
 
+@pytest.mark.slow  # the same refusal runs in process in test_object_store_problems_are_one_line_naming_the_url
 def test_missing_credentials_in_a_real_process(tmp_path, s3):
     env = sweep_env(tmp_path, RAY_TMPDIR=str(tmp_path / "raytmp"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "x"),
                     AWS_CONFIG_FILE=str(tmp_path / "x"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 import s3fs
 from mlflow.tracking import MlflowClient
 
@@ -15,6 +16,7 @@ from grounding.data.shards import Dataset, publish
 SECRET = "sekrit-7f3a9c"  # moto accepts any credentials; a distinctive one is easy to look for
 
 
+@pytest.mark.slow  # a whole sweep (50 s): the S3 store paths have fast tests in tests/grounding/test_s3.py
 def test_sweep_reads_shards_and_writes_state_in_s3(tmp_path, smoke_root, s3_server):
     fs = s3fs.S3FileSystem(endpoint_url=s3_server, key="testing", secret="testing")
     fs.mkdir("lab")

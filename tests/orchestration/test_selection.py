@@ -14,6 +14,7 @@ from grounding.models import registry
 from orchestration.worker import trial
 
 
+@pytest.mark.slow  # a whole sweep; test_trial_loop.py scores a selected checkpoint in seconds
 def test_reported_test_metrics_belong_to_the_best_validation_epoch(tmp_path, smoke_root):
     # keep every epoch's checkpoint, so each epoch's model can be scored independently afterwards
     proc = run_sweep(tmp_path, "method=stvg", "smoke=true", f"data.root={smoke_root}", "trials=1", "epochs=3",

@@ -32,14 +32,14 @@ def _steps(client, run, key):
     return sorted(int(m.step) for m in client.get_metric_history(run.info.run_id, key))
 
 
-# One method per family and every method with its own orchestration path (causal's shared
-# backbone, scl's text features) run in the default suite; the others' end-to-end smoke sweeps run
-# in the slow stage (same test), keeping the default suite within its budget.
-SLOW_SMOKE = {"ccr", "winner", "vcma"}
+# Every method's end-to-end smoke sweep runs in the slow stage (about 35 s each on 2 cores). The
+# default suite keeps one staged causal sweep (test_stages.py) and one compare/evaluate
+# (test_compare.py); the pieces these sweeps exercise have their own fast tests (test_callbacks.py,
+# test_trial_loop.py, the in-process exit-2 cases).
+pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW_SMOKE else m
-                                    for m in registry.names()])
+@pytest.mark.parametrize("method", registry.names())
 def test_smoke_sweep_records_parent_children_curves_and_test_metrics(tmp_path, smoke_roots, method):
     task = tasks.get(registry.task_of(method))
     proc = run_sweep(tmp_path, f"method={method}", "smoke=true", f"data.root={smoke_roots[task.name]}",
