@@ -17,8 +17,10 @@ from __future__ import annotations
 import configparser
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
               "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
@@ -92,8 +94,6 @@ class ScrubbedStream:
 def scrub_output() -> None:
     """Scrub everything this process writes through ``sys.stdout``/``sys.stderr`` (its own
     lines, library prints, the worker logs Ray forwards to the driver)."""
-    import sys
-
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if not isinstance(stream, ScrubbedStream):
@@ -117,6 +117,5 @@ def strip_userinfo(url: str) -> tuple[str, str | None, str | None]:
     if not m:
         return url, None, None
     user, _, password = m.group(2).partition(":")
-    from urllib.parse import unquote
 
     return m.group(1) + m.group(3), unquote(user), (unquote(password) if password else None)

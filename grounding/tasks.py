@@ -8,10 +8,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .data.moment import MomentArrays, content_flags
 from .data.shards import Dataset
+from .data.tube import TubeArrays
+from .data.wsvog import WsvogArrays, fixed_list_to_numpy
 from .metrics import moment as moment_metrics
 from .metrics import tube as tube_metrics
 from .metrics import wsvog as wsvog_metrics
+from .metrics.moment import MomentRecall
+from .metrics.tube import TubeMetrics
+from .metrics.wsvog import WsvogAccuracy
 from .models.base import DataInfo
 
 EVAL_SPLITS = ("val", "test_iid", "test_ood")
@@ -49,14 +55,10 @@ class WsvogTask:
     default_metric = "box_micro"
 
     def load_split(self, ds: Dataset, split: str, rank: int = 0, world: int = 1):
-        from .data.wsvog import WsvogArrays
-
         d = ds.manifest.dims
         return WsvogArrays.from_table(ds.read_split(split, rank, world), d["T"], d["N"], d["D"])
 
     def data_info(self, ds: Dataset, train, seed: int = 0) -> DataInfo:
-        from .data.wsvog import fixed_list_to_numpy
-
         classes = ds.read_table("classes").sort_by("class_id")
         vectors = fixed_list_to_numpy(classes["word_vector"], (classes.schema.field("word_vector").type.list_size,))
         counts = classes["train_count"].to_numpy().astype(np.float64)
@@ -70,8 +72,6 @@ class WsvogTask:
                         word_vectors=words, text=ds.manifest.text, dataset=dataset_name(ds))
 
     def accumulator(self, info: DataInfo):
-        from .metrics.wsvog import WsvogAccuracy
-
         class _Acc(WsvogAccuracy):
             def update_batch(self, predictions, batch):
                 self.update(predictions, batch["proposals"], batch["queries"], batch["gt_class"],
@@ -103,23 +103,17 @@ class MomentTask:
         return ds.read_table("vocab").sort_by("word_id")
 
     def load_split(self, ds: Dataset, split: str, rank: int = 0, world: int = 1):
-        from .data.moment import MomentArrays, content_flags
-
         d = ds.manifest.dims
         content = content_flags(self._vocab(ds)["word"].to_pylist())
         return MomentArrays.from_table(ds.read_split(split, rank, world), d["L"], d["D"], content=content)
 
     def data_info(self, ds: Dataset, train, seed: int = 0) -> DataInfo:
-        from .data.wsvog import fixed_list_to_numpy
-
         vocab = self._vocab(ds)
         vectors = fixed_list_to_numpy(vocab["word_vector"], (vocab.schema.field("word_vector").type.list_size,))
         return DataInfo(task=self.name, dims=dict(ds.manifest.dims), word_vectors=vectors.astype(np.float32),
                         train_features=getattr(train, "features", None), seed=seed, dataset=dataset_name(ds))
 
     def accumulator(self, info: DataInfo):
-        from .metrics.moment import MomentRecall
-
         class _Acc(MomentRecall):
             def update_batch(self, predictions, batch):
                 self.update(predictions, batch["moments"])
@@ -144,13 +138,9 @@ class TubeTask:
     default_metric = "m_viou"
 
     def load_split(self, ds: Dataset, split: str, rank: int = 0, world: int = 1):
-        from .data.tube import TubeArrays
-
         return TubeArrays.from_table(ds.read_split(split, rank, world), ds.manifest.dims)
 
     def data_info(self, ds: Dataset, train, seed: int = 0) -> DataInfo:
-        from .data.wsvog import fixed_list_to_numpy
-
         vocab = ds.read_table("vocab").sort_by("word_id")
         words = fixed_list_to_numpy(vocab["word_vector"], (vocab.schema.field("word_vector").type.list_size,))
         classes = ds.read_table("classes").sort_by("class_id")
@@ -162,8 +152,6 @@ class TubeTask:
                         train_features=getattr(train, "features", None), seed=seed, dataset=dataset_name(ds))
 
     def accumulator(self, info: DataInfo):
-        from .metrics.tube import TubeMetrics
-
         class _Acc(TubeMetrics):
             def update_batch(self, predictions, batch):
                 if isinstance(predictions, str):

@@ -129,7 +129,7 @@ def _storage_options(root: str, endpoint_url: str | None) -> dict | None:
 
 
 def _cache(args):
-    from .cache import ShardCache
+    from .cache import ShardCache  # lazy: loads with the command that needs it
 
     max_bytes = None
     if getattr(args, "cache_max_gb", None) is not None:
@@ -140,7 +140,7 @@ def _cache(args):
 
 
 def _need_local_dest(root: str, overwrite: bool, what: str) -> None:
-    from . import storage
+    from . import storage  # lazy: loads with the command that needs it
 
     if storage.is_remote(root):
         raise UsageError(f"{what} writes a local folder; got {root}. Write locally, then "
@@ -150,7 +150,7 @@ def _need_local_dest(root: str, overwrite: bool, what: str) -> None:
 
 
 def _summary(root: str) -> None:
-    from .shards import Dataset, describe
+    from .shards import Dataset, describe  # lazy: loads with the command that needs it
 
     for line in describe(Dataset.open(root)).splitlines():
         out(line)
@@ -158,7 +158,7 @@ def _summary(root: str) -> None:
 
 # ------------------------------------------------------------------------ commands
 def cmd_generate(args) -> int:
-    from . import benchmarks
+    from . import benchmarks  # lazy: loads with the command that needs it
 
     if args.benchmark not in benchmarks.BENCHMARKS:
         raise UsageError(f"unknown benchmark {args.benchmark!r}; allowed: {', '.join(benchmarks.BENCHMARKS)}")
@@ -191,8 +191,8 @@ def cmd_generate(args) -> int:
 
 
 def cmd_add_text_features(args) -> int:
-    from . import storage
-    from .text_features import add_text_features
+    from . import storage  # lazy: loads with the command that needs it
+    from .text_features import add_text_features  # lazy: loads with the command that needs it
 
     if storage.is_remote(args.root):
         raise UsageError(f"add-text-features rewrites a local dataset; got {args.root}. Copy it locally, "
@@ -208,7 +208,7 @@ def cmd_add_text_features(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from .converters import module
+    from .converters import module  # lazy: loads with the command that needs it
 
     mod = module(args.format)
     renames = {}
@@ -230,8 +230,8 @@ def cmd_convert(args) -> int:
     mod.run(args, args.root, common, args.format)
     out(f"converted {args.format} into {args.root}")
     _summary(args.root)
-    from .converters.common import no_val_hint
-    from .shards import Dataset
+    from .converters.common import no_val_hint  # lazy: loads with the command that needs it
+    from .shards import Dataset  # lazy: loads with the command that needs it
 
     hint = no_val_hint(Dataset.open(args.root).manifest)
     if hint:
@@ -240,9 +240,9 @@ def cmd_convert(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from . import storage
-    from .manifest import MANIFEST_NAME
-    from .shards import publish
+    from . import storage  # lazy: loads with the command that needs it
+    from .manifest import MANIFEST_NAME  # lazy: loads with the command that needs it
+    from .shards import publish  # lazy: loads with the command that needs it
 
     if storage.is_remote(args.src):
         raise UsageError(f"publish copies a local dataset; SRC {args.src} is a URL")
@@ -272,8 +272,8 @@ def cmd_publish(args) -> int:
 
 def _open_dataset(args):
     """The dataset at ``args.root`` (with the cache options), or ``None`` after reporting why not."""
-    from .manifest import DataError
-    from .shards import Dataset
+    from .manifest import DataError  # lazy: loads with the command that needs it
+    from .shards import Dataset  # lazy: loads with the command that needs it
 
     try:
         return Dataset.open(args.root, cache=_cache(args), storage_options=_storage_options(args.root, args.endpoint_url))
@@ -283,7 +283,7 @@ def _open_dataset(args):
 
 
 def cmd_verify(args) -> int:
-    from .manifest import DataError
+    from .manifest import DataError  # lazy: loads with the command that needs it
 
     ds = _open_dataset(args)
     if ds is None:
@@ -313,7 +313,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_describe(args) -> int:
-    from .shards import describe
+    from .shards import describe  # lazy: loads with the command that needs it
 
     ds = _open_dataset(args)
     if ds is None:
@@ -337,7 +337,7 @@ def cmd_describe(args) -> int:
 
 
 def cmd_annotations(args) -> int:
-    from . import annotations
+    from . import annotations  # lazy: loads with the command that needs it
 
     dest = Path(args.dest)
     if dest.exists() and any(dest.iterdir()):
@@ -351,9 +351,9 @@ def cmd_annotations(args) -> int:
 
 # -------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    from . import benchmarks
-    from .converters import FORMATS, module
-    from .schema import FEATURE_DTYPES
+    from . import benchmarks  # lazy: loads with the command that needs it
+    from .converters import FORMATS, module  # lazy: loads with the command that needs it
+    from .schema import FEATURE_DTYPES  # lazy: loads with the command that needs it
 
     p = _Parser(prog="python -m grounding.data", description=__doc__.split("\n\n")[0],
                 epilog="exit codes: 0 ok, 1 data problem, 2 bad input. Credentials: AWS_ACCESS_KEY_ID/"
@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert a published feature/annotation layout into shards",
                        description="Convert a published layout into a local dataset (written atomically).")
     fs = c.add_subparsers(dest="format", required=True, metavar="FORMAT", parser_class=_Parser)
-    from .converters.common import MAX_MISSING_FRACTION, MIN_VOCAB_COVERAGE
+    from .converters.common import MAX_MISSING_FRACTION, MIN_VOCAB_COVERAGE  # lazy: loads with the command that needs it
 
     for fmt, modname in FORMATS.items():
         mod = module(fmt)
@@ -450,8 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .converters.common import ConversionError
-    from .manifest import DataError
+    from .converters.common import ConversionError  # lazy: loads with the command that needs it
+    from .manifest import DataError  # lazy: loads with the command that needs it
 
     try:
         return args.func(args)

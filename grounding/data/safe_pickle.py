@@ -28,6 +28,8 @@ import os
 import pickle
 from typing import Any
 
+import numpy as np
+
 __all__ = ["UnsafePickleError", "RestrictedUnpickler", "load", "loads"]
 
 _BUILTINS = {"dict", "list", "tuple", "set", "frozenset", "str", "bytes", "bytearray", "int",
@@ -59,8 +61,6 @@ class RestrictedUnpickler(pickle.Unpickler):
         if self.allow_counter and module == "collections" and name in ("Counter", "OrderedDict"):
             return getattr(collections, name)
         if self.allow_numpy:
-            import numpy as np
-
             if module in _NUMPY_MODULES and name == "_reconstruct":
                 return _numpy_reconstruct
             if module in _NUMPY_MODULES and name == "scalar":
@@ -86,13 +86,11 @@ def _multiarray():
     try:
         from numpy._core import multiarray  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core import multiarray
+        from numpy.core import multiarray  # numpy 1.x: the module numpy 2 renamed
     return multiarray
 
 
 def _numpy_dtype(*args, **kwargs):
-    import numpy as np
-
     dt = np.dtype(*args, **kwargs)
     if dt.hasobject:
         raise UnsafePickleError("numpy arrays of Python objects are not allowed")
@@ -100,16 +98,12 @@ def _numpy_dtype(*args, **kwargs):
 
 
 def _numpy_reconstruct(cls, *args):
-    import numpy as np
-
     if cls is not np.ndarray:
         raise UnsafePickleError(f"numpy _reconstruct of {cls!r} is not allowed (ndarray only)")
     return _multiarray()._reconstruct(cls, *args)
 
 
 def _numpy_scalar(dtype, *args):
-    import numpy as np
-
     if not isinstance(dtype, np.dtype) or dtype.hasobject:
         raise UnsafePickleError("numpy scalars of Python objects are not allowed")
     return _multiarray().scalar(dtype, *args)

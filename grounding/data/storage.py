@@ -8,6 +8,7 @@ Credentials and endpoints come from the usual AWS variables (``AWS_ACCESS_KEY_ID
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -48,8 +49,6 @@ def join(root: str, *parts: str) -> str:
 def read_json(url: str, missing: Any = None) -> Any:
     """The JSON document at ``url`` (a local path or an fsspec URL), or ``missing`` where there is
     no file."""
-    import json
-
     fs, path = filesystem(url)
     if not fs.exists(path):
         return missing

@@ -28,22 +28,27 @@ identical (sentence, queries) pairs are encoded once (test_ood repeats the test 
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import functools
 import hashlib
 import json
 import os
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from . import annotations, text
+from . import annotations, storage, text
 from .cache import sha256_file
 from .locking import locked_root
-from .manifest import DataError
+from .manifest import SCHEMA_VERSION, DataError
+from .schema import vocab_schema
+from .shards import Dataset, DatasetWriter
 
 MAX_TOKENS = 128
 ADD_COMMAND = "python -m grounding.data add-text-features"
@@ -93,9 +98,9 @@ def encoder_info(key: str = "minilm") -> dict:
 
 @functools.lru_cache(maxsize=2)
 def _load(key: str):
-    import torch  # noqa: F401
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    import torch  # noqa: F401 - lazy: the encoder loads only when sentences are encoded
+    from transformers import AutoModel, AutoTokenizer  # lazy: transformers takes seconds to import
+    from transformers.utils import logging as hf_logging  # lazy: with transformers
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -109,7 +114,7 @@ def encode(items: list[tuple[str, list[int]]], forms: list[frozenset], key: str 
            batch_size: int = 128) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray]]:
     """Encode ``(sentence, queried classes)`` items. Returns per item the ``[k, D]`` query token
     features, the ``[n, D]`` [CLS] features and per item the ``[k]`` found flags (float32/bool)."""
-    import torch
+    import torch  # lazy: with the encoder
 
     tok, model = _load(key)
     D = ENCODERS[key].dim
@@ -169,8 +174,6 @@ class WordVocab:
         return [self.index.get(w, 0) for w in text.words(sentence)]
 
     def table(self, counts: np.ndarray) -> pa.Table:
-        from .schema import vocab_schema
-
         dim = self.vectors.shape[1]
         return pa.table({"word_id": pa.array(np.arange(len(self.words)), pa.int32()), "word": self.words,
                          "word_vector": pa.FixedSizeListArray.from_arrays(pa.array(self.vectors.reshape(-1)), dim),
@@ -196,8 +199,6 @@ class Featurizer:
         self.seconds = 0.0
 
     def prepare(self, items: Iterable[tuple[str, list[int]]]) -> None:
-        import time
-
         todo = list(dict.fromkeys((s, tuple(int(c) for c in q)) for s, q in items))
         todo = [it for it in todo if it not in self._feats]
         if not todo:
@@ -289,15 +290,6 @@ def add_text_features(root: str | os.PathLike, key: str = "minilm", word_vectors
     """Add the text columns to an existing local WSVOG dataset (schema v1 or v2): every shard is
     rewritten with the columns, the ``words`` table is added and the manifest is rewritten (schema
     v2, its ``text`` block). Returns the new manifest."""
-    import csv
-    import time
-
-    import pyarrow.parquet as pq
-
-    from . import storage
-    from .manifest import SCHEMA_VERSION
-    from .shards import Dataset, DatasetWriter
-
     root = str(root)
     if storage.is_remote(root):
         raise DataError(f"add-text-features rewrites a local dataset; got {root}. Copy it locally, add, then publish")

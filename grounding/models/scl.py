@@ -67,7 +67,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data import text_features
 from ..data.manifest import DataError
+from ..data.text_features import missing_message
 from ..losses import log_loss, mil_ranking_loss, symmetric_mil_loss
 from .base import DataInfo, check_config
 from .registry import register
@@ -120,8 +122,6 @@ class SCL(STVG):
     @classmethod
     def check_data(cls, manifest, root: str, params: dict) -> None:
         """One-line DataError unless the dataset carries the text features this configuration needs."""
-        from ..data import text_features
-
         context = params.get("context", SCLConfig.context)
         if context not in CONTEXTS:
             return  # the config's own validation names the allowed values
@@ -131,8 +131,6 @@ class SCL(STVG):
         super().__init__(cfg, info)  # stvg's parameters first: same seed, same initial stvg weights
         E = cfg.embed_dim
         if not info.text:
-            from ..data.text_features import missing_message
-
             raise DataError(missing_message("the dataset"))
         if cfg.context == "minilm":
             want = info.text.get("key")

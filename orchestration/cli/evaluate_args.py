@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from hydra.core.override_parser.types import ChoiceSweep
+
 from . import sweep_args as sweep_config
 from .keys import ConfigError, Key, coerce, name_problem, parse_overrides, tracking_uri
 
@@ -37,8 +39,6 @@ def parse(argv: list[str]) -> dict[str, Any]:
         if spec is None:
             raise ConfigError(f"unknown key '{key}'; allowed: {', '.join([*(k.name for k in OWN), *SHARED])}")
         if key == "splits" and not isinstance(raw, str):
-            from hydra.core.override_parser.types import ChoiceSweep
-
             if isinstance(raw, (ChoiceSweep, list, tuple)):
                 raw = ",".join(map(str, raw.list if isinstance(raw, ChoiceSweep) else raw))
             elif isinstance(raw, dict):

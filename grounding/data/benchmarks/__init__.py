@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from ... import __version__
 from .. import locking, storage
 from ..manifest import DataError
 from ..shards import Dataset
@@ -95,8 +96,6 @@ def ensure(root: str | os.PathLike, name: str, overrides: dict[str, Any] | None 
     ds = Dataset.open(root)
     producer = ds.manifest.producer
     if producer.get("name") == bench.producer():
-        from ... import __version__
-
         if producer.get("version") != __version__:
             raise DataError(
                 f"{root} holds the {name} benchmark made by generator version {producer.get('version')}, "

@@ -109,11 +109,11 @@ import numpy as np
 import pyarrow as pa
 
 from ... import __version__
+from .. import text, text_features
 from ..annotations import annotations_dir, file_digest, read_text
-from .. import text
-from .planting import text_prototypes, unit
 from ..schema import classes_schema, wsvog_schema
 from ..shards import DatasetWriter
+from .planting import text_prototypes, unit
 
 PRODUCER = "grounding.data.youcook2"  # recorded in manifests and their digest: kept as before the move
 SPLITS = ("train", "val", "test_iid", "test_ood")
@@ -621,8 +621,6 @@ def generate(root: str | os.PathLike, cfg: YC2Config = YC2Config(), workers: int
     dims = {"T": cfg.T, "N": cfg.N, "D": cfg.D}
     feat = None
     if text_encoder:
-        from .. import text_features
-
         wv = (Path(annotations) if annotations else annotations_dir() / "youcook2_bb" / "causal_repo")
         feat = text_features.Featurizer(ann.forms, text_encoder,
                                         text_features.WordVocab.from_json(wv / "word_embedding_glove.json"))

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..moment import tokenize
 from ..shards import DatasetWriter
 from .common import (MAX_MISSING_FRACTION, MIN_VOCAB_COVERAGE, ConversionError, Glove, Vocab, check_coverage,
                      check_loss, add_glove_arguments, chunks, load_json, moment_table,
@@ -135,8 +136,6 @@ def convert(root, *, name: str, producer_name: str, source: str, split_files: di
         unknown = [s for s in vsplits if s not in records]
         if unknown:
             raise ConversionError(f"--vocab-splits {unknown[0]!r} is not converted; converted: {', '.join(records)}")
-        from ..moment import tokenize
-
         counts = Counter(w for sp in vsplits for v in records[sp].values() for q in v["queries"] for w in tokenize(q[3]))
         glove = Glove.load(glove_txt, glove_pkl, glove_npy, glove_vocab, words=set(counts))
         mode = vocab if vocab != "auto" else ("glove" if glove.rows is not None else "sentences")
@@ -179,8 +178,6 @@ def convert(root, *, name: str, producer_name: str, source: str, split_files: di
 def _coverage(records: dict, vocab: Vocab) -> tuple[int, int]:
     """(tokens with a GloVe vector, tokens) over a split's sentences: ``<UNK>`` and words the GloVe
     file lacks (zero vectors of ``--vocab sentences``) are not covered."""
-    from ..moment import tokenize
-
     zero = ~np.any(vocab.vectors != 0, axis=1)
     found = n = 0
     for rec in records.values():

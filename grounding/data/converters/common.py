@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 
 from ... import __version__
+from .. import safe_pickle
+from ..moment import tokenize
 from ..schema import moment_schema, vocab_schema, wsvog_schema
 from ..storage import redact
 
@@ -310,8 +312,6 @@ class Glove:
         if txt:
             return cls._from_txt(need_file(txt, "--glove-txt"), set(words) if words is not None else None)
         if pkl:
-            from .. import safe_pickle
-
             p = need_file(pkl, "--glove-pkl")
             d = safe_pickle.load(p, allow_numpy=True, allow_counter=True)
             if not isinstance(d, dict) or "w2id" not in d or "id2vec" not in d:
@@ -455,8 +455,6 @@ class Vocab:
         return cls([PAD, *words], vecs, [0, *[counts[w] for w in words]], "sentences", missing)
 
     def encode(self, sentence: str) -> list[int]:
-        from ..moment import tokenize
-
         return [self.ids.get(t, self.unk_id) for t in tokenize(sentence, self.ids)]
 
     def table(self) -> pa.Table:

@@ -61,6 +61,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..shards import DatasetWriter
+from ._moment import split_files
 from ..tube import (DECLARATIVE, INTERROGATIVE, PAD_ID, UNK_ID, category_words, link_tubes, noun_lexicon,
                     relation_positions, subject_position, tube_table, tube_tokens)
 from ..schema import classes_schema, vocab_schema
@@ -374,8 +375,6 @@ def add_arguments(p, fmt: str = NAME) -> None:
 
 
 def run(args, root, common: dict, fmt: str = NAME):
-    from ._moment import split_files
-
     defaults = DEFAULTS if fmt == NAME else HC_DEFAULTS
     if fmt == HCSTVG and args.annotations and (Path(args.annotations) / HC2_DEFAULTS["train"]).is_file():
         defaults = HC2_DEFAULTS

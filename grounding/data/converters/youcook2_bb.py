@@ -63,6 +63,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from .. import safe_pickle, text_features
 from ..schema import classes_schema
 from ..shards import DatasetWriter
 from .common import (
@@ -106,7 +107,7 @@ def read_class_vectors(ann: Path) -> tuple[Path, np.ndarray]:
         return npy, np.load(npy, allow_pickle=False).astype(np.float32)
     if not pth.is_file():
         raise ConversionError(f"--annotations {ann}: neither {GLOVE_PTH} (the causal release) nor {GLOVE_NPY} is there")
-    import torch
+    import torch  # lazy: only for the causal release's .pth GloVe dictionary
 
     try:
         t = torch.load(pth, map_location="cpu", weights_only=True)
@@ -175,8 +176,6 @@ def _box(b: dict) -> list[float] | None:
 
 def load_nafae_sentences(folder: Path, splits) -> dict[str, str]:
     """Segment id -> sentence from NAFAE's ``<split>_entities.pkl`` (restricted unpickler)."""
-    from .. import safe_pickle
-
     out = {}
     for sp in splits:
         p = need_file(folder / f"{sp}_entities.pkl", f"--nafae {folder}: {sp}_entities.pkl")
@@ -306,8 +305,6 @@ def convert(root, annotations, features, proposals, sizes=(), boxes=(), splits=(
     feat = None
     dims = {"T": T, "N": N, "D": D}
     if text_encoder:
-        from .. import text_features
-
         wv = Path(word_vectors) if word_vectors else ann / "word_embedding_glove.json"
         need_file(wv, "word vectors for the text features (--word-vectors, or word_embedding_glove.json in --annotations)")
         with open(class_csv) as f:
