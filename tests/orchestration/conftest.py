@@ -40,3 +40,18 @@ def sweep(tmp_path, tmp_path_factory, monkeypatch, capsys):
         return e.value.code, out.err.strip().splitlines(), out.out
 
     return run
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """One local Ray cluster the module's sweeps join (``ray.address=``), as sweeps on a lab's
+    cluster do: each sweep then skips starting and stopping a Ray of its own (seconds each). The
+    sweep that starts its own local Ray runs in the default suite (test_stages.py)."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    cluster.wait_for_nodes()
+    try:
+        yield cluster.address
+    finally:
+        cluster.shutdown()

@@ -24,7 +24,7 @@ def three_nodes():
 
 @pytest.mark.slow
 def test_two_worker_ddp_trials_spread_across_nodes(tmp_path, smoke_root, three_nodes):
-    proc = run_sweep(tmp_path, "method=causal", "smoke=true", "trials=2", "concurrent=1", "workers=2",
+    proc = run_sweep(tmp_path, "method=causal", "smoke=true", "trials=1", "concurrent=1", "workers=2",
                      f"ray.address={three_nodes.address}", f"data.root={smoke_root}", "name=multinode",
                      env=sweep_env(tmp_path))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -32,7 +32,7 @@ def test_two_worker_ddp_trials_spread_across_nodes(tmp_path, smoke_root, three_n
     exp = client.get_experiment_by_name("video-grounding")
     children = client.search_runs([exp.experiment_id], filter_string="tags.sweep = 'multinode' and tags.trial_id != ''")
     children = [c for c in children if "mlflow.parentRunId" in c.data.tags]
-    assert len(children) == 2
+    assert len(children) == 1  # one staged trial: its backbone task and its three DDP stages
     for c in children:
         assert c.info.status == "FINISHED"
         assert c.data.metrics["cluster/world_size"] == 2

@@ -59,6 +59,8 @@ def test_a_signal_ends_the_sweep_cleanly_and_it_resumes(tmp_path, slow_root, sig
     assert all(c.info.status != "RUNNING" for c in children)
     asked_before = len(study_trials(tmp_path, "sig"))
     assert 1 <= asked_before <= 3
+    if sig == signal.SIGINT:
+        return  # what follows a stop (resume, extension refused) is the same for both signals: SIGTERM runs it
     # more trials only for a finished sweep: one line, exit 2
     more = run_sweep(tmp_path, "resume=sig", "trials=5", env=env, timeout=300)
     assert more.returncode == 2 and more.stderr.strip().startswith(

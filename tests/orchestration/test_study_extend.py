@@ -30,20 +30,20 @@ def _runs(tmp_path):
 
 
 @pytest.mark.slow  # two sweeps: about 4 minutes on a loaded 2-core box
-def test_a_finished_sweep_is_extended_without_repeating_its_trials(tmp_path, smoke_root):
-    first = run_sweep(tmp_path, "method=stvg", "smoke=true", f"data.root={smoke_root}", "trials=2", "name=ext")
+def test_a_finished_sweep_is_extended_without_repeating_its_trials(tmp_path, smoke_root, ray_address, sweep):
+    ray = f"ray.address={ray_address}"
+    first = run_sweep(tmp_path, "method=stvg", "smoke=true", f"data.root={smoke_root}", "trials=2", "name=ext", ray)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     before = [t.params for t in _study(tmp_path, "ext").trials]
     assert len(before) == 2
 
     # no more trials than it ran: one line, exit 2, nothing started
-    same = run_sweep(tmp_path, "resume=ext", "trials=2", timeout=300)
-    assert same.returncode == 2 and "ray" not in same.stdout.lower()
-    assert same.stderr.strip().splitlines() == [
+    code, lines, _ = sweep(f"resume={tmp_path / 'ray_results' / 'ext'}", "trials=2")  # in process, Ray a tripwire
+    assert code == 2 and lines == [
         "error: trials=2 is out of range for resume=ext, which already ran 2 trials; allowed: more than 2 "
         "(the extra trials extend the sweep)"]
 
-    more = run_sweep(tmp_path, "resume=ext", "trials=3")
+    more = run_sweep(tmp_path, "resume=ext", "trials=3", ray)
     assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
     assert "extending ext by 1 trial(s) after its 2 in ext-1" in more.stdout
     study = _study(tmp_path, "ext")
@@ -85,7 +85,7 @@ def test_a_finished_sweep_is_extended_without_repeating_its_trials(tmp_path, smo
     state["extensions"].append({"folder": "ext-2", "trials": 1, "finished": False})
     (tmp_path / "ray_results" / "ext" / "sweep.json").write_text(json.dumps(state))
     (tmp_path / "ray_results" / "ext" / "ext-2").mkdir()
-    again = run_sweep(tmp_path, "resume=ext")
+    again = run_sweep(tmp_path, "resume=ext", ray)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "ext-2 stopped before Tune saved its state: starting its 1 trial(s) again" in again.stdout
     assert "extending ext by 1 trial(s) after its 3 in ext-2" in again.stdout

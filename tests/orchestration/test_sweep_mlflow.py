@@ -40,10 +40,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("method", registry.names())
-def test_smoke_sweep_records_parent_children_curves_and_test_metrics(tmp_path, smoke_roots, method):
+def test_smoke_sweep_records_parent_children_curves_and_test_metrics(tmp_path, smoke_roots, method, ray_address):
     task = tasks.get(registry.task_of(method))
     proc = run_sweep(tmp_path, f"method={method}", "smoke=true", f"data.root={smoke_roots[task.name]}",
-                     f"name=smoke-{method}")
+                     f"name=smoke-{method}", f"ray.address={ray_address}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client, parents, children = _runs(tmp_path)
 
@@ -165,9 +165,9 @@ def _assert_lineage_and_figures(tmp_path, client, parent, children, name, root):
     assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == len(children)
 
 
-def test_asha_stops_weak_trials_and_leaves_nothing_running(tmp_path, smoke_root):
+def test_asha_stops_weak_trials_and_leaves_nothing_running(tmp_path, smoke_root, ray_address):
     proc = run_sweep(tmp_path, "method=stvg", "smoke=true", f"data.root={smoke_root}", "trials=4", "epochs=3",
-                     "scheduler=asha", "concurrent=1", "name=asha")
+                     "scheduler=asha", "concurrent=1", "name=asha", f"ray.address={ray_address}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client, parents, children = _runs(tmp_path)
     assert len(children) == 4

@@ -1,6 +1,7 @@
 """The trial loop (:func:`orchestration.worker.trial.train_loop`) on a fake session, no Ray: it
 reports every epoch with its checkpoint, a restored trial continues after its checkpoint's epoch,
-and the final evaluation scores the checkpoint's selected predictor on the test splits."""
+and the final evaluation scores the checkpoint's selected predictor (its best-validation epoch) on
+the test splits, the last epoch's beside it. How these land in MLflow: test_callbacks.py."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from ray.train import Checkpoint
 
+from grounding import engine, tasks
 from grounding.data.shards import Dataset
+from grounding.models import registry
 from orchestration.worker import trial
 from orchestration.worker.final_eval import evaluate_selected
 
@@ -67,3 +71,35 @@ def test_the_final_evaluation_scores_the_selected_predictor_on_both_test_splits(
     assert 1 <= result["selected_epoch"] <= 3 and result["last_epoch"] == 3
     for split in ("test_iid", "test_ood"):
         assert 0.0 <= result[f"{split}/box_micro"] <= 1.0 and f"last/{split}/box_micro" in result
+
+
+def test_selection_on_validation_delivers_the_best_epoch_and_reports_the_last_beside_it(yc2_tiny, make_spec,
+                                                                                      tmp_path):
+    """A trial's test metrics are those of its best-validation epoch (the earliest of equals); the
+    last epoch's are reported beside them (``last/<split>/*``); ``val/*`` is what it would deliver."""
+    spec = make_spec(method="stvg", data_root=str(yc2_tiny), data_digest=Dataset.open(yc2_tiny).digest, epochs=3,
+                     cache_dir=str(tmp_path / "cache"), fixed={"embed_dim": 16, "heads": 4, "batch_size": 4})
+    session = FakeSession(tmp_path / "run")
+    trial.train_loop({"lr": 3e-3}, spec, session)
+    own = {r["epoch"]: r["epoch_val/box_micro"] for r in session.reports}
+    best = max(own, key=lambda e: (own[e], -e))
+    assert [r["val/box_micro"] for r in session.reports] == pytest.approx(
+        [max(own[e] for e in range(1, k + 1)) for k in (1, 2, 3)])
+
+    # every epoch's own weights, from its checkpoint, scored on the test splits here
+    td = tasks.load(Dataset.open(yc2_tiny), splits=("train", "test_iid", "test_ood"))
+    scored = {}
+    for folder in session.folders:
+        state = trial.load_state(folder)["group"]  # state.pt with the weights it shares with selected.pt
+        pkg = torch.load(Path(folder) / trial.SELECTED_FILE, map_location="cpu", weights_only=True)
+        model = registry.build("stvg", pkg["stages"]["stvg"]["params"], td.info)
+        model.load_state_dict(state["stages"]["stvg"]["model"])
+        scored[int(state["epoch"])] = {sp: engine.evaluate(model, td[sp], td.task, td.info)
+                                       for sp in ("test_iid", "test_ood")}
+    result = evaluate_selected(Checkpoint.from_directory(session.folders[-1]), spec)
+    assert result["selected_epoch"] == best and result["last_epoch"] == 3
+    for split in ("test_iid", "test_ood"):
+        for k, v in scored[best][split].items():
+            assert result[f"{split}/{k}"] == pytest.approx(v, abs=1e-9), (split, k)
+        for k, v in scored[3][split].items():
+            assert result[f"last/{split}/{k}"] == pytest.approx(v, abs=1e-9), (split, k)
