@@ -182,3 +182,18 @@ def test_killed_writer_leaves_nothing_used(roots, tmp_path):
     (partial / "features.npy").write_bytes(b"half")
     tasks.load(ds, splits=("train",))
     assert not partial.exists() and (folder / "meta.json").exists()
+
+
+def test_a_remote_root_is_mapped_in_the_node_cache(roots, s3_server, tmp_path):
+    from _data_helpers import new_bucket
+
+    from grounding.data.shards import publish
+
+    url = f"s3://{new_bucket(s3_server)}/yc2"
+    publish(roots["wsvog"], url)
+    remote = _open(url, tmp_path)
+    data = tasks.load(remote, splits=("train", "val"))
+    assert (_split_folder(remote, "val") / "meta.json").exists()
+    local = tasks.load(_open(roots["wsvog"], tmp_path / "other"), splits=("train", "val"), mapped=False)
+    for split in ("train", "val"):
+        _same_batches(data[split], local[split])
