@@ -88,15 +88,20 @@ def open_split(ds: Dataset, split: str, cls: type, layout: Layout,
     if n == 0:  # nothing to map
         return from_table(ds.read_split(split, rank, world))
     folder = split_dir(ds.cache, ds.digest, split)
-    with locking.exclusive(folder, "mapping"):
-        try:
-            meta = _check(ds, folder, split)
-        except (DataError, OSError, ValueError, KeyError, TypeError) as e:
-            if folder.exists():
-                print(f"mapped copy {folder} is not valid ({str(e).splitlines()[0]}); rebuilding",
-                      file=sys.stderr, flush=True)
-            _build(ds, folder, split, layout, from_table)
-            meta = _check(ds, folder, split)
+    try:
+        with locking.exclusive(folder, "mapping"):
+            try:
+                meta = _check(ds, folder, split)
+            except (DataError, OSError, ValueError, KeyError, TypeError) as e:
+                if folder.exists():
+                    print(f"mapped copy {folder} is not valid ({str(e).splitlines()[0]}); rebuilding",
+                          file=sys.stderr, flush=True)
+                _build(ds, folder, split, layout, from_table)
+                meta = _check(ds, folder, split)
+    except OSError as e:  # a read-only or full cache: this process decodes the split itself
+        print(f"cannot write the mapped copy of {split} under {ds.cache.dir} ({e}); "
+              f"reading it into this process's memory", file=sys.stderr, flush=True)
+        return from_table(ds.read_split(split, rank, world))
     whole = _open(folder, meta, cls, layout, fixed)
     return part(whole, layout, rank, world)
 

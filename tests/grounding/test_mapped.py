@@ -197,3 +197,13 @@ def test_a_remote_root_is_mapped_in_the_node_cache(roots, s3_server, tmp_path):
     local = tasks.load(_open(roots["wsvog"], tmp_path / "other"), splits=("train", "val"), mapped=False)
     for split in ("train", "val"):
         _same_batches(data[split], local[split])
+
+
+def test_a_cache_that_cannot_be_written_falls_back_to_the_in_memory_reader(roots, tmp_path, capfd, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mapped, "_build", full)
+    data = tasks.load(_open(roots["wsvog"], tmp_path), splits=("val",))["val"]
+    assert not isinstance(data.features, np.memmap)
+    assert "cannot write the mapped copy of val" in capfd.readouterr().err
