@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .data import mapped as mapped_form
 from .data.moment import MomentArrays, content_flags
 from .data.shards import Dataset
 from .data.tube import TubeArrays
@@ -43,7 +44,7 @@ class Task(Protocol):
     metric_names: tuple[str, ...]
     default_metric: str
 
-    def load_split(self, ds: Dataset, split: str, rank: int, world: int) -> Any: ...
+    def load_split(self, ds: Dataset, split: str, rank: int, world: int, mapped: bool = True) -> Any: ...
     def data_info(self, ds: Dataset, train: Any, seed: int) -> DataInfo: ...
     def accumulator(self, info: DataInfo) -> Accumulator: ...
     def baselines(self, arrays: Any, info: DataInfo) -> dict[str, dict[str, float]]: ...
@@ -54,9 +55,18 @@ class WsvogTask:
     metric_names = wsvog_metrics.NAMES
     default_metric = "box_micro"
 
-    def load_split(self, ds: Dataset, split: str, rank: int = 0, world: int = 1):
+    layout = mapped_form.Layout(
+        dense=("features", "proposals", "text_sentence"),
+        rows=("queries", "gt_class", "gt_boxes", "gt_valid", "text_query", "word_ids", "word_pos"),
+        row_strings=("segment_ids",),
+        pad={"queries": -1, "gt_class": -1, "word_ids": -1, "word_pos": -1})
+
+    def load_split(self, ds: Dataset, split: str, rank: int = 0, world: int = 1, mapped: bool = True):
         d = ds.manifest.dims
-        return WsvogArrays.from_table(ds.read_split(split, rank, world), d["T"], d["N"], d["D"])
+        read = lambda t: WsvogArrays.from_table(t, d["T"], d["N"], d["D"])  # noqa: E731
+        if mapped:
+            return mapped_form.open_split(ds, split, WsvogArrays, self.layout, read, rank, world)
+        return read(ds.read_split(split, rank, world))
 
     def data_info(self, ds: Dataset, train, seed: int = 0) -> DataInfo:
         classes = ds.read_table("classes").sort_by("class_id")
@@ -102,10 +112,16 @@ class MomentTask:
     def _vocab(ds: Dataset):
         return ds.read_table("vocab").sort_by("word_id")
 
-    def load_split(self, ds: Dataset, split: str, rank: int = 0, world: int = 1):
+    layout = mapped_form.Layout(dense=("features",), queries=("video_index", "words", "lengths", "moments", "duration"),
+                                row_strings=("video_ids",), query_strings=("sample_ids",))
+
+    def load_split(self, ds: Dataset, split: str, rank: int = 0, world: int = 1, mapped: bool = True):
         d = ds.manifest.dims
         content = content_flags(self._vocab(ds)["word"].to_pylist())
-        return MomentArrays.from_table(ds.read_split(split, rank, world), d["L"], d["D"], content=content)
+        read = lambda t: MomentArrays.from_table(t, d["L"], d["D"], content=content)  # noqa: E731
+        if mapped:
+            return mapped_form.open_split(ds, split, MomentArrays, self.layout, read, rank, world, content=content)
+        return read(ds.read_split(split, rank, world))
 
     def data_info(self, ds: Dataset, train, seed: int = 0) -> DataInfo:
         vocab = self._vocab(ds)
@@ -123,7 +139,7 @@ class MomentTask:
     def baselines(self, arrays, info: DataInfo, batch_size: int = 1024) -> dict[str, dict[str, float]]:
         acc = self.accumulator(info)
         for i in range(0, len(arrays), batch_size):
-            acc.update("random", arrays.moments[i:i + batch_size])
+            acc.update("random", np.array(arrays.moments[i:i + batch_size]))  # a writable copy of the map
         return {"random": acc.compute()}
 
 
@@ -137,8 +153,17 @@ class TubeTask:
     metric_names = tube_metrics.NAMES
     default_metric = "m_viou"
 
-    def load_split(self, ds: Dataset, split: str, rank: int = 0, world: int = 1):
-        return TubeArrays.from_table(ds.read_split(split, rank, world), ds.manifest.dims)
+    layout = mapped_form.Layout(
+        dense=("frame_feats", "region_feats", "boxes", "frame_valid", "frame_ids", "tubes"),
+        queries=("video_index", "tokens", "sentence_form", "subject_pos", "subject_class", "rel_subj", "rel_obj",
+                 "rel_pred", "rel_valid", "gt_segment", "gt_fids", "gt_boxes", "gt_box_valid"),
+        row_strings=("video_ids",), query_strings=("sample_ids",))
+
+    def load_split(self, ds: Dataset, split: str, rank: int = 0, world: int = 1, mapped: bool = True):
+        read = lambda t: TubeArrays.from_table(t, ds.manifest.dims)  # noqa: E731
+        if mapped:
+            return mapped_form.open_split(ds, split, TubeArrays, self.layout, read, rank, world)
+        return read(ds.read_split(split, rank, world))
 
     def data_info(self, ds: Dataset, train, seed: int = 0) -> DataInfo:
         vocab = ds.read_table("vocab").sort_by("word_id")
@@ -197,12 +222,17 @@ class TaskData:
 
 
 def load(ds: Dataset, splits=("train", *EVAL_SPLITS), rank: int = 0, world: int = 1, seed: int = 0,
-         optional=("test_iid", "test_ood")) -> TaskData:
+         optional=("test_iid", "test_ood"), mapped: bool = True) -> TaskData:
     """Read this rank's share of each split (the whole split for world == 1). Splits named in
     ``optional`` are left out when the dataset lacks them (a converted dataset may have a single
-    test split); any other missing split is an error naming what the dataset has."""
+    test split); any other missing split is an error naming what the dataset has.
+
+    ``mapped`` (default): the arrays are read-only maps of the node's mapped copy of each split
+    (:mod:`grounding.data.mapped`, built on first use), features in the dataset's dtype until a
+    batch converts them; False decodes the Parquet shards into this process's memory."""
     task = get(ds.manifest.task)
     present = set(ds.manifest.splits)
-    arrays = {sp: task.load_split(ds, sp, rank, world) for sp in splits if sp in present or sp not in optional}
+    arrays = {sp: task.load_split(ds, sp, rank, world, mapped=mapped)
+              for sp in splits if sp in present or sp not in optional}
     info = task.data_info(ds, arrays.get("train"), seed)
     return TaskData(task=task, info=info, splits=arrays, digest=ds.digest)

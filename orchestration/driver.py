@@ -48,7 +48,7 @@ def trial_spec(cfg, ds, *, name: str, storage: str, method: str, epochs: int, se
     return TrialSpec(
         sweep=name, method=method, task=cfg.task, data_root=ds.root, data_digest=ds.digest,
         cache_dir=cfg["data.cache_dir"], cache_max_bytes=int(cfg["data.cache_max_gb"] * 2**30),
-        epochs=epochs, seed=seed, fixed=dict(fixed), metric=metric, workers=cfg["workers"],
+        mapped=cfg["data.mapped"], epochs=epochs, seed=seed, fixed=dict(fixed), metric=metric, workers=cfg["workers"],
         use_trainer=cfg["workers"] > 1 or cfg["trainer"] == "always",
         cpus_per_worker=cfg["cpus_per_worker"], gpus_per_worker=cfg["gpus_per_worker"],
         threads=max(1, int(cfg["cpus_per_worker"])), amp=cfg["amp"],

@@ -68,7 +68,7 @@ class ShardCache:
         key = (os.path.abspath(path), st.st_size, st.st_mtime_ns, entry.sha256)
         if key in self._verified:
             return
-        stamp = self.dir / "stamps" / hashlib.sha256(repr(key).encode()).hexdigest()
+        stamp = self._stamp_path(key)
         if not stamp.exists():
             digest = sha256_file(path)
             if digest != entry.sha256:
@@ -76,11 +76,25 @@ class ShardCache:
                     f"shard {name} fails its checksum: sha256 {digest[:16]}…, "
                     f"the manifest says {entry.sha256[:16]}…"
                 )
-            try:
-                stamp.parent.mkdir(parents=True, exist_ok=True)
-                stamp.write_text(entry.sha256)
-            except OSError:
-                pass  # a read-only cache only costs a re-hash next time
+            self._write_stamp(stamp, entry.sha256)
+        self._verified.add(key)
+
+    def _stamp_path(self, key: tuple) -> Path:
+        return self.dir / "stamps" / hashlib.sha256(repr(key).encode()).hexdigest()
+
+    def _write_stamp(self, stamp: Path, sha256: str) -> None:
+        try:
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(sha256)
+        except OSError:
+            pass  # a read-only cache only costs a re-hash next time
+
+    def stamp(self, path: str | os.PathLike, sha256: str) -> None:
+        """Remember that ``path`` (as it is now: size, mtime) has this sha256 — for a file this
+        process just wrote and hashed, so that :meth:`check_local` skips the hash."""
+        st = os.stat(path)
+        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns, sha256)
+        self._write_stamp(self._stamp_path(key), sha256)
         self._verified.add(key)
 
     # ----------------------------------------------------------- remote files

@@ -13,7 +13,7 @@ import shutil
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -260,6 +260,22 @@ class Dataset:
             cols = columns or schema.names
             return schema.empty_table().select(cols)
         return pa.concat_tables(self._read_parts(plan, columns))
+
+    def iter_split(self, split: str) -> Iterator[pa.Table]:
+        """The split's rows shard by shard, each shard verified as :meth:`read_split` does; up to
+        ``fetch_workers`` shards ahead are fetched (remote) or hashed (local) meanwhile. Holds
+        one decoded shard at a time (what the mapped form's writer streams)."""
+        shards = self.manifest.split_shards(split)
+        if not shards:
+            return
+        pool = ThreadPoolExecutor(max(1, min(self.fetch_workers, len(shards))))
+        try:
+            ready = [pool.submit(self.local_file, e) for e in shards]
+            for entry, fut in zip(shards, ready):
+                fut.result()
+                yield self._read_part(entry, 0, entry.rows, None)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _read_parts(self, plan: list[tuple[FileEntry, int, int]], columns: list[str] | None) -> list[pa.Table]:
         """Each shard's rows ``[a, b)``, ``fetch_workers`` shards at a time: fetching and hashing one

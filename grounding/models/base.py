@@ -14,7 +14,9 @@ from torch import nn
 class DataInfo:
     """What a model may know about its dataset when it is built.
 
-    ``train_features`` is this process's training features (for memory-bank initialisation);
+    ``train_features`` is this process's training features (for memory-bank initialisation), in
+    the dataset's dtype and usually a read-only map of the node's copy: gather the rows needed,
+    never convert the whole array;
     ``class_vectors``/``class_priors`` describe the object vocabulary (WSVOG/STVG),
     ``word_vectors`` the word vocabulary (moment).
     """

@@ -254,12 +254,13 @@ def _init_bank(info: DataInfo, num: int, frames: bool, seed: int) -> torch.Tenso
     n = len(feats)
     rows = rng.integers(0, n, num)
     ts = rng.integers(0, T, num)
+    # one gather of the sampled rows (the features may be a float16 map of the node's copy)
     if frames:
-        x = np.stack([feats[r, t] for r, t in zip(rows, ts)])
+        x = feats[rows, ts]
     else:
         ns = rng.integers(0, N, num)
-        x = np.stack([feats[r, t, k] for r, t, k in zip(rows, ts, ns)])
-    return F.normalize(torch.from_numpy(x.astype(np.float32)), dim=-1)
+        x = feats[rows, ts, ns]
+    return F.normalize(torch.from_numpy(np.asarray(x, dtype=np.float32)), dim=-1)
 
 
 class FusedProposalEncoder(ProposalEncoder):

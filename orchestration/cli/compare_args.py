@@ -45,7 +45,7 @@ from .sweep_args import SweepConfig
 # keys of the sweep that mean the same here
 SHARED = ("name", "epochs", "concurrent", "workers", "trainer", "cpus_per_worker", "gpus_per_worker",
           "amp", "smoke", "search.metric", "data.root", "data.generate", "data.seed", "data.dim", "data.cache_dir",
-          "data.cache_max_gb", "mlflow.tracking_uri", "mlflow.experiment", "storage_path", "ray.address",
+          "data.cache_max_gb", "data.mapped", "mlflow.tracking_uri", "mlflow.experiment", "storage_path", "ray.address",
           "checkpoints.keep", "failures", "eval_batch_size")
 OWN: tuple[Key, ...] = (
     Key("methods", list, [], "methods to compare, comma-separated (one task family); required"),

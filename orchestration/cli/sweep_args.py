@@ -68,9 +68,11 @@ KEYS: tuple[Key, ...] = (
         "(without it such a root is an error; the default ./data/<benchmark> is always generated on first use)"),
     Key("data.seed", int, 0, "seed of the generated benchmark", at_least(0)),
     Key("data.dim", int, 0, "feature size D of the generated benchmark (0 = the benchmark's default)", at_least(0)),
-    Key("data.cache_dir", str, "", "node-local cache of remote shards (default: ~/.cache/grounding)",
+    Key("data.cache_dir", str, "", "node-local cache of remote shards and mapped splits (default: ~/.cache/grounding)",
         env="GROUNDING_CACHE_DIR"),
     Key("data.cache_max_gb", float, 50.0, "size bound of the shard cache in GB", positive),
+    Key("data.mapped", bool, True, "trials map the node's one copy of each split (false: decode the shards "
+        "into each trial's memory)"),
     Key("mlflow.tracking_uri", str, "", "MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)",
         env="MLFLOW_TRACKING_URI"),
     Key("mlflow.experiment", str, "video-grounding", "MLflow experiment holding the sweeps"),

@@ -34,6 +34,7 @@ class TrialSpec:
     storage_path: str  # Ray's storage: checkpoints and Train runs
     checkpoints_keep: int
     failures: int  # retries of a failed trial or worker from its last checkpoint
+    mapped: bool = True  # map the node's mapped copy of each split (grounding.data.mapped); False: decode
     shared: Mapping[str, dict] = dataclasses.field(default_factory=dict)  # stage name -> shared stage reference
 
     def cell(self, method: str, seed: int, params: Mapping[str, Any], shared: Mapping[str, dict]) -> TrialSpec:
