@@ -290,10 +290,20 @@ class Dataset:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
+    def _open_verified(self, entry: FileEntry, tries: int = 3) -> pa.OSFile:
+        """The verified shard, open. An open file survives a later cache eviction; a fetch in
+        another thread or worker can still unlink it between its check and the open, so a shard
+        found missing then is fetched and checked again."""
+        for attempt in range(tries):
+            try:
+                return pa.OSFile(self.local_file(entry))
+            except FileNotFoundError:
+                if attempt == tries - 1:
+                    raise
+
     def _read_part(self, entry: FileEntry, a: int, b: int, columns: list[str] | None) -> pa.Table:
         """Rows ``[a, b)`` of one verified shard (fetched into the cache first if remote)."""
-        # An open file survives a later cache eviction (another worker's fetch may unlink it).
-        with pa.OSFile(self.local_file(entry)) as src:
+        with self._open_verified(entry) as src:
             if a == 0 and b == entry.rows:  # the whole shard: pyarrow decodes its row groups in parallel
                 t = pq.read_table(src, columns=columns)
                 self._check_schema(entry, pq.read_schema(src) if columns else t.schema)
