@@ -235,7 +235,7 @@ class Driver:
         return self.interrupt.signum is not None
 
     # --------------------------------------------------------------------------------- close
-    def close(self, name: str, metric: str, results, closing: Callable[[str], str] | None) -> None:
+    def close(self, name: str, metric: str, results, closing: Callable[[str], str]) -> None:
         """Shut Ray down (no trial runs on while the records are written), write the sender's last
         records, then ``closing(note)`` (the summary text, with the sender's ``note`` on an outage,
         written to the parent and ending it) and print it; when the tracking server cannot take
@@ -245,7 +245,7 @@ class Driver:
         except KeyboardInterrupt:
             pass
         try:
-            if self.parent is None or closing is None:
+            if self.parent is None:
                 return
             text = self._closing_text(name, metric, results, closing)
             print("\n" + scrub(text), flush=True)

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from orchestration import callbacks
 from orchestration.callbacks import Children, FinalTest, MlflowTrialLogger, ProgressLines
 from orchestration.cli.compare_args import Cell
+from orchestration.tracking import sender as sender_module
 from orchestration.tracking.sender import Sender
 
 
@@ -40,8 +41,8 @@ def _logger(store, tmp_path, children: Children, epochs: int = 3) -> MlflowTrial
     client, exp, parent = store
     logger = MlflowTrialLogger(client.tracking_uri, exp, parent, epochs, children,
                                pending_path=str(tmp_path / "pending.json"))
-    callbacks.sender.__globals__["_SENDERS"][parent] = Sender(client.tracking_uri, exp, parent, epochs,
-                                                              str(tmp_path / "pending.json"))
+    sender_module._SENDERS[parent] = Sender(client.tracking_uri, exp, parent, epochs,  # the sweep's one sender
+                                            str(tmp_path / "pending.json"))
     return logger
 
 
