@@ -36,6 +36,7 @@ class ResolvedStage:
     init: str | None
     select: tuple[str, ...]
     seed_offset: int = 0
+    converge: tuple[int, float] = (0, 0.005)  # (patience, min_delta) of grounding.training.Plateau; 0: all epochs
 
     def identity(self) -> dict[str, Any]:
         """What determines this stage's result besides data, seed and its init (for keys)."""
@@ -45,6 +46,8 @@ class ResolvedStage:
                "select": list(self.select), "init": self.init}
         if self.seed_offset:  # absent at 0, so existing stage keys are unchanged
             out["seed_offset"] = self.seed_offset
+        if self.converge[0]:  # likewise absent without a convergence rule
+            out["converge"] = list(self.converge)
         return out
 
 
@@ -66,10 +69,12 @@ def is_shared(recipe: Recipe, name: str, searched: set[str]) -> bool:
 
 
 def resolve(recipe: Recipe, method: str, hp: dict[str, Any], fixed: dict[str, Any], epochs: int,
-            metric: str, only: set[str] | None = None) -> dict[str, ResolvedStage]:
+            metric: str, only: set[str] | None = None,
+            converge: tuple[int, float] = (0, 0.005)) -> dict[str, ResolvedStage]:
     """Each stage's model params, optimiser and epochs from the trial's sampled ``hp``, the
     sweep's ``fixed`` values and the stage's own overrides (which win); ``only``: these stages
-    (e.g. the shared ones, which the driver resolves before any value is sampled)."""
+    (e.g. the shared ones, which the driver resolves before any value is sampled). ``converge``:
+    every stage's convergence rule (its epochs become a maximum)."""
     merged = {**fixed, **hp}
     allowed = set(registry.config_fields(method)) | set(OPTIM_KEYS)
     for s in recipe.stages:
@@ -88,12 +93,14 @@ def resolve(recipe: Recipe, method: str, hp: dict[str, Any], fixed: dict[str, An
         optim = {k: v for k, v in base.items() if k in OPTIM_KEYS}
         optim.update(s.optim)
         out[s.name] = ResolvedStage(s.name, s.method, params, OptimConfig(**optim), s.epochs or epochs,
-                                    s.init, tuple(s.select) or (metric,), s.seed_offset)
+                                    s.init, tuple(s.select) or (metric,), s.seed_offset,
+                                    (int(converge[0]), float(converge[1])))
     return out
 
 
 def plan(method: str, hp: dict[str, Any], fixed: dict[str, Any], epochs: int,
-         metric: str, searched: set[str] | None = None) -> tuple[Recipe, dict[str, ResolvedStage]]:
+         metric: str, searched: set[str] | None = None,
+         converge: tuple[int, float] = (0, 0.005)) -> tuple[Recipe, dict[str, ResolvedStage]]:
     """The recipe of a trial and its resolved stages. With ``searched`` (the sweep's searched
     names, before any value is sampled): only the shared prerequisites are resolved."""
     merged = {**fixed, **hp}
@@ -103,4 +110,4 @@ def plan(method: str, hp: dict[str, Any], fixed: dict[str, Any], epochs: int,
     only = None
     if searched is not None:
         only = {n for n in recipe.prerequisites() if is_shared(recipe, n, searched)}
-    return recipe, resolve(recipe, method, hp, fixed, epochs, metric, only)
+    return recipe, resolve(recipe, method, hp, fixed, epochs, metric, only, converge)

@@ -296,14 +296,42 @@ def train_stage(rs: ResolvedStage, data, seed: int, device, init_state: dict | N
     group = Group(recipe, {rs.name: StageRun(rs, data, seed, device, init_state, wrap)}, data.task, data.info,
                   eval_batch_size)
     history = []
+    rule = Plateau(*rs.converge)
     for _ in range(rs.epochs):
         m = group.step(data, amp)
         history.append({"epoch": group.epoch, **m})
         if on_epoch is not None:
             on_epoch(group.epoch, m)
+        if rule.update(group.runs[rs.name].score(group.runs[rs.name].best.metrics)):
+            break
     best = group.runs[rs.name].best
     return {"epoch": best.epoch, "metrics": dict(best.metrics), "model": best.state, "history": history,
             "method": rs.method, "params": dict(rs.params)}
+
+
+@dataclasses.dataclass
+class Plateau:
+    """When a validation curve is flat: for ``patience`` consecutive epochs no score has exceeded
+    the reference (the score of the last epoch that did) by more than ``min_delta``, so a slow steady
+    climb is not flat (``patience`` 0: never flat, the run takes its whole epoch budget). The rule
+    every converged result in this project states."""
+
+    patience: int
+    min_delta: float = 0.005
+    ref: float = -math.inf
+    stale: int = 0
+
+    def update(self, score: float) -> bool:
+        """Record one epoch's score; True once the curve is flat."""
+        if score > self.ref + self.min_delta:
+            self.ref, self.stale = score, 0
+        else:
+            self.stale += 1
+        return self.patience > 0 and self.stale >= self.patience
+
+    def describe(self) -> str:
+        return (f"flat: no gain > {self.min_delta:g} in the validation selection score for {self.patience} epochs"
+                if self.patience > 0 else "fixed epoch budget (no convergence rule)")
 
 
 class Predictor(nn.Module):

@@ -53,7 +53,8 @@ def trial_spec(cfg, ds, *, name: str, storage: str, method: str, epochs: int, se
         cpus_per_worker=cfg["cpus_per_worker"], gpus_per_worker=cfg["gpus_per_worker"],
         threads=max(1, int(cfg["cpus_per_worker"])), amp=cfg["amp"],
         placement="SPREAD" if cfg["workers"] > 1 else "PACK", eval_batch_size=cfg["eval_batch_size"],
-        storage_path=storage, checkpoints_keep=cfg["checkpoints.keep"], failures=cfg["failures"])
+        storage_path=storage, checkpoints_keep=cfg["checkpoints.keep"], failures=cfg["failures"],
+        converge_patience=cfg["converge.patience"], converge_min_delta=cfg["converge.min_delta"])
 
 
 class Interrupt:

@@ -50,7 +50,7 @@ from .worker.stage_store import MANIFEST, StageError, build_stage, read_manifest
 def shared_stages(spec: TrialSpec, searched: set[str]) -> list[tuple[str, recipes.ResolvedStage, str]]:
     """``(name, resolved stage, key)`` of every shared prerequisite of the sweep's recipe (the
     recipe as the sweep's fixed values and the method's defaults declare it)."""
-    recipe, resolved = recipes.plan(spec.method, {}, spec.fixed, spec.epochs, spec.metric, searched)
+    recipe, resolved = recipes.plan(spec.method, {}, spec.fixed, spec.epochs, spec.metric, searched, spec.converge)
     return [(n, resolved[n], recipes.stage_key(recipe, resolved, n, spec.data_digest, spec.seed))
             for n in recipe.prerequisites() if n in resolved]
 
@@ -110,7 +110,7 @@ def resolve_backbone(value: str, spec: TrialSpec, ds, client_factory) -> dict:
     if man is None:
         raise StageError(f"backbone={value}: no stage manifest ({MANIFEST}) at {uri}")
     rs = recipes.resolve(recipe, spec.method, {}, spec.fixed, spec.epochs, spec.metric,
-                         set(recipe.chain("backbone")))["backbone"]
+                         set(recipe.chain("backbone")), spec.converge)["backbone"]
     if man["data_digest"] != ds.digest:
         raise StageError(f"backbone={value}: trained on dataset {man['data_digest'][:12]}, this sweep's is "
                          f"{ds.digest[:12]}; allowed: a backbone of the same dataset")

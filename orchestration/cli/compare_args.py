@@ -43,7 +43,7 @@ from .keys import ConfigError, Key, coerce, field_type, key_lines, name_problem,
 from .sweep_args import SweepConfig
 
 # keys of the sweep that mean the same here
-SHARED = ("name", "epochs", "concurrent", "workers", "trainer", "cpus_per_worker", "gpus_per_worker",
+SHARED = ("name", "epochs", "converge.patience", "converge.min_delta", "concurrent", "workers", "trainer", "cpus_per_worker", "gpus_per_worker",
           "amp", "smoke", "search.metric", "data.root", "data.generate", "data.seed", "data.dim", "data.cache_dir",
           "data.cache_max_gb", "data.mapped", "mlflow.tracking_uri", "mlflow.experiment", "storage_path", "ray.address",
           "checkpoints.keep", "failures", "eval_batch_size")
@@ -62,7 +62,7 @@ OWN: tuple[Key, ...] = (
 OWN_INDEX = {k.name: k for k in OWN}
 HELP = {  # the shared keys whose meaning differs in a comparison
     "name": "comparison name (default: compare-<timestamp>); also the Ray experiment folder",
-    "epochs": "epochs per trial (every trial runs them all)",
+    "epochs": "epochs per trial (all of them, unless converge.patience stops a flat trial earlier)",
     "concurrent": "maximum concurrent trials",
     "smoke": "tiny comparison: smoke-sized data, 2 epochs, seeds 0 and 1 (unless given)",
     "search.metric": "validation metric reported per trial (default: the method's task's: box_micro for "

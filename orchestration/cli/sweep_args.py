@@ -43,6 +43,11 @@ KEYS: tuple[Key, ...] = (
         _name_or_empty),
     Key("trials", int, 8, "number of trials (configurations) to run", at_least(1)),
     Key("epochs", int, 4, "maximum epochs per trial (ASHA stops weak trials earlier)", at_least(1)),
+    Key("converge.patience", int, 0, "stop a trial once its validation curve is flat: no gain above "
+        "converge.min_delta in val/<search.metric> for this many epochs (0: every trial may run all its epochs)",
+        at_least(0)),
+    Key("converge.min_delta", float, 0.005, "the gain (absolute, in the metric's units) that counts as "
+        "progress for converge.patience", at_least(0.0)),
     Key("concurrent", int, 2, "maximum concurrent trials", at_least(1)),
     Key("workers", int, 1, "Ray Train workers per trial (>1 runs a TorchTrainer with DDP)", at_least(1)),
     Key("trainer", str, "auto", "auto: single-worker trials train in the trial's actor; always: every trial "

@@ -35,7 +35,14 @@ class TrialSpec:
     checkpoints_keep: int
     failures: int  # retries of a failed trial or worker from its last checkpoint
     mapped: bool = True  # map the node's mapped copy of each split (grounding.data.mapped); False: decode
+    converge_patience: int = 0  # stop once val/<metric> is flat (grounding.training.Plateau); 0: all epochs
+    converge_min_delta: float = 0.005
     shared: Mapping[str, dict] = dataclasses.field(default_factory=dict)  # stage name -> shared stage reference
+
+    @property
+    def converge(self) -> tuple[int, float]:
+        """(patience, min_delta) of every stage's convergence rule (grounding.training.Plateau)."""
+        return self.converge_patience, self.converge_min_delta
 
     def cell(self, method: str, seed: int, params: Mapping[str, Any], shared: Mapping[str, dict]) -> TrialSpec:
         """A comparison cell: this spec under the cell's method, seed and full configuration."""

@@ -110,7 +110,7 @@ def build_stage(spec: TrialSpec, searched: list[str], name: str, uri: str, key: 
     device = torch.device("cuda" if use_cuda else "cpu")
     data = load_data(spec, 0, 1)
     recipe, resolved = recipes.plan(spec.method, {}, spec.fixed, spec.epochs, spec.metric,
-                                    set(searched))
+                                    set(searched), spec.converge)
     rs = resolved[name]
     init = None
     if rs.init:

@@ -88,7 +88,8 @@ def _same_state(a: dict | None, b: dict | None) -> bool:
             and all(torch.equal(a[k].detach().cpu(), b[k]) for k in a))
 
 
-def _save(group: training.Group, hp: dict, spec: TrialSpec, data, directory: str) -> None:
+def _save(group: training.Group, hp: dict, spec: TrialSpec, data, directory: str,
+          plateau: training.Plateau | None = None) -> None:
     """``state.pt``: everything a restarted trial continues from; ``selected.pt``: the predictor
     the trial delivers so far (each output stage at its selected epoch), evaluated on the test
     splits once the trial ends (:mod:`orchestration.callbacks`).
@@ -105,7 +106,8 @@ def _save(group: training.Group, hp: dict, spec: TrialSpec, data, directory: str
         st["best"] = {**st["best"], "state": None}  # = selected.pt's stages[n]["model"]
         if int(st["best"]["epoch"]) == int(st["epoch"]) and _same_state(st["model"], selected):
             st["model"] = None  # the current weights are the selected ones
-    torch.save({"group": state, "torch_rng": torch.get_rng_state(), "weights_in": SELECTED_FILE},
+    torch.save({"group": state, "torch_rng": torch.get_rng_state(), "weights_in": SELECTED_FILE,
+                "plateau": {"ref": plateau.ref, "stale": plateau.stale} if plateau else None},
                os.path.join(directory, STATE_FILE))
     torch.save(package, os.path.join(directory, SELECTED_FILE))
 
@@ -129,11 +131,13 @@ def load_state(directory: str, package: dict | None = None) -> dict | None:
     return state
 
 
-def _restore(checkpoint, group: training.Group) -> int:
+def _restore(checkpoint, group: training.Group, plateau: training.Plateau) -> int:
     with checkpoint.as_directory() as d:
         state = load_state(d)
     group.load_state_dict(state["group"])
     torch.set_rng_state(state["torch_rng"])
+    if state.get("plateau"):
+        plateau.ref, plateau.stale = float(state["plateau"]["ref"]), int(state["plateau"]["stale"])
     return group.epoch
 
 
@@ -155,7 +159,7 @@ def train_loop(hp: dict, spec: TrialSpec, session: Session) -> None:
     amp = use_cuda and spec.amp
     data = load_data(spec, session.rank, session.world)
     recipe, resolved = recipes.plan(spec.method, hp, spec.fixed, spec.epochs,
-                                    spec.metric)
+                                    spec.metric, converge=spec.converge)
 
     def ddp(m):
         return torch.nn.parallel.DistributedDataParallel(
@@ -167,9 +171,10 @@ def train_loop(hp: dict, spec: TrialSpec, session: Session) -> None:
     init, used = prerequisites(recipe, resolved, spec, data, device, wrap, amp)
     group = training.build_group(recipe, resolved, data, spec.seed, device, init, wrap, spec.eval_batch_size)
     start = 0
+    plateau = training.Plateau(spec.converge_patience, spec.converge_min_delta)
     ckpt = session.checkpoint()
     if ckpt is not None:
-        start = _restore(ckpt, group)
+        start = _restore(ckpt, group, plateau)
     nodes = 1
     if session.world > 1:
         hosts = [None] * session.world
@@ -185,10 +190,14 @@ def train_loop(hp: dict, spec: TrialSpec, session: Session) -> None:
             metrics["cluster/world_size"] = session.world
             metrics["cluster/nodes"] = nodes  # distinct Ray nodes the ranks run on
             metrics.update({f"tag/stage.{n}.{k}": v for n, u in used.items() for k, v in u.items()})
+        flat = plateau.update(metrics[f"val/{spec.metric}"])
+        metrics["converge/flat"] = float(flat)  # 1 at the epoch the trial stops as converged
         with tempfile.TemporaryDirectory() as d:
             if session.rank == 0:
-                _save(group, hp, spec, data, d)
+                _save(group, hp, spec, data, d, plateau)
             session.report(metrics, d if session.rank == 0 else None)
+        if flat:  # every rank sees the same val metric (merged over ranks), so all stop together
+            break
 
 
 def _worker_loop(config: dict) -> None:

@@ -179,3 +179,22 @@ def test_causal_staged_recipe_is_the_authors_procedure():
     assert alone.outputs == ("backbone",) and alone.combine is None
     joint, _ = recipes.plan("causal", {}, {"protocol": "joint"}, 3, "box_micro")
     assert joint.trivial and joint.outputs == ("causal",)
+
+
+def test_the_plateau_rule_counts_epochs_without_a_real_gain_and_a_slow_climb_is_not_flat():
+    from grounding.training import Plateau
+    rule = Plateau(patience=2, min_delta=0.01)
+    assert [rule.update(v) for v in (0.30, 0.305, 0.309)] == [False, False, True]
+    climb = Plateau(patience=2, min_delta=0.01)  # +0.006 per epoch: every second epoch beats the reference
+    assert not any(climb.update(0.30 + 0.006 * k) for k in range(10))
+    assert not any(Plateau(patience=0).update(0.5) for _ in range(5))
+
+
+def test_a_convergence_rule_enters_a_stage_key_only_when_set():
+    from grounding import recipes
+    recipe, plain = recipes.plan("causal", {}, {}, 3, "box_micro")
+    _, same = recipes.plan("causal", {}, {}, 3, "box_micro", converge=(0, 0.5))
+    _, ruled = recipes.plan("causal", {}, {}, 3, "box_micro", converge=(2, 0.005))
+    key = lambda st: recipes.stage_key(recipe, st, "backbone", "d", 0)  # noqa: E731
+    assert key(plain) == key(same) != key(ruled)
+    assert ruled["backbone"].converge == (2, 0.005)

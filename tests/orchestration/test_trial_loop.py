@@ -103,3 +103,23 @@ def test_selection_on_validation_delivers_the_best_epoch_and_reports_the_last_be
             assert result[f"{split}/{k}"] == pytest.approx(v, abs=1e-9), (split, k)
         for k, v in scored[3][split].items():
             assert result[f"last/{split}/{k}"] == pytest.approx(v, abs=1e-9), (split, k)
+
+
+def test_a_flat_validation_curve_stops_the_trial_and_the_rule_survives_a_restore(spec, tmp_path):
+    """``converge.patience``: once val/<metric> has not risen above the reference by more than
+    ``min_delta`` for ``patience`` epochs the trial stops, saying so in ``converge/flat``; a min_delta
+    no score can beat makes the curve flat after exactly ``patience`` epochs past the first."""
+    import dataclasses
+    flat = dataclasses.replace(spec, epochs=6, converge_patience=2, converge_min_delta=2.0)
+    s = FakeSession(tmp_path / "a")
+    trial.train_loop({"lr": 1e-3}, flat, s)
+    assert [r["epoch"] for r in s.reports] == [1, 2, 3]
+    assert [r["converge/flat"] for r in s.reports] == [0.0, 0.0, 1.0]
+
+    again = FakeSession(tmp_path / "b", restore_from=s.folders[1])  # restarted after epoch 2: one stale epoch kept
+    trial.train_loop({"lr": 1e-3}, flat, again)
+    assert [r["epoch"] for r in again.reports] == [3]
+
+    off = FakeSession(tmp_path / "c")  # patience 0: the whole budget
+    trial.train_loop({"lr": 1e-3}, dataclasses.replace(spec, converge_min_delta=2.0), off)
+    assert [r["epoch"] for r in off.reports] == [1, 2, 3] and not any(r["converge/flat"] for r in off.reports)
