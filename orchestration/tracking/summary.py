@@ -23,6 +23,8 @@ from scipy import stats as scipy_stats
 import search_spaces
 
 SPLITS = ("test_iid", "test_ood", "val", "last/test_iid", "last/test_ood")
+BUDGET = "budget"  # per trial: epochs it ran, 1 if it stopped flat (converge.patience), its selected epoch
+BUDGET_METRICS = ("epochs_run", "converged", "selected_epoch")
 SPLIT_LABELS = {"test_iid": "IID test", "test_ood": "OOD test", "val": "val",
                 "last/test_iid": "IID test, last epoch (not selected; for reference)",
                 "last/test_ood": "OOD test, last epoch (not selected; for reference)"}
@@ -123,6 +125,11 @@ def group_results(runs: list, metric_names: tuple[str, ...], methods: list[str],
                 v = r.data.metrics.get(f"{sp}/{m}")
                 if v is not None:
                     g[sp][m].append((int(r.data.tags["seed"]), float(v)))
+        b = g.setdefault(BUDGET, {m: [] for m in BUDGET_METRICS})
+        for m, key in zip(BUDGET_METRICS, ("epoch", "converge/flat", "selected_epoch")):
+            v = r.data.metrics.get(key)
+            if v is not None:
+                b[m].append((int(r.data.tags["seed"]), float(v)))
     return groups
 
 
@@ -163,4 +170,17 @@ def markdown(rows: list[dict], metric_names: tuple[str, ...], title: str) -> str
                 n = r["n"]
                 cells.append(format_cell(Summary(r["n"], r["mean"], r["std"], r["ci95_low"], r["ci95_high"])))
             lines.append(f"| {method} | {variant} | {n} | " + " | ".join(cells) + " |")
+    budget = [r for r in rows if r["split"] == BUDGET]
+    if budget:
+        lines += ["", "### Budget", "",
+                  "Per trial: epochs run, whether it stopped with a flat validation curve (converge.patience; "
+                  "0 of n: every trial ran out of epochs) and its selected (best-validation) epoch.", "",
+                  "| method | variant | seeds | epochs run | stopped flat | selected epoch |", "|---|---|---:|---|---:|---|"]
+        for method, variant in dict.fromkeys((r["method"], r["variant"]) for r in budget):
+            get = {r["metric"]: r for r in budget if (r["method"], r["variant"]) == (method, variant)}
+            span = lambda m: ("-" if m not in get else  # noqa: E731
+                              "{}–{}".format(*(int(f(float(x) for x in get[m]["values"].split(","))) for f in (min, max))))
+            flat = f"{round(get['converged']['mean'] * get['converged']['n'])} of {get['converged']['n']}" if "converged" in get else "-"
+            n = max(r["n"] for r in get.values())
+            lines.append(f"| {method} | {variant} | {n} | {span('epochs_run')} | {flat} | {span('selected_epoch')} |")
     return "\n".join(lines)

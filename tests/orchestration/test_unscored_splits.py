@@ -31,3 +31,13 @@ def test_summary_and_compare_show_a_dash_for_an_unscored_split():
     assert "### IID test" not in md and "### OOD test" in md  # no IID cell, so no 0 either
     val_row = next(ln for ln in md.split("### val")[1].splitlines() if ln.startswith("| causal"))
     assert val_row.strip(" |").split(" | ")[3:] == ["-", "25.0", "-", "-"]
+
+
+def test_the_compare_table_states_each_rows_budget_and_how_many_trials_stopped_flat():
+    runs = [_run({"test_iid/box_micro": 0.5, "epoch": e, "converge/flat": f, "selected_epoch": s},
+                 method="stvg", variant="default", seed=str(i))
+            for i, (e, f, s) in enumerate([(7, 1.0, 4), (12, 0.0, 12), (9, 1.0, 6)])]
+    rows = compare.table_rows(compare.group_results(runs, NAMES, ["stvg"], []))
+    md = compare.markdown(rows, NAMES, "t")
+    line = next(ln for ln in md.split("### Budget")[1].splitlines() if ln.startswith("| stvg"))
+    assert line.strip(" |").split(" | ") == ["stvg", "default", "3", "7–12", "2 of 3", "4–12"]
