@@ -81,14 +81,29 @@ def child(args) -> None:
 
         def report(self, metrics, checkpoint_dir):
             self.reports.append(dict(metrics))
+            if args.keep and checkpoint_dir:  # the last epoch's checkpoint, for --final-eval
+                import shutil
+                shutil.rmtree(args.keep, ignore_errors=True)
+                shutil.copytree(checkpoint_dir, args.keep)
 
-    for k in range(args.trials):
-        spec = TrialSpec(sweep="bench", method="stvg", task="wsvog", data_root=args.root, data_digest=ds.digest,
+    def spec_for(args, k):
+        return TrialSpec(sweep="bench", method="stvg", task="wsvog", data_root=args.root, data_digest=ds.digest,
                          cache_dir=args.cache_dir, cache_max_bytes=200 * 2**30, epochs=args.epochs,
                          seed=args.seed + k, fixed=dict(mod.FIXED), metric="box_micro", workers=1,
                          use_trainer=False, cpus_per_worker=1.0, gpus_per_worker=0.0, threads=1, amp=False,
                          placement="PACK", eval_batch_size=128, storage_path="", checkpoints_keep=1, failures=0,
                          mapped=args.mapped)
+
+    for k in range(args.trials):
+        spec = spec_for(args, k)
+        if args.final_eval:  # the trial's final evaluation task, on its last checkpoint
+            from ray.train import Checkpoint
+            from orchestration.worker.final_eval import evaluate_selected
+            t0 = time.time()
+            res = evaluate_selected(Checkpoint.from_directory(args.final_eval), spec)
+            print(json.dumps({"final_eval": True, "wall_s": time.time() - t0, "memory": smaps(os.getpid()),
+                              "test_iid_box_micro": res.get("test_iid/box_micro")}), flush=True)
+            return
         rec = Recorder()
         t0 = time.time()
         trial.train_loop(dict(mod.PAPER), spec, rec)
@@ -237,6 +252,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--trials", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--cache-dir", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--keep", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--final-eval", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--final-eval-check", action="store_true",
+                    help="also run a trial's final evaluation (its own process, as the sweep's Ray task) on the "
+                         "trial's last checkpoint and compare its peak memory with the trial's")
     ap.add_argument("--dim", type=int, default=4096, help="feature size D of the large dataset")
     ap.add_argument("--limit", type=int, default=450, help="segments per split of the generated benchmark")
     ap.add_argument("--epochs", type=int, default=2)
@@ -284,6 +304,20 @@ def main() -> None:
                 results[key] = {"summary": summary(g), **g}
                 print(key, json.dumps(results[key]["summary"]), flush=True)
                 _write(out)
+        if dim and args.final_eval_check:
+            keep = str(work / "final-eval-ckpt")
+            t = run_group([child_cmd(str(root), True, args.epochs, cache, seed=0) + ["--keep", keep]])
+            f = run_group([child_cmd(str(root), True, args.epochs, cache, seed=0) + ["--final-eval", keep]])
+            gb = lambda b: round(b / 2**30, 3)  # noqa: E731
+            pss = lambda g: g["peak_per_process"][0]["Pss_Anon"] + g["peak_per_process"][0]["Pss_File"]  # noqa: E731
+            out["final_eval"] = {"dataset": name, "trial_peak_pss_gb": gb(pss(t)), "trial_peak_anon_gb":
+                                 gb(t["peak_per_process"][0]["Pss_Anon"]), "final_eval_peak_pss_gb": gb(pss(f)),
+                                 "final_eval_peak_anon_gb": gb(f["peak_per_process"][0]["Pss_Anon"]),
+                                 "final_eval_returncode": f["processes"][0]["returncode"],
+                                 "final_eval": (f["processes"][0].get("trials") or [None])[0]}
+            out["final_eval"]["holds"] = out["final_eval"]["final_eval_peak_pss_gb"] <= out["final_eval"]["trial_peak_pss_gb"]
+            print("final eval", json.dumps(out["final_eval"]), flush=True)
+            _write(out)
         if dim and args.pairs:
             rounds = []
             for k in range(args.pairs):
