@@ -131,6 +131,13 @@ generated benchmarks' do; counted over every rank): a "ground-truth proposal" is
 * ``acl_temporal_content_visible`` / ``acl_temporal_style_visible``: of the content (style) frames
   of the pairs whose object is visible somewhere in the video, the share in which it is visible.
 
+Measured with these diagnostics (``bench/mechanism_probe.py``; generated YouCook2-BB, T = 5,
+N = 20): a frame holds 6.1 object proposals on average (median 6), so the published ``B_r = 10``
+puts every one of them (target, partners, distractors) in the content set in 94 % of frames; with a
+backbone trained 3 epochs the content set holds the ground-truth proposal in 95 % of (pair, frame)s
+at ``B_r = 10`` but it is only 10 % of the slots, against 50 % of them at ``B_r = 1`` (table in
+``search_spaces/causal.py``, whose ``B_r`` is drawn log-uniformly from 1 to N/2).
+
 Gradient probe (``loss_terms``, ``grad_groups``; :func:`grounding.engine.grad_probe`, once per
 epoch): terms ``mil`` (``L_MIL``; under ``bda_form=code`` it trains the fused BDA map too),
 ``acl_spatial``, ``acl_temporal`` and, under ``bda_form=project``, ``bda``, each as it is summed

@@ -62,6 +62,15 @@ Diagnostics and gradient probe. ``loss_terms`` gives the engine's once-per-epoch
 floor replaced it: the term is then a pure pull of ``d+_c``), and ``stran_top_prob``, the mean top
 probability of ``softmax_n(M^f / tau)`` over real (object, frame)s (``1/N`` = uniform).
 
+What the published ``tau = 1`` does here (measured with this probe, ``bench/mechanism_probe.py``;
+generated YouCook2-BB, B = 32, T = 5, N = 20, D = 256, 128-d model): the region cosines lie in a
+narrow band, so ``softmax_n(M / tau)`` is nearly uniform (top probability 0.054 against 1/N =
+0.05 at initialisation, 0.061 after 3 epochs) and ``0.2 (L_STran + L_TTran)`` sends 1/300 of
+``L^f_MIL``'s gradient into the stable encoder; the ratio grows about as 1/tau and reaches 1/10 at
+``tau ~ 0.03`` (table in ``search_spaces/scl.py``, whose range now reaches 0.01). CAOS sits on its
+floor for 99 % of the class terms at initialisation (92-94 % after 3 epochs) and sends 6x
+``L^f_MIL``'s gradient into ``E_f`` (1.2 against 0.19; 2.5x after 3 epochs).
+
 Choices where the paper is silent beyond those labelled: training from scratch (A18, no ``init_from``);
 the negative object's generator state is not checkpointed (a resumed trial draws other negatives).
 Not implemented: Fig. 2's "reconstruction loss" (A19: not in Eq. 18) and Table 3's fusion
