@@ -17,6 +17,18 @@ Optimiser and learning-rate schedule (:class:`OptimConfig`, :func:`make_optimize
 * ``step`` (torch's StepLR per epoch): ``base * step_gamma ** (epoch // step_epochs)``.
 
 ``grad_clip`` > 0 clips the global gradient norm before each update.
+
+Gradient probe (:func:`grad_probe`): a model with ``loss_terms(batch)`` (``stvg``, ``causal``,
+``scl``; :class:`~grounding.models.base.GroundingModel`) is probed once per epoch, before the
+epoch's first update, on one fixed batch: this rank's first ``batch_size`` training rows (the same
+rows every epoch), in training mode, in float32 (no autocast), with the random draws (dropout,
+sampled style items, sampled negatives) seeded by (seed, rank) and the global and CUDA generators
+restored afterwards, so probing changes nothing about training. For each term, one
+``torch.autograd.grad`` on the same forward gives ``grad/<term>/<group>``: the L2 norm of the
+gradient the term (weight included) sends into each of ``grad_groups()``' parameter groups; a term
+that does not reach a group gives 0. Under ``torch.distributed`` every rank probes its own first
+rows (no collective inside) and the logged value is the mean of the ranks' norms (one all-reduce
+after the probe).
 """
 
 from __future__ import annotations
@@ -137,6 +149,51 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def grad_probe(model: nn.Module, batch: dict[str, torch.Tensor], seed: int = 0) -> dict[str, float]:
+    """``{"grad/<term>/<group>": norm}`` for a model with ``loss_terms`` (module docstring): the L2
+    norm of ``d term / d params`` over each parameter group of ``model.grad_groups()``, 0.0 where
+    the term does not reach the group. ``model`` may be DDP-wrapped (the module itself is probed,
+    so DDP's hooks never see it); its train/eval mode is used as it is. The forward runs with the
+    CPU (and current CUDA) generator seeded with ``seed`` and both are restored afterwards."""
+    net = unwrap(model)
+    groups = {name: [p for p in ps if p.requires_grad] for name, ps in net.grad_groups().items()}
+    names = list(groups)
+    params = [p for n in names for p in groups[n]]
+    device = next(iter(net.parameters())).device
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    out: dict[str, float] = {}
+    with torch.random.fork_rng(devices=cuda), torch.enable_grad():
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.manual_seed(seed)
+        terms = net.loss_terms(batch)
+        for term, loss in terms.items():
+            reaches = isinstance(loss, torch.Tensor) and loss.requires_grad and bool(params)
+            grads = (torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) if reaches
+                     else [None] * len(params))
+            sq, i = [], 0
+            for n in names:
+                parts = [g.detach().double().pow(2).sum() for g in grads[i:i + len(groups[n])] if g is not None]
+                sq.append(torch.stack(parts).sum() if parts else torch.zeros((), dtype=torch.float64, device=device))
+                i += len(groups[n])
+            norms = torch.stack(sq).sqrt().tolist() if sq else []
+            out.update({f"grad/{term}/{n}": float(v) for n, v in zip(names, norms)})
+    return out
+
+
+def _probe_epoch(model: nn.Module, data: Any, cfg: OptimConfig, seed: int, device) -> dict[str, float]:
+    """The epoch's gradient probe on this rank's first ``batch_size`` rows, averaged over ranks."""
+    rank, world = distributed()
+    batch = data.batch(np.arange(min(cfg.batch_size, len(data))), device)
+    probe_seed = int(np.random.SeedSequence([seed, rank, 0x6A09]).generate_state(1)[0])
+    out = grad_probe(model, batch, probe_seed)
+    if world > 1:  # every rank has the same keys (they follow the model's config)
+        keys = sorted(out)
+        summed = _all_reduce(torch.tensor([out[k] for k in keys], dtype=torch.float64, device=device))
+        out = {k: float(v) / world for k, v in zip(keys, summed)}
+    return out
+
+
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Any, cfg: OptimConfig,
                     epoch: int, seed: int, device: str | torch.device = "cpu",
                     amp: bool = False, scheduler: Any = None) -> dict[str, float]:
@@ -146,7 +203,9 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: An
     Returns the mean of each logged loss over all ranks' steps, plus ``steps`` and
     ``samples_per_s``, and with a scheduler ``lr``, the learning rate the next update would use.
     A model with ``epoch_end_logs()`` (``causal``'s bank drift) adds what it returns, once per epoch;
-    a model with ``epoch_start(epoch)`` (``vcma``'s E/M phase) is told the epoch before the first step."""
+    a model with ``epoch_start(epoch)`` (``vcma``'s E/M phase) is told the epoch before the first step;
+    a model with ``loss_terms(batch)`` adds its gradient probe, ``grad/<term>/<group>`` (module
+    docstring), taken after ``epoch_start`` and before the first update."""
     device = torch.device(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
     rank, world = distributed()
@@ -157,6 +216,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: An
     steps = steps_per_epoch(data, cfg)
     if steps == 0:
         raise ValueError(f"{len(data)} training rows on rank {rank} cannot fill one batch of {cfg.batch_size}")
+    probe = _probe_epoch(model, data, cfg, seed, device) if hasattr(unwrap(model), "loss_terms") else {}
     totals: dict[str, float] = {}
     t0 = time.perf_counter()
     for s in range(steps):
@@ -179,6 +239,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: An
     keys = sorted(totals)
     summed = _all_reduce(torch.tensor([totals[k] for k in keys], dtype=torch.float64))
     out = {k: float(v) / (steps * world) for k, v in zip(keys, summed)}
+    out.update(probe)
     out["steps"] = steps
     out["samples_per_s"] = steps * cfg.batch_size * world / max(elapsed, 1e-9)
     if hasattr(unwrap(model), "epoch_end_logs"):

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 
@@ -47,6 +48,16 @@ class GroundingModel(nn.Module):
 
     ``task`` names the task family whose batches it reads and whose metric scores it:
     ``wsvog`` predictions are proposal scores ``[B, Kq, T, N]``.
+
+    Optional hooks the engine (:func:`grounding.engine.train_one_epoch`) calls when a model has them:
+
+    * ``loss_terms(batch) -> {term: loss}``: the separate terms of the training loss for one batch,
+      each as it enters the total (weight included), computed without side effects (no memory-bank
+      update, no diagnostic counted, the model's own random generators left as they were). With
+      it, the engine's once-per-epoch gradient probe logs ``grad/<term>/<group>``, the gradient norm
+      each term sends into each of :meth:`grad_groups`' parameter groups
+      (:func:`grounding.engine.grad_probe`).
+    * ``epoch_start(epoch)``, ``epoch_end_logs() -> {name: float}``: see the engine.
     """
 
     task: ClassVar[str]
@@ -68,6 +79,37 @@ class GroundingModel(nn.Module):
     @torch.no_grad()
     def predict(self, batch: dict[str, torch.Tensor]) -> Any:
         raise NotImplementedError
+
+    def grad_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named groups of the trainable parameters, for the gradient probe (``loss_terms``): by
+        default one per top-level submodule that has any, and ``other`` for the model's own."""
+        groups = {}
+        for name, child in self.named_children():
+            params = [p for p in child.parameters() if p.requires_grad]
+            if params:
+                groups[name] = params
+        own = [p for p in self._parameters.values() if p is not None and p.requires_grad]
+        if own:
+            groups["other"] = own
+        return groups
+
+
+def trainable(*modules: nn.Module | None) -> list[nn.Parameter]:
+    """The trainable parameters of ``modules`` (None entries skipped), for ``grad_groups``."""
+    return [p for m in modules if m is not None for p in m.parameters() if p.requires_grad]
+
+
+def sum_over_ranks(values: list[float]) -> list[float]:
+    """``values`` summed element-wise over the ranks of an initialised process group (a collective:
+    every rank must call it with a list of the same length); unchanged on one process. Models use it
+    in ``epoch_end_logs`` so that every rank reports the same per-epoch diagnostics."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return t.cpu().tolist()
 
 
 def check_config(cfg: Any, rules: dict[str, tuple]) -> None:

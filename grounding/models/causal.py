@@ -117,7 +117,35 @@ constraint is violated) and ``acl_<term>_cge_video`` (the fraction of videos); `
 fraction of negatives sharing an object with their positive. ``epoch_end_logs()`` returns
 ``bank_drift_region``/``bank_drift_frame``: the mean cosine of every bank entry to its value at
 the previous call (the first call compares with the initial entries); ``engine.train_one_epoch``
-calls it once at the end of every epoch and adds it to the epoch's logs.
+calls it once at the end of every epoch and adds it to the epoch's logs. It also returns what the
+content sets held over the epoch's training steps, on training rows that carry boxes (the
+generated benchmarks' do; counted over every rank): a "ground-truth proposal" is one that hits
+(IoU > 0.5, the metric's hit) a visible instance of the pair's queried class.
+
+* ``acl_spatial_content_gt_share``: of the content slots of the (pair, frame)s that have a
+  ground-truth proposal, the share that hold one (at most about ``1 / B_r`` with one such
+  proposal per frame: how diluted the content set is);
+  ``acl_spatial_content_gt_recall``: the share of those (pair, frame)s whose content set holds one;
+  ``acl_spatial_style_gt_share``: the share of the style slots that hold one (the object itself
+  intervened as style).
+* ``acl_temporal_content_visible`` / ``acl_temporal_style_visible``: of the content (style) frames
+  of the pairs whose object is visible somewhere in the video, the share in which it is visible.
+
+Measured with these diagnostics (``bench/mechanism_probe.py``; generated YouCook2-BB, T = 5,
+N = 20): a frame holds 6.1 object proposals on average (median 6), so the published ``B_r = 10``
+puts every one of them (target, partners, distractors) in the content set in 94 % of frames; with a
+backbone trained 3 epochs the content set holds the ground-truth proposal in 95 % of (pair, frame)s
+at ``B_r = 10`` but it is only 10 % of the slots, against 50 % of them at ``B_r = 1`` (table in
+``search_spaces/causal.py``, whose ``B_r`` is drawn log-uniformly from 1 to N/2).
+
+Gradient probe (``loss_terms``, ``grad_groups``; :func:`grounding.engine.grad_probe`, once per
+epoch): terms ``mil`` (``L_MIL``; under ``bda_form=code`` it trains the fused BDA map too),
+``acl_spatial``, ``acl_temporal`` and, under ``bda_form=project``, ``bda``, each as it is summed
+into the loss; groups ``visual`` (the proposal encoder ``W_p`` + self-attention), ``query`` (the
+class-word embedding ``W_q``), ``temporal`` (``Temp``) and, with ``bda`` on, ``bda`` (``code``:
+the object map ``W_g``; ``project``: ``Ev``, ``Eq``). The memory banks are buffers moved by
+momentum, not by gradients, so they are no group; their movement is ``bank_drift_*``. The probe
+does not update the banks. Keys: ``grad/<term>/<group>``, e.g. ``grad/acl_spatial/visual``.
 
 Choices where paper and code are silent (stated here):
 
@@ -144,7 +172,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses import log_loss, mil_ranking_loss, symmetric_mil_loss
-from .base import DataInfo, check_choice, check_config
+from ..metrics.wsvog import IOU_THRESHOLD, box_iou
+from .base import DataInfo, check_choice, check_config, sum_over_ranks, trainable
 from .memory import MemoryBank
 from .recipe import Recipe, Stage, sigmoid_ensemble
 from .registry import register
@@ -244,6 +273,19 @@ def staged_components(cfg: CausalConfig) -> tuple[str, ...]:
     return out or ("backbone",)
 
 
+# epoch_end_logs key -> (numerator, denominator) counts (module docstring, "Diagnostics")
+_GT_RATIOS = {
+    "acl_spatial_content_gt_share": ("s_content_hits", "s_content_slots"),
+    "acl_spatial_content_gt_recall": ("s_content_any", "s_frames"),
+    "acl_spatial_style_gt_share": ("s_style_hits", "s_style_slots"),
+    "acl_temporal_content_visible": ("t_content_visible", "t_content_frames"),
+    "acl_temporal_style_visible": ("t_style_visible", "t_style_frames"),
+}
+_GT_COUNTS = {"spatial": ("s_frames", "s_content_slots", "s_content_hits", "s_content_any", "s_style_slots",
+                          "s_style_hits"),
+              "temporal": ("t_content_frames", "t_content_visible", "t_style_frames", "t_style_visible")}
+
+
 def _init_bank(info: DataInfo, num: int, frames: bool, seed: int) -> torch.Tensor:
     T, N, D = info.dims["T"], info.dims["N"], info.dims["D"]
     rng = np.random.default_rng([seed, 31337, int(frames)])
@@ -298,6 +340,10 @@ class Causal(STVG):
         if cfg.acl_temporal and cfg.B_f >= T:
             raise ValueError(f"CausalConfig.B_f={cfg.B_f} must be below T={T} frames")
         E = cfg.embed_dim
+        # the content-set diagnostics' counts over the epoch's training steps (epoch_end_logs)
+        self._gt_counts: dict[str, float] = dict.fromkeys(
+            ([*_GT_COUNTS["spatial"]] if cfg.acl_spatial else []) + ([*_GT_COUNTS["temporal"]] if cfg.acl_temporal else []),
+            0.0)
         if cfg.acl_spatial:
             self.region_bank = MemoryBank(_init_bank(info, cfg.J, False, info.seed), cfg.alpha, pool_key=False,
                                           norm=cfg.frame_norm)
@@ -400,13 +446,53 @@ class Causal(STVG):
         else:
             bank.update(torch.cat([xc, xs]), torch.cat([jc, js]))
 
-    def _acl_spatial(self, parts, pairs, logs):
+    @staticmethod
+    def _gt_hits(batch, pb: torch.Tensor, pk: torch.Tensor):
+        """For the ACL pairs (video ``pb``, query slot ``pk``): ``hit [P, T, N]``, proposal n of frame
+        t hits (IoU > 0.5, the metric's hit) a visible annotated instance of the pair's queried
+        class, and ``visible [P, T]``, such an instance is visible in frame t; None when the batch
+        carries no boxes."""
+        if "gt_boxes" not in batch or "proposals" not in batch:
+            return None
+        gc = batch["gt_class"][pb]  # [P, I]
+        valid = batch["gt_valid"][pb] & ((gc == batch["queries"][pb, pk][:, None]) & (gc >= 0))[..., None]
+        iou = box_iou(batch["proposals"][pb][:, None].float(), batch["gt_boxes"][pb][:, :, :, None].float())
+        return ((iou > IOU_THRESHOLD) & valid[..., None]).any(1), valid.any(1)
+
+    def _count(self, name: str, value) -> None:
+        self._gt_counts[name] = self._gt_counts.get(name, 0.0) + float(value)
+
+    def _count_spatial(self, gt, content: torch.Tensor, style: torch.Tensor) -> None:
+        """Content/style slots over the (pair, frame)s that have a ground-truth proposal."""
+        hit = gt[0]
+        has = hit.any(-1)  # [P, T]
+        c, st = torch.gather(hit, -1, content)[has], torch.gather(hit, -1, style)[has]  # [n, m]
+        self._count("s_frames", has.sum())
+        self._count("s_content_slots", c.numel())
+        self._count("s_content_hits", c.sum())
+        self._count("s_content_any", c.any(-1).sum())
+        self._count("s_style_slots", st.numel())
+        self._count("s_style_hits", st.sum())
+
+    def _count_temporal(self, gt, content: torch.Tensor, style: torch.Tensor) -> None:
+        """Content/style frames of the pairs whose object is visible in some frame."""
+        visible = gt[1]
+        has = visible.any(-1)  # [P]
+        c, st = torch.gather(visible, 1, content)[has], torch.gather(visible, 1, style)[has]
+        self._count("t_content_frames", c.numel())
+        self._count("t_content_visible", c.sum())
+        self._count("t_style_frames", st.numel())
+        self._count("t_style_visible", st.sum())
+
+    def _acl_spatial(self, parts, pairs, logs, train: bool = True, gt=None):
         pb, pk, Q1, m1, Qs1 = (pairs[k] for k in ("pb", "pk", "Q1", "m1", "Qs1"))
         R = parts["R"]
         B, T, N, D = R.shape
         Rp = self._select(pb)(R)  # [P, T, N, D]
         Mq = parts["M"][pb, pk].detach()  # [P, T, N]
         content, style = self._content_style(Mq, self.cfg.B_r, self.cfg.style_draw == "replace")
+        if gt is not None:
+            self._count_spatial(gt, content, style)
         items = {}
         for name, idx in (("content", content), ("style", style)):
             gather = idx[..., None].expand(*idx.shape, D)
@@ -421,11 +507,12 @@ class Causal(STVG):
             p, _, _ = self.score(Q1, m1, Qs1, self.visual(Rint))
             scores.append(p)
         loss = self._acl_loss("spatial", scores[0], scores[1], pb, B, logs)
-        (_, xc, jc), (_, xs, js) = items["content"], items["style"]
-        self._update_bank(self.region_bank, xc.reshape(-1, D), jc, xs.reshape(-1, D), js)
+        if train:
+            (_, xc, jc), (_, xs, js) = items["content"], items["style"]
+            self._update_bank(self.region_bank, xc.reshape(-1, D), jc, xs.reshape(-1, D), js)
         return loss
 
-    def _acl_temporal(self, parts, pairs, logs):
+    def _acl_temporal(self, parts, pairs, logs, train: bool = True, gt=None):
         pb, pk, Q1, m1, Qs1 = (pairs[k] for k in ("pb", "pk", "Q1", "m1", "Qs1"))
         R, V = parts["R"], parts["V"]
         B, T, N, D = R.shape
@@ -434,6 +521,8 @@ class Causal(STVG):
         P = len(pb)
         content, style = self._content_style(parts["G"][pb, pk].detach(), self.cfg.B_f,
                                              self.cfg.style_draw == "replace")  # [P, m]
+        if gt is not None:
+            self._count_temporal(gt, content, style)
         items = {}
         for name, idx in (("content", content), ("style", style)):
             m = idx.shape[1]
@@ -450,8 +539,9 @@ class Causal(STVG):
             p, _, _ = self.score(Q1, m1, Qs1, Vint)
             scores.append(p)
         loss = self._acl_loss("temporal", scores[0], scores[1], pb, B, logs)
-        (_, xc, jc), (_, xs, js) = items["content"], items["style"]
-        self._update_bank(self.frame_bank, xc.reshape(-1, N, D), jc, xs.reshape(-1, N, D), js)
+        if train:
+            (_, xc, jc), (_, xs, js) = items["content"], items["style"]
+            self._update_bank(self.frame_bank, xc.reshape(-1, N, D), jc, xs.reshape(-1, N, D), js)
         return loss
 
     # ------------------------------------------------------------------- BDA
@@ -474,28 +564,54 @@ class Causal(STVG):
         return mil_ranking_loss(p, p_nv, p_nq, self.cfg.eta)
 
     # -------------------------------------------------------------- interface
-    def forward(self, batch):
+    def _terms(self, batch, logs: dict, train: bool = True) -> dict[str, torch.Tensor]:
+        """The loss terms in the order they are summed: ``mil``, then those switched on of
+        ``acl_spatial``, ``acl_temporal``, ``bda`` (``bda_form=project``; under ``code`` BDA is
+        inside ``mil``). ``train``: update the banks and count the content-set diagnostics (a
+        training step); False leaves the model as it was (the gradient probe)."""
         loss_mil, parts = self.mil(batch)
-        logs = {"loss_mil": float(loss_mil.detach())}
+        terms = {"mil": loss_mil}
+        logs["loss_mil"] = float(loss_mil.detach())
         q = batch["queries"]
         shared = ((q[:, :, None] == q[parts["neg"]][:, None, :]) & (q[:, :, None] >= 0)).any(-1).any(-1)
         logs["neg_shared"] = float(shared.float().mean())
-        total = loss_mil
         if self.cfg.acl_spatial or self.cfg.acl_temporal:
             pairs = self._pairs(parts)
+            gt = self._gt_hits(batch, pairs["pb"], pairs["pk"]) if train else None
             if self.cfg.acl_spatial:
-                l_s = self._acl_spatial(parts, pairs, logs)
-                logs["loss_acl_spatial"] = float(l_s.detach())
-                total = total + l_s
+                terms["acl_spatial"] = self._acl_spatial(parts, pairs, logs, train, gt)
+                logs["loss_acl_spatial"] = float(terms["acl_spatial"].detach())
             if self.cfg.acl_temporal:
-                l_t = self._acl_temporal(parts, pairs, logs)
-                logs["loss_acl_temporal"] = float(l_t.detach())
-                total = total + l_t
+                terms["acl_temporal"] = self._acl_temporal(parts, pairs, logs, train, gt)
+                logs["loss_acl_temporal"] = float(terms["acl_temporal"].detach())
         if self.cfg.bda and self.cfg.bda_form == "project":
-            l_b = self._bda_loss(parts)
-            logs["loss_bda"] = float(l_b.detach())
-            total = total + l_b
+            terms["bda"] = self._bda_loss(parts)
+            logs["loss_bda"] = float(terms["bda"].detach())
+        return terms
+
+    def forward(self, batch):
+        logs: dict[str, float] = {}
+        terms = iter(self._terms(batch, logs).values())
+        total = next(terms)
+        for t in terms:
+            total = total + t
         return total, logs
+
+    def loss_terms(self, batch) -> dict[str, torch.Tensor]:
+        """``mil``, ``acl_spatial``, ``acl_temporal``, ``bda`` (those switched on; module docstring,
+        "Diagnostics"), without updating the banks."""
+        return self._terms(batch, {}, train=False)
+
+    def grad_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``visual`` (the proposal encoder), ``query`` (class-word embedding), ``temporal``, and with
+        ``bda`` on, ``bda`` (``code``: the fused object map ``W_g``; ``project``: ``Ev`` and ``Eq``)."""
+        fused = getattr(self.visual, "object", None)
+        own = {id(p) for p in trainable(fused)}
+        groups = {"visual": [p for p in trainable(self.visual) if id(p) not in own],
+                  "query": trainable(self.query_proj), "temporal": trainable(self.temporal)}
+        if self.cfg.bda:
+            groups["bda"] = trainable(fused, getattr(self, "bda_visual", None), getattr(self, "bda_object", None))
+        return groups
 
     @torch.no_grad()
     def predict(self, batch) -> torch.Tensor:
@@ -513,12 +629,20 @@ class Causal(STVG):
 
     @torch.no_grad()
     def epoch_end_logs(self) -> dict[str, float]:
-        """Per-epoch diagnostics: each bank's drift since the previous call (mean entry cosine)."""
+        """Per-epoch diagnostics: each bank's drift since the previous call (mean entry cosine), and
+        the content-set shares counted over the epoch's training steps (module docstring,
+        "Diagnostics"; summed over ranks, so every rank returns the same), then reset."""
         out = {}
         if self.cfg.acl_spatial:
             out["bank_drift_region"] = self.region_bank.drift()
         if self.cfg.acl_temporal:
             out["bank_drift_frame"] = self.frame_bank.drift()
+        names = list(self._gt_counts)
+        totals = dict(zip(names, sum_over_ranks([self._gt_counts[n] for n in names]))) if names else {}
+        for key, (num, den) in _GT_RATIOS.items():
+            if num in totals and totals[den] > 0:
+                out[key] = totals[num] / totals[den]
+        self._gt_counts = dict.fromkeys(names, 0.0)
         return out
 
     # ------------------------------------------------------------------ recipe

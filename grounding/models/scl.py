@@ -51,6 +51,26 @@ Shapes per batch: B videos, Kq queried objects (``mask [B, Kq]``), T frames, N p
   are needed at test time. ``inference=context`` (``M^c``) and ``inference=both`` (mean of the two
   maps, A16) are Table 3's ablations and need the text columns.
 
+Diagnostics and gradient probe. ``loss_terms`` gives the engine's once-per-epoch probe
+(:func:`grounding.engine.grad_probe`) the terms as they enter Eq. (18): ``mil_f`` (``L^f_MIL``),
+``mil_c`` (``L^c_MIL``), ``caos`` (``lambda1 * L_Clust``), ``stran`` and ``ttran`` (each times
+``lambda2``); ``grad_groups`` names ``stable`` (``E_f``, stvg's query embedding), ``context``
+(``E_c``, and the bi-LSTM under ``context=bilstm``), ``gate`` (``g``), ``visual`` (``E_v``) and
+``temporal`` (the temporal module). Keys: ``grad/<term>/<group>``, e.g. ``grad/stran/stable``.
+``epoch_end_logs()`` adds, counted over the epoch's training steps (summed over ranks):
+``caos_floor_active``, the share of CAOS's class terms whose ``d-_c`` was below ``eps_clust`` (the
+floor replaced it: the term is then a pure pull of ``d+_c``), and ``stran_top_prob``, the mean top
+probability of ``softmax_n(M^f / tau)`` over real (object, frame)s (``1/N`` = uniform).
+
+What the published ``tau = 1`` does here (measured with this probe, ``bench/mechanism_probe.py``;
+generated YouCook2-BB, B = 32, T = 5, N = 20, D = 256, 128-d model): the region cosines lie in a
+narrow band, so ``softmax_n(M / tau)`` is nearly uniform (top probability 0.054 against 1/N =
+0.05 at initialisation, 0.061 after 3 epochs) and ``0.2 (L_STran + L_TTran)`` sends 1/300 of
+``L^f_MIL``'s gradient into the stable encoder; the ratio grows about as 1/tau and reaches 1/10 at
+``tau ~ 0.03`` (table in ``search_spaces/scl.py``, whose range now reaches 0.01). CAOS sits on its
+floor for 99 % of the class terms at initialisation (92-94 % after 3 epochs) and sends 6x
+``L^f_MIL``'s gradient into ``E_f`` (1.2 against 0.19; 2.5x after 3 epochs).
+
 Choices where the paper is silent beyond those labelled: training from scratch (A18, no ``init_from``);
 the negative object's generator state is not checkpointed (a resumed trial draws other negatives).
 Not implemented: Fig. 2's "reconstruction loss" (A19: not in Eq. 18) and Table 3's fusion
@@ -71,7 +91,7 @@ from ..data import text_features
 from ..data.manifest import DataError
 from ..data.text_features import missing_message
 from ..losses import log_loss, mil_ranking_loss, symmetric_mil_loss
-from .base import DataInfo, check_config
+from .base import DataInfo, check_config, sum_over_ranks, trainable
 from .registry import register
 from .stvg import STVG, STVGConfig
 
@@ -151,6 +171,8 @@ class SCL(STVG):
         self.ctx_drop = nn.Dropout(cfg.dropout)
         self.gate = nn.Linear(E, E)  # g of Eq. (8): no activation (choice A8)
         self._neg_gen = torch.Generator().manual_seed(int(info.seed) + 7919)
+        # the epoch's diagnostic counts (epoch_end_logs)
+        self._counts = dict.fromkeys(("caos_floor", "caos_classes", "stran_top_sum", "stran_top_n"), 0.0)
 
     # -------------------------------------------------------------- text side
     def embed_stable(self, classes: torch.Tensor) -> torch.Tensor:
@@ -201,7 +223,9 @@ class SCL(STVG):
         return torch.gather(Xn, 1, k[..., None].expand(-1, -1, X.shape[-1]))
 
     # ------------------------------------------------------------------ losses
-    def caos_loss(self, Co, Cs, queries, mask) -> torch.Tensor:
+    def caos_loss(self, Co, Cs, queries, mask, counts: dict | None = None) -> torch.Tensor:
+        """``L_Clust``, Eq. (5)-(6) (module docstring); ``counts`` (if given) gets the number of class
+        terms and of those whose ``d-`` the ``eps_clust`` floor replaced."""
         cfg = self.cfg
         z = (Co - Cs[:, None])[mask]  # [n, E]
         if cfg.clust_detach_concepts:
@@ -224,6 +248,9 @@ class SCL(STVG):
             per_class = (S @ onehot.T) / onehot.sum(1)[None, :]  # [K, K]: mean cosine of P_c with class c'
             off = 1 - torch.eye(K, device=S.device, dtype=S.dtype)
             d_neg = (per_class * off).sum(1) / off.sum(1)
+        if counts is not None:
+            counts["caos_floor"] += float((d_neg.detach() < cfg.eps_clust).sum())
+            counts["caos_classes"] += K
         return -(d_pos / d_neg.clamp(min=cfg.eps_clust)).mean()
 
     @staticmethod
@@ -246,15 +273,18 @@ class SCL(STVG):
         return self._l1(self._soft_time(Gf), self._soft_time(Gc), mask)
 
     # --------------------------------------------------------------- interface
-    def forward(self, batch):
+    def _terms(self, batch, logs: dict, count: bool = True) -> dict[str, torch.Tensor]:
+        """The unweighted loss terms switched on: ``mil_f`` (always), ``mil_c``, ``caos``, ``stran``,
+        ``ttran``. ``count``: add to the epoch's diagnostics (a training step)."""
         cfg = self.cfg
         loss_f, parts = self.mil(batch)  # stvg's MIL loss and its pieces, unchanged
-        logs = {"loss_mil_f": float(loss_f.detach())}
+        terms = {"mil_f": loss_f}
+        logs["loss_mil_f"] = float(loss_f.detach())
         use_clust = cfg.caos and cfg.lambda1 > 0
         use_st = cfg.spatial_transfer and cfg.lambda2 > 0
         use_tt = cfg.temporal_transfer and cfg.lambda2 > 0
         if not (cfg.contextual_mil or use_clust or use_st or use_tt):
-            return loss_f, logs
+            return terms
         V, Fq, mask, queries = parts["V"], parts["Q"], parts["mask"], batch["queries"]
         x_o, x_s = self.context_inputs(batch)
         Co, Cs = self.embed_context(x_o), self.embed_context(x_s)
@@ -262,7 +292,6 @@ class SCL(STVG):
         Uh = self.selector(X, Fq, mask)
         Qs_c = _masked_max(Uh, mask)
         p_c, Mc, Gc = self.score(Uh, mask, Qs_c, V)
-        loss = loss_f
         take = self.negative_take(parts["neg"])  # the f-branch's negatives (stvg's ``negatives`` option)
         if cfg.contextual_mil:
             p_c_neg_video, _, _ = self.score(Uh, mask, Qs_c, take(V))
@@ -271,37 +300,86 @@ class SCL(STVG):
                 loss_c = symmetric_mil_loss(p_c, take(p_c), p_c_neg_video, p_c_neg_query, cfg.eta)
             else:
                 loss_c = mil_ranking_loss(p_c, p_c_neg_video, p_c_neg_query, cfg.eta)
-            loss = loss + loss_c
+            terms["mil_c"] = loss_c
             logs["loss_mil_c"] = float(loss_c.detach())
         if use_clust:
-            clust = self.caos_loss(Co, Cs, queries, mask)
-            loss = loss + cfg.lambda1 * clust
-            logs["loss_clust"] = float(clust.detach())
+            terms["caos"] = self.caos_loss(Co, Cs, queries, mask, self._counts if count else None)
+            logs["loss_clust"] = float(terms["caos"].detach())
         if use_st or use_tt:
             Un = self.selector(self.negative_contexts(X, queries, mask, take), Fq, mask)
             if cfg.detach_teacher:
                 Mc, Gc = Mc.detach(), Gc.detach()
-            transfer = 0.0
             if use_st:
                 Mn = self.similarity(Un, V)
                 if cfg.detach_teacher:
                     Mn = Mn.detach()
+                if count:
+                    top = (parts["M"].detach() / cfg.tau).softmax(-1).max(-1).values  # [B, Kq, T]
+                    self._counts["stran_top_sum"] += float((top * mask[..., None]).sum())
+                    self._counts["stran_top_n"] += float(mask.sum()) * top.shape[-1]
                 a_pos = self.spatial_distance(parts["M"], Mc, mask)
                 a_neg = self.spatial_distance(parts["M"], Mn, mask)
-                st = log_loss(a_pos - a_neg, cfg.eta).mean()
-                transfer = transfer + st
-                logs["loss_stran"] = float(st.detach())
+                terms["stran"] = log_loss(a_pos - a_neg, cfg.eta).mean()
+                logs["loss_stran"] = float(terms["stran"].detach())
             if use_tt:
                 Gn = self.temporal(V.max(dim=2).values, Un, _masked_max(Un, mask))
                 if cfg.detach_teacher:
                     Gn = Gn.detach()
                 a_pos = self.temporal_distance(parts["G"], Gc, mask)
                 a_neg = self.temporal_distance(parts["G"], Gn, mask)
-                tt = log_loss(a_pos - a_neg, cfg.eta).mean()
-                transfer = transfer + tt
-                logs["loss_ttran"] = float(tt.detach())
+                terms["ttran"] = log_loss(a_pos - a_neg, cfg.eta).mean()
+                logs["loss_ttran"] = float(terms["ttran"].detach())
+        return terms
+
+    def forward(self, batch):
+        cfg = self.cfg
+        logs: dict[str, float] = {}
+        t = self._terms(batch, logs)
+        loss = t["mil_f"]
+        if "mil_c" in t:
+            loss = loss + t["mil_c"]
+        if "caos" in t:
+            loss = loss + cfg.lambda1 * t["caos"]
+        if "stran" in t or "ttran" in t:
+            transfer = 0.0
+            for k in ("stran", "ttran"):
+                if k in t:
+                    transfer = transfer + t[k]
             loss = loss + cfg.lambda2 * transfer
         return loss, logs
+
+    def loss_terms(self, batch) -> dict[str, torch.Tensor]:
+        """The terms as they enter Eq. (18): ``mil_f``, ``mil_c``, ``caos`` (times lambda1), ``stran``
+        and ``ttran`` (each times lambda2), those switched on; the negative-object generator is left
+        as it was and nothing is counted."""
+        state = self._neg_gen.get_state()
+        try:
+            t = self._terms(batch, {}, count=False)
+        finally:
+            self._neg_gen.set_state(state)
+        weight = {"caos": self.cfg.lambda1, "stran": self.cfg.lambda2, "ttran": self.cfg.lambda2}
+        return {k: weight[k] * v if k in weight else v for k, v in t.items()}
+
+    def grad_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``stable`` (``E_f``), ``context`` (``E_c``, with the bi-LSTM under ``context=bilstm``),
+        ``gate`` (``g``), ``visual`` (``E_v``), ``temporal`` (the temporal module)."""
+        return {"stable": trainable(self.query_proj), "context": trainable(self.ctx_proj, self.lstm),
+                "gate": trainable(self.gate), "visual": trainable(self.visual), "temporal": trainable(self.temporal)}
+
+    @torch.no_grad()
+    def epoch_end_logs(self) -> dict[str, float]:
+        """``caos_floor_active``: the share of CAOS's class terms, over the epoch's training steps,
+        whose ``d-`` was below ``eps_clust`` (the floor replaced it); ``stran_top_prob``: the mean
+        top probability of ``softmax_n(M^f / tau)`` (``1/N`` = uniform). Summed over ranks, then reset."""
+        names = list(self._counts)
+        c = dict(zip(names, sum_over_ranks([self._counts[n] for n in names])))
+        self._counts = dict.fromkeys(names, 0.0)
+        out = {}
+        if c["caos_classes"] > 0:
+            out["caos_floor_active"] = c["caos_floor"] / c["caos_classes"]
+        if c["stran_top_n"] > 0:
+            out["stran_top_prob"] = c["stran_top_sum"] / c["stran_top_n"]
+        return out
 
     @torch.no_grad()
     def predict(self, batch) -> torch.Tensor:

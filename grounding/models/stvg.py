@@ -27,6 +27,10 @@ Choices where the paper is silent:
 * The self-attention projects Q/K/V directly from the D-dim region features (as the authors'
   attention does from 4096-d), which costs half of attending over the E-dim embedding.
 * Prediction: top-1 proposal of ``M`` per (query, frame).
+
+Gradient probe (:func:`grounding.engine.grad_probe`): one term, ``mil`` (``L_MIL``), and three
+parameter groups, ``visual`` (the proposal encoder: ``W_p`` and the self-attention), ``query``
+(``W_q``, the class-word embedding) and ``temporal`` (``Temp``).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses import mil_ranking_loss, symmetric_mil_loss
-from .base import DataInfo, GroundingModel, ModelConfig, check_choice, check_config
+from .base import DataInfo, GroundingModel, ModelConfig, check_choice, check_config, trainable
 from .registry import register
 
 
@@ -200,6 +204,16 @@ class STVG(GroundingModel):
     def forward(self, batch):
         loss, parts = self.mil(batch)
         return loss, {"loss_mil": float(loss.detach())}
+
+    def loss_terms(self, batch) -> dict[str, torch.Tensor]:
+        """The loss's one term, ``mil`` (the engine's gradient probe)."""
+        loss, _ = self.mil(batch)
+        return {"mil": loss}
+
+    def grad_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``visual`` (proposal encoder), ``query`` (class-word embedding), ``temporal``."""
+        return {"visual": trainable(self.visual), "query": trainable(self.query_proj),
+                "temporal": trainable(self.temporal)}
 
     @torch.no_grad()
     def predict(self, batch) -> torch.Tensor:

@@ -393,3 +393,103 @@ def test_content_set_sizes_are_checked():
         tiny_causal(B_f=T)
     tiny_causal(B_r=N, acl_spatial=False)  # no spatial ACL: B_r is unused
     tiny_causal(B_f=T, acl_temporal=False)
+
+
+# ------------------------------------------------------------ gradient probe and diagnostics
+def _norm(grads) -> float:
+    return math.sqrt(sum(float((g ** 2).sum()) for g in grads if g is not None))
+
+
+@pytest.mark.parametrize("bda_form", ["code", "project"])
+def test_grad_probe_reports_every_term_and_group_and_zero_where_a_term_cannot_reach(bda_form):
+    from grounding import engine
+
+    model = tiny_causal(dropout=0.1, bda_form=bda_form, intervention="code", acl_queries="all").train()
+    groups = model.grad_groups()
+    params = [p for ps in groups.values() for p in ps]
+    # the groups partition the trainable parameters
+    assert sorted(map(id, params)) == sorted(id(p) for p in model.parameters() if p.requires_grad)
+    assert set(groups) == {"visual", "query", "temporal", "bda"}
+    banks = (model.region_bank.memory.clone(), model.frame_bank.memory.clone())
+    probe = engine.grad_probe(model, tiny_batch(), seed=3)
+    terms = ["mil", "acl_spatial", "acl_temporal"] + (["bda"] if bda_form == "project" else [])
+    assert set(probe) == {f"grad/{t}/{g}" for t in terms for g in groups}
+    assert all(math.isfinite(v) and v >= 0 for v in probe.values())
+    for t in ("mil", "acl_spatial", "acl_temporal"):  # each reaches the encoders and the temporal module
+        assert probe[f"grad/{t}/visual"] > 0 and probe[f"grad/{t}/query"] > 0 and probe[f"grad/{t}/temporal"] > 0
+    if bda_form == "project":  # the deconfounded branch reads detached inputs: it trains only its own layers
+        assert probe["grad/bda/bda"] > 0
+        assert probe["grad/bda/visual"] == probe["grad/bda/query"] == probe["grad/bda/temporal"] == 0.0
+        assert probe["grad/mil/bda"] == 0.0  # and MIL does not train them
+    else:  # code: the fused object map is inside L_MIL's embedding
+        assert probe["grad/mil/bda"] > 0
+    # the probe leaves the banks as they were (a training step moves them)
+    assert torch.equal(model.region_bank.memory, banks[0]) and torch.equal(model.frame_bank.memory, banks[1])
+    model(tiny_batch())
+    assert not torch.equal(model.region_bank.memory, banks[0])
+
+
+def test_grad_probe_is_the_norm_of_each_terms_own_gradient_and_the_terms_sum_to_the_loss():
+    from grounding import engine
+
+    model = tiny_causal(dropout=0.1, intervention="code").train()
+    batch = tiny_batch()
+    probe = engine.grad_probe(model, batch, seed=7)
+    torch.manual_seed(7)  # the probe's draws (dropout, style items) with the probe's seed
+    terms = model.loss_terms(batch)
+    for t, value in terms.items():
+        for g, ps in model.grad_groups().items():
+            want = _norm(torch.autograd.grad(value, ps, retain_graph=True, allow_unused=True))
+            assert probe[f"grad/{t}/{g}"] == pytest.approx(want, rel=1e-5, abs=1e-12), (t, g)
+    torch.manual_seed(7)
+    loss, _ = model(batch)  # the training loss is the sum of the terms (before its bank update)
+    torch.testing.assert_close(sum(terms.values()), loss)
+
+
+def _boxes_batch():
+    """Two videos, T frames, N proposals: the queried object's box is proposal 0's in every frame
+    but the last (not visible there); other proposals are far away."""
+    b = tiny_batch(B=2)
+    b["queries"] = torch.tensor([[0, -1], [1, -1]])
+    props = torch.zeros(2, T, N, 4)
+    for n in range(N):
+        props[:, :, n] = torch.tensor([100.0 * n, 0.0, 100.0 * n + 50, 50.0])
+    b["proposals"] = props
+    b["gt_class"] = torch.tensor([[0, 2], [1, -1]])
+    b["gt_boxes"] = torch.zeros(2, 2, T, 4)
+    b["gt_boxes"][:, 0] = torch.tensor([0.0, 0.0, 50.0, 50.0])
+    b["gt_boxes"][0, 1] = torch.tensor([200.0, 0.0, 250.0, 50.0])  # another class, on proposal 2
+    b["gt_valid"] = torch.ones(2, 2, T, dtype=torch.bool)
+    b["gt_valid"][:, :, -1] = False
+    return b
+
+
+def test_content_set_ground_truth_shares_by_hand():
+    model = tiny_causal(B_r=2, B_f=1)
+    b = _boxes_batch()
+    pb, pk = torch.tensor([0, 1]), torch.tensor([0, 0])
+    hit, visible = model._gt_hits(b, pb, pk)
+    want = torch.zeros(2, T, N, dtype=torch.bool)
+    want[:, :-1, 0] = True  # proposal 0 in the visible frames; proposal 2 is the other class's
+    assert torch.equal(hit, want) and torch.equal(visible, want.any(-1))
+    # content: video 0 holds proposal 0 in slot 0 of every frame, video 1 never; style never
+    content = torch.tensor([[0, 1], [3, 4]])[:, None].expand(2, T, 2)
+    style = torch.tensor([[2, 3], [2, 3]])[:, None].expand(2, T, 2)
+    model._count_spatial((hit, visible), content, style)
+    # temporal: video 0's content frame is visible (frame 0), video 1's is not (the last frame)
+    model._count_temporal((hit, visible), torch.tensor([[0], [T - 1]]), torch.tensor([[1], [1]]))
+    logs = model.epoch_end_logs()
+    frames = 2 * (T - 1)  # (pair, frame)s with a ground-truth proposal
+    assert logs["acl_spatial_content_gt_share"] == pytest.approx((T - 1) / (2 * frames))
+    assert logs["acl_spatial_content_gt_recall"] == pytest.approx(0.5)
+    assert logs["acl_spatial_style_gt_share"] == 0.0
+    assert logs["acl_temporal_content_visible"] == pytest.approx(0.5)
+    assert logs["acl_temporal_style_visible"] == 1.0
+    # counted once: the next epoch starts from zero (and a batch without boxes counts nothing)
+    model(tiny_batch())
+    assert not any(k.startswith("acl_spatial_content") for k in model.epoch_end_logs())
+    model(b)  # a training step with boxes counts; the probe's loss_terms does not
+    model.loss_terms(b)
+    assert 0.0 <= model.epoch_end_logs()["acl_spatial_content_gt_recall"] <= 1.0
+    model.loss_terms(b)
+    assert "acl_spatial_content_gt_recall" not in model.epoch_end_logs()

@@ -118,6 +118,35 @@ def test_grad_clip_bounds_the_gradient_norm_at_each_step(td, clip):
         assert all(n > 0.01 for n in norms)  # unclipped gradients are larger than the clip above
 
 
+@pytest.mark.parametrize("name,params,terms,groups", [
+    ("causal", CAUSAL, {"mil", "acl_spatial", "acl_temporal"}, {"visual", "query", "temporal", "bda"}),
+    ("scl", SMALL, {"mil_f", "mil_c", "caos", "stran", "ttran"}, {"stable", "context", "gate", "visual", "temporal"}),
+    ("stvg", SMALL, {"mil"}, {"visual", "query", "temporal"}),
+])
+def test_the_gradient_probe_is_logged_every_epoch_and_changes_nothing(td, name, params, terms, groups, monkeypatch):
+    _, logs = _run(td, name, params, seed=5, epochs=2)
+    for log in logs:
+        grads = {k: v for k, v in log.items() if k.startswith("grad/")}
+        assert set(grads) == {f"grad/{t}/{g}" for t in terms for g in groups}
+        assert all(math.isfinite(v) and v >= 0 for v in grads.values())
+        mil = "mil_f" if name == "scl" else "mil"
+        assert grads[f"grad/{mil}/visual"] > 0  # L_MIL (L^f_MIL) trains the visual encoder
+    assert logs[0] != logs[1]  # the probe batch is fixed, the weights moved
+    if name == "causal":  # its content sets, counted over the epoch's steps
+        assert 0 <= logs[0]["acl_spatial_content_gt_share"] <= logs[0]["acl_spatial_content_gt_recall"] <= 1
+        assert 0 <= logs[0]["acl_temporal_content_visible"] <= 1
+    if name == "scl":
+        assert 0 < logs[0]["caos_floor_active"] <= 1  # the share of CAOS's class terms on the eps_clust floor
+        assert 1 / td.info.dims["N"] < logs[0]["stran_top_prob"] < 1
+    # training without the probe is the same training: same losses, same weights
+    model, logs_with = _run(td, name, params, seed=5, epochs=2)
+    monkeypatch.setattr(engine, "_probe_epoch", lambda *a, **k: {})
+    bare, logs_without = _run(td, name, params, seed=5, epochs=2)
+    assert [{k: v for k, v in log.items() if not k.startswith("grad/")} for log in logs_with] == logs_without
+    sa, sb = model.state_dict(), bare.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 # --------------------------------------------------------------- distributed
 def _free_port() -> int:
     with socket.socket() as s:
@@ -160,6 +189,8 @@ def test_ddp_training_keeps_ranks_in_step(two_ranks, td):
     # every rank logs the same all-reduced losses, with the same number of steps
     assert r0["train"] == [{**t, "samples_per_s": r0["train"][i]["samples_per_s"]} for i, t in enumerate(r1["train"])]
     assert [t["steps"] for t in r0["train"]] == [4, 4]
+    # the gradient probe (each rank's own first rows, averaged over ranks) is there on both
+    assert r0["train"][0]["grad/acl_spatial/visual"] > 0 and "grad/mil/bda" in r1["train"][1]
     assert all(math.isfinite(t["loss"]) for t in r0["train"])
     # parameters (DDP-averaged gradients) and memory banks (all-reduced updates) agree
     for k in r0["state"]:

@@ -259,3 +259,84 @@ def test_missing_text_features_and_bad_options_are_one_line_errors():
     for bad in ({"context": "bert"}, {"clust_form": "x"}, {"inference": "u"}, {"tau": 0.0}, {"lambda1": -1.0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             registry.make_config("scl", bad)
+
+
+# ------------------------------------------------------------ gradient probe and diagnostics
+def _norm(grads) -> float:
+    return math.sqrt(sum(float((g ** 2).sum()) for g in grads if g is not None))
+
+
+@pytest.mark.parametrize("context", ["minilm", "bilstm"])
+def test_grad_probe_reports_every_term_and_group_and_zero_where_a_term_cannot_reach(context):
+    from grounding import engine
+
+    model = _build("scl", context=context, lstm_hidden=8).train()
+    groups = model.grad_groups()
+    assert set(groups) == {"stable", "context", "gate", "visual", "temporal"}
+    params = [p for ps in groups.values() for p in ps]  # the groups partition the trainable parameters
+    assert sorted(map(id, params)) == sorted(id(p) for p in model.parameters() if p.requires_grad)
+    gen = model._neg_gen.get_state()
+    probe = engine.grad_probe(model, _batch(), seed=1)
+    assert torch.equal(model._neg_gen.get_state(), gen)  # the probe draws no negative of training's
+    terms = ("mil_f", "mil_c", "caos", "stran", "ttran")
+    assert set(probe) == {f"grad/{t}/{g}" for t in terms for g in groups}
+    assert all(math.isfinite(v) and v >= 0 for v in probe.values())
+    # L^f_MIL is stvg's loss: the context branch is not in it
+    assert probe["grad/mil_f/stable"] > 0 and probe["grad/mil_f/visual"] > 0
+    assert probe["grad/mil_f/context"] == probe["grad/mil_f/gate"] == 0.0
+    # CAOS compares text concepts only: no visual, temporal or gate gradient
+    assert probe["grad/caos/stable"] > 0 and probe["grad/caos/context"] > 0
+    assert probe["grad/caos/visual"] == probe["grad/caos/temporal"] == probe["grad/caos/gate"] == 0.0
+    for t in ("mil_c", "stran", "ttran"):  # the c-branch and the transfers reach the gate and E_c
+        assert probe[f"grad/{t}/gate"] > 0 and probe[f"grad/{t}/context"] > 0, t
+    assert probe["grad/stran/temporal"] == 0.0  # the spatial transfer compares M only
+
+
+def test_probe_terms_are_weighted_as_in_eq_18_and_sum_to_the_loss():
+    from grounding import engine
+
+    model = _build("scl").train()
+    batch = _batch()
+    probe = engine.grad_probe(model, batch, seed=2)
+    torch.manual_seed(2)
+    terms = model.loss_terms(batch)
+    for t, value in terms.items():
+        for g, ps in model.grad_groups().items():
+            want = _norm(torch.autograd.grad(value, ps, retain_graph=True, allow_unused=True))
+            assert probe[f"grad/{t}/{g}"] == pytest.approx(want, rel=1e-5, abs=1e-12), (t, g)
+    gen = model._neg_gen.get_state()
+    torch.manual_seed(2)
+    loss, logs = model(batch)  # a training step draws the same negatives as the probe did
+    torch.testing.assert_close(sum(terms.values()), loss)
+    assert float(terms["caos"].detach()) == pytest.approx(0.4 * logs["loss_clust"], rel=1e-6)
+    assert float(terms["stran"].detach()) == pytest.approx(0.2 * logs["loss_stran"], rel=1e-6)
+    assert not torch.equal(model._neg_gen.get_state(), gen)
+    # doubling lambda2 doubles the transfer terms' gradients, and leaves MIL's
+    double = _build("scl", lambda2=0.4).train()
+    p2 = engine.grad_probe(double, batch, seed=2)
+    for g in ("stable", "context", "visual"):
+        assert p2[f"grad/stran/{g}"] == pytest.approx(2 * probe[f"grad/stran/{g}"], rel=1e-5)
+        assert p2[f"grad/mil_f/{g}"] == pytest.approx(probe[f"grad/mil_f/{g}"], rel=1e-6)
+
+
+def test_caos_floor_active_fraction_and_transfer_top_probability():
+    batch = _batch()
+    for eps, form, want in ((10.0, "ratio", 1.0), (1e-6, "shifted", 0.0)):  # (1 + cos) / 2 > 1e-6 always
+        model = _build("scl", eps_clust=eps, clust_form=form).train()
+        assert model.epoch_end_logs() == {}  # nothing counted yet
+        model.loss_terms(batch)  # the probe counts nothing
+        assert model.epoch_end_logs() == {}
+        model(batch)
+        model(batch)
+        logs = model.epoch_end_logs()
+        assert logs["caos_floor_active"] == want
+        assert 1 / N <= logs["stran_top_prob"] <= 1.0
+        assert model.epoch_end_logs() == {}  # reset for the next epoch
+    # a colder transfer softmax is peakier
+    tops = []
+    for tau in (1.0, 0.01):
+        model = _build("scl", tau=tau).train()
+        torch.manual_seed(0)
+        model(batch)
+        tops.append(model.epoch_end_logs()["stran_top_prob"])
+    assert tops[1] > tops[0]

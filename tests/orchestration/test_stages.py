@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -58,6 +59,7 @@ def test_concurrent_trials_share_one_backbone_build_and_backbone_reuses_it(tmp_p
         assert c.data.tags["stage.backbone.uri"] == str(folders[0])
         assert {"stage/spatial/val/box_micro", "stage/temporal/val/box_micro", "stage/deconf/val/box_micro",
                 "val/box_micro", "test_ood/box_micro"} <= set(c.data.metrics)
+        _assert_causal_probe(client, c)
 
     # a later sweep started from that backbone (by its MLflow run id) trains none
     again = run_sweep(tmp_path, "method=causal", "smoke=true", f"data.root={smoke_root}", "trials=1", "epochs=1", "name=given",
@@ -68,6 +70,26 @@ def test_concurrent_trials_share_one_backbone_build_and_backbone_reuses_it(tmp_p
     assert len(built) == 1
     (c,) = [c for c in children if c.data.tags["sweep"] == "given"]
     assert c.data.tags["stage.backbone.sha256"] == digest
+
+
+def _assert_causal_probe(client, child):
+    """The mechanisms of every staged component are in the child run: each term's gradient norm per
+    parameter group and the content-set diagnostics, finite, at every epoch."""
+    m = child.data.metrics
+    want = {f"stage/{stage}/train/grad/{term}/{group}"
+            for stage, terms in (("spatial", ("mil", "acl_spatial")), ("temporal", ("mil", "acl_temporal")),
+                                 ("deconf", ("mil",)))
+            for term in terms for group in ("visual", "query", "temporal")}
+    want |= {"stage/deconf/train/grad/mil/bda", "stage/spatial/train/acl_spatial_content_gt_share",
+             "stage/spatial/train/acl_spatial_content_gt_recall", "stage/temporal/train/acl_temporal_content_visible"}
+    assert want <= set(m), sorted(want - set(m))
+    probe = [k for k in m if "/train/grad/" in k]
+    assert all(math.isfinite(m[k]) and m[k] >= 0 for k in probe)
+    assert m["stage/spatial/train/grad/acl_spatial/visual"] > 0 and m["stage/deconf/train/grad/mil/bda"] > 0
+    epochs = sorted(int(x.step) for x in client.get_metric_history(child.info.run_id, "epoch"))
+    steps = sorted(int(x.step) for x in client.get_metric_history(child.info.run_id,
+                                                                  "stage/spatial/train/grad/acl_spatial/visual"))
+    assert steps == epochs
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -89,6 +91,8 @@ def test_smoke_sweep_records_parent_children_curves_and_test_metrics(tmp_path, s
             assert "stage/spatial/train/loss_acl_spatial" in m and "stage/spatial/train/acl_spatial_cge_step" in m
             assert "stage/temporal/train/bank_drift_frame" in m and "stage/deconf/val/box_micro" in m
             assert child.data.tags["stage.backbone.sha256"] == parent_stage_sha(tmp_path)
+        if method in ("scl", "causal"):
+            _assert_mechanisms(client, child, method)
         if method == "ccr":
             # the counterfactual branch's terms are trained and logged (ccr's score/rank options)
             assert {"train/loss_cf_rec", "train/loss_cf_ivc"} <= set(child.data.metrics), sorted(child.data.metrics)
@@ -96,6 +100,40 @@ def test_smoke_sweep_records_parent_children_curves_and_test_metrics(tmp_path, s
     assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
     assert "best trial" in proc.stdout and "OOD" in proc.stdout
     _assert_lineage_and_figures(tmp_path, client, parent, children, f"smoke-{method}", smoke_roots[task.name])
+
+
+PROBES = {  # (terms, parameter groups) of each WSVOG method's gradient probe (grounding.engine.grad_probe)
+    "scl": (("mil_f", "mil_c", "caos", "stran", "ttran"), ("stable", "context", "gate", "visual", "temporal")),
+    "causal": (("mil", "acl_spatial", "acl_temporal"), ("visual", "query", "temporal", "bda")),  # + bda_form=project: bda
+}
+
+
+def _assert_mechanisms(client, child, method):
+    """Every term's gradient norm into every parameter group, finite, at every epoch, and the
+    method's mechanism diagnostics (scl: one stage, ``train/``; causal: staged, each component's own)."""
+    m = child.data.metrics
+    terms, groups = PROBES[method]
+    if method == "scl":
+        want = {f"train/grad/{t}/{g}" for t in terms for g in groups} | {"train/caos_floor_active",
+                                                                          "train/stran_top_prob"}
+    else:
+        # each staged component has its own switches: only the deconfounded one has the bda group
+        want = {f"stage/{s}/train/grad/{t}/{g}" for s, ts in (("spatial", ("mil", "acl_spatial")),
+                                                               ("temporal", ("mil", "acl_temporal")),
+                                                               ("deconf", ("mil",)))
+                for t in ts for g in groups if g != "bda" or s == "deconf"}
+        want |= {"stage/spatial/train/acl_spatial_content_gt_share", "stage/temporal/train/acl_temporal_style_visible"}
+    assert want <= set(m), sorted(want - set(m))
+    assert all(math.isfinite(m[k]) and m[k] >= 0 for k in want)
+    first = sorted(want)[0]
+    assert _steps(client, child, first) == [1, 2]
+    if method == "scl":
+        assert m["train/grad/mil_f/stable"] > 0 and m["train/grad/mil_f/context"] == 0.0
+        assert m["train/grad/stran/stable"] > 0 and 0 <= m["train/caos_floor_active"] <= 1
+    else:
+        assert m["stage/spatial/train/grad/acl_spatial/visual"] > 0 and m["stage/deconf/train/grad/mil/bda"] > 0
+        assert not any(k.startswith(("stage/spatial/train/grad/", "stage/temporal/train/grad/")) and k.endswith("/bda")
+                       for k in m)
 
 
 def _assert_inference_grid(tmp_path, client, child, method, task):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import search_spaces
 from grounding.engine import OPTIM_KEYS, OptimConfig
 from grounding.models import registry
+from grounding.models.causal import CausalConfig
 
 DIMS = {"T": 5, "N": 20}
 
@@ -20,7 +21,13 @@ def test_paper_then_code_point():
     fixed = dict(mod.FIXED)
     space, points = search_spaces.resolve("causal", DIMS, fixed, _defaults())
     assert set(space) == {"J", "W", "B_r", "B_f", "alpha", "acl_scale", "eta", "lr", "w_spatial", "w_temporal",
-                          "w_deconf"}
+                          "w_deconf", "intervention"}
+    # both intervention semantics are searched; both named points keep the code's (the default)
+    assert set(space["intervention"].values) == {"code", "paper"}
+    assert [p["intervention"] for p in points] == ["code", "code"]
+    assert CausalConfig().intervention == "code"
+    # B_r reaches below the ~6 object proposals of a generated frame, drawn log-uniformly
+    assert space["B_r"].low == 1 and space["B_r"].high == DIMS["N"] // 2 and space["B_r"].log
     assert len(points) == 2
     paper, code = points
     assert paper["lr"] == 1e-4 and code["lr"] == 8e-4

@@ -84,3 +84,13 @@ def test_variants_and_points_are_valid_configurations(method):
 def test_the_ablations_the_methods_have_are_declared():
     assert {"no_acl_spatial", "no_acl_temporal", "no_bda"} <= set(search_spaces.variants("causal"))
     assert set(search_spaces.variants("cpl")) <= set(search_spaces.variants("ccr"))
+
+
+def test_scl_tau_reaches_where_the_transfer_acts_and_keeps_the_published_point():
+    """bench/mechanism_probe.py: CMAKT's gradient into the stable encoder reaches 1/10 of L^f_MIL's
+    at tau ~ 0.03; the published tau = 1 stays the first point and the config default."""
+    mod = search_spaces.load("scl")
+    tau = mod.space(DIMS)["tau"]
+    assert tau.log and tau.low <= 0.03 and tau.contains(1.0) and mod.PAPER["tau"] == 1.0
+    assert registry.get("scl").Config().tau == 1.0
+    registry.make_config("scl", {"tau": tau.low})  # the lower end is a valid configuration
