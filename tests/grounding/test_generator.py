@@ -203,3 +203,24 @@ def test_ood_is_rendered_differently(tiny):
     mo = ood.features[o].astype(np.float32).mean((0, 1))
     cos = float(mi @ mo / (np.linalg.norm(mi) * np.linalg.norm(mo)))
     assert cos < 0.9
+
+
+def test_the_ood_shift_knobs_change_test_ood_alone_and_act_as_documented(tmp_path):
+    """``ood_appearance`` / ``ood_context`` move test_ood's bytes only (their own random stream):
+    train, val and test_iid stay byte-identical; test_ood's class appearances sit at cosine
+    sqrt(1 - a^2) to the training ones, and its partner leak moves off the training partners."""
+    base = youcook2.generate(tmp_path / "a", youcook2.YC2Config(limit=6, D=32), workers=1, text_encoder=None)
+    shifted_cfg = youcook2.YC2Config(limit=6, D=32, ood_appearance=0.6, ood_context=1.0)
+    shifted = youcook2.generate(tmp_path / "b", shifted_cfg, workers=1, text_encoder=None)
+    sha = lambda m: {s.split: s.sha256 for s in m.shards}  # noqa: E731
+    a, b = sha(base), sha(shifted)
+    assert {k: a[k] for k in a if k != "test_ood"} == {k: b[k] for k in b if k != "test_ood"}
+    assert a["test_ood"] != b["test_ood"]
+    world = youcook2.build_world(shifted_cfg, youcook2.YC2Annotations.load())
+    cos = (world.protos * world.protos_ood).sum(1)
+    assert abs(cos.mean() - 0.8) < 0.03 and np.allclose(cos, 0.8, atol=0.15)  # sqrt(1 - 0.36), up to chance overlaps at D=32
+    trained = world.leak_matrix > 0
+    assert (world.leak_ood[trained] == 0).all()  # b = 1: none of the training partners is left
+    assert np.allclose(world.leak_ood.sum(1), world.leak_matrix.sum(1))
+    plain = youcook2.build_world(youcook2.YC2Config(limit=6, D=32), youcook2.YC2Annotations.load())
+    assert np.array_equal(plain.protos_ood, plain.protos) and np.array_equal(plain.leak_ood, plain.leak_matrix)
