@@ -32,6 +32,25 @@ def dataset_name(ds: Dataset) -> str | None:
     return str(name) if name else None
 
 
+def scoring_protocol(ds: Dataset) -> str | None:
+    """The line a results table carries where a dataset is not scored the one obvious way: for
+    YouCook2-BB, which frames of a segment are scored (``extra.eval_frames`` of the converter,
+    :mod:`grounding.data.converters.youcook2_bb`; a conversion that predates the setting kept the
+    ``T`` centre frames); the generated YouCook2-BB benchmark scores its ``T`` frames. None for the
+    other datasets."""
+    extra = ds.manifest.extra or {}
+    T = ds.manifest.dims.get("T")
+    if extra.get("source") == "youcook2_bb":
+        if extra.get("eval_frames", "centre") == "all":
+            return "scoring: YouCook2-BB, every annotated frame of each segment (eval_frames=all, the published test)"
+        return (f"scoring: YouCook2-BB, {T} centre frames per segment (eval_frames=centre; the published test "
+                f"scores every annotated frame, so these numbers are not comparable with the papers' tables)")
+    if extra.get("benchmark") == "youcook2_bb_generated":
+        return (f"scoring: generated YouCook2-BB benchmark, its {T} frames per segment (the 5-frame setting, "
+                f"eval_frames=centre; not the published every-annotated-frame test)")
+    return None
+
+
 class Accumulator(Protocol):
     def update_batch(self, predictions: Any, batch: dict) -> None: ...
     def state(self) -> np.ndarray: ...

@@ -126,7 +126,8 @@ def run_compare(ccfg: CompareConfig) -> int:
         raise
     finally:
         driver.close(name, f"val/{metric}", None,
-                     lambda note: finish(driver, ccfg, name, status) + ("\n\n" + note if note else ""))
+                     lambda note: finish(driver, ccfg, name, status, tasks.scoring_protocol(ds))
+                     + ("\n\n" + note if note else ""))
     if driver.interrupted:
         return driver.interrupt.exit_code
     return 0 if status == "FINISHED" else 1
@@ -142,13 +143,14 @@ def _log_table(client, parent: str, rows: list[dict]) -> None:
         client.log_batch(parent, metrics=metrics[i:i + runs.METRIC_LIMIT])
 
 
-def finish(driver: Driver, ccfg: CompareConfig, name: str, status: str) -> str:
-    """Aggregate the children into the parent's table and markdown; end the parent."""
+def finish(driver: Driver, ccfg: CompareConfig, name: str, status: str, protocol: str | None = None) -> str:
+    """Aggregate the children into the parent's table and markdown (``protocol``: the data's scoring
+    line, :func:`grounding.tasks.scoring_protocol`); end the parent."""
     client, exp_id, parent = driver.client, driver.exp_id, driver.parent
     metric_names = tasks.get(ccfg.task).metric_names
     children = runs.children(client, exp_id, parent)
     rows = table_rows(group_results(children, metric_names, ccfg.methods, ccfg.variants))
-    text = markdown(rows, metric_names, f"compare {name}: {ccfg.task}, {ccfg['epochs']} epochs")
+    text = markdown(rows, metric_names, f"compare {name}: {ccfg.task}, {ccfg['epochs']} epochs", protocol)
     failed = [r for r in children if r.info.status != "FINISHED"]
     if failed:
         text += "\n\nnot in the table (did not finish): " + ", ".join(

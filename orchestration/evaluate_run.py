@@ -99,6 +99,8 @@ def evaluate(values: dict) -> int:
     names = list(data.task.metric_names)
     print(f"model of run {run_id} ({cfg['method']}, epoch {cfg.get('epoch')}, trained on {cfg['data']['name']}) "
           f"on {ds.root} (digest {ds.digest[:12]}), {time.time() - t0:.1f}s:\n")
+    if protocol := tasks.scoring_protocol(ds):
+        print(protocol + "\n")
     print(table([[sp, *(results[sp].get(m) for m in names)] for sp in splits], ["split", *names]))  # absent: no GT
     if values["log"]:
         eval_id = _record(client, run_id, cfg, ds, results, per_class, values)

@@ -245,7 +245,7 @@ def _closing(plan: Plan, driver: Driver, status: str, artifacts: list[str]):
     def close(note: str) -> str:
         children = runs.children(driver.client, driver.exp_id, driver.parent)
         text = summary(plan.name, cfg.method, children, plan.metric, plan.task.metric_names, list(plan.space),
-                       runs.ui_command(plan.tracking_uri, driver.exp_id))
+                       runs.ui_command(plan.tracking_uri, driver.exp_id), tasks.scoring_protocol(plan.ds))
         if status == "KILLED":
             text += f"\n\ninterrupted: continue with python -m orchestration.sweep resume={plan.name}"
         text += "\n\n" + note if note else ""

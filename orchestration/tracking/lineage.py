@@ -27,6 +27,7 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag
 from mlflow.tracking import MlflowClient
 
+from grounding import tasks
 from grounding.engine import OPTIM_KEYS
 from grounding.models import registry
 
@@ -53,7 +54,8 @@ def dataset_input(ds, context: str = "training") -> DatasetInput:
     splits = ",".join(f"{sp}:{m.split_rows(sp)}" for sp in m.splits)
     tags = [InputTag("mlflow.data.context", context), InputTag("task", m.task),
             InputTag("manifest_sha256", ds.digest), InputTag("splits", splits),
-            InputTag("dims", ",".join(f"{k}={v}" for k, v in m.dims.items()))]
+            InputTag("dims", ",".join(f"{k}={v}" for k, v in m.dims.items())),
+            *([InputTag("scoring", p)] if (p := tasks.scoring_protocol(ds)) else [])]
     return DatasetInput(dataset=meta._to_mlflow_entity(), tags=tags)
 
 

@@ -85,9 +85,11 @@ def table(rows: list[list[Any]], header: list[str]) -> str:
 
 
 def summary(sweep: str, method: str, runs: list, metric_key: str, metric_names: tuple[str, ...],
-            searched: list[str], ui: str) -> str:
+            searched: list[str], ui: str, protocol: str | None = None) -> str:
+    """The sweep's closing table; ``protocol``: the data's scoring line (``grounding.tasks.scoring_protocol``)."""
     ranked = sorted(runs, key=lambda r: r.data.metrics.get(metric_key, float("-inf")), reverse=True)
-    lines = [f"sweep {sweep} ({method}): {len(runs)} trials, ranked by {metric_key} of each trial's selected checkpoint", ""]
+    lines = [f"sweep {sweep} ({method}): {len(runs)} trials, ranked by {metric_key} of each trial's selected checkpoint",
+             *([protocol] if protocol else []), ""]
     header = ["trial", "status", "epochs", "selected", metric_key] + [f"iid/{m}" for m in metric_names] + [f"ood/{m}" for m in metric_names]
     rows = []
     for r in ranked:
@@ -149,8 +151,9 @@ def table_rows(groups: dict) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], metric_names: tuple[str, ...], title: str) -> str:
-    lines = [f"## {title}", "",
+def markdown(rows: list[dict], metric_names: tuple[str, ...], title: str, protocol: str | None = None) -> str:
+    """The comparison's tables; ``protocol``: the data's scoring line (``grounding.tasks.scoring_protocol``)."""
+    lines = [f"## {title}", "", *([protocol, ""] if protocol else []),
              "Mean ± sample std over seeds [95% confidence interval of the mean, Student's t], in %."]
     for sp in SPLITS:
         sub = [r for r in rows if r["split"] == sp]

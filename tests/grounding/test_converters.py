@@ -126,18 +126,30 @@ def yc2_inputs(tmp_path_factory):
     return base, plan
 
 
-@pytest.fixture(scope="module")
-def yc2_converted(yc2_inputs, tmp_path_factory):
+YC2_SOURCES = dict(limit=3, boxes=[YC2 / "official_yc2_bb_public_test_annotations.json"],
+                   sizes=[YC2 / "official_yc2_training_vid.json", YC2 / "official_yc2_bb_public_test_annotations.json"])
+
+
+def _yc2_convert(base: Path, root: Path, **kw) -> Dataset:
     from grounding.data.converters import youcook2_bb
 
-    base, _ = yc2_inputs
-    root = tmp_path_factory.mktemp("yc2_out") / "ds"
-    youcook2_bb.convert(root, YC2, base / "feat", base / "prop",
-                        sizes=[YC2 / "official_yc2_training_vid.json", YC2 / "official_yc2_bb_public_test_annotations.json",
-                               base / "yc2_bb_val_annotations.json"],
-                        boxes=[YC2 / "official_yc2_bb_public_test_annotations.json", base / "yc2_bb_val_annotations.json"],
-                        limit=3, **QUIET)
+    val = base / "yc2_bb_val_annotations.json"
+    youcook2_bb.convert(root, YC2, base / "feat", base / "prop", sizes=[*YC2_SOURCES["sizes"], val],
+                        boxes=[*YC2_SOURCES["boxes"], val], limit=3, **QUIET, **kw)
     return Dataset.open(root)
+
+
+@pytest.fixture(scope="module")
+def yc2_converted(yc2_inputs, tmp_path_factory):
+    """The 5-centre-frame setting (``eval_frames=centre``): the rows the converter wrote before
+    evaluation rows held every frame; the assertions on it below predate that change unchanged."""
+    return _yc2_convert(yc2_inputs[0], tmp_path_factory.mktemp("yc2_out") / "ds", eval_frames="centre")
+
+
+@pytest.fixture(scope="module")
+def yc2_every(yc2_inputs, tmp_path_factory):
+    """The default: every frame of a val/test segment, in rows of T = 5 consecutive frames."""
+    return _yc2_convert(yc2_inputs[0], tmp_path_factory.mktemp("yc2_every") / "ds")
 
 
 def test_youcook2_bb_low_vocabulary_coverage_names_the_word_vectors(yc2_inputs, tmp_path):
@@ -230,6 +242,127 @@ def test_youcook2_bb_ground_truth_and_queries(yc2_converted):
     assert t["segment_id"] == "jD4o_Lmy6bU_00"
     assert t["gt_class"] == [45, 46, 40, 53] and t["query_classes"] == [45, 46, 40, 53]  # flour salt water dough
     assert not any(t["gt_valid"])
+
+
+def _annotated(path: Path) -> tuple[int, int]:
+    """(valid boxes, (segment, class, frame) items with a valid box) of an official-format box file,
+    counted from the JSON alone: a box counts where present, not occluded and not outside."""
+    boxes, items = 0, 0
+    for v in json.loads(path.read_text())["database"].values():
+        for seg in v["segments"].values():
+            frames: dict[str, set] = {}
+            for obj in seg["objects"]:
+                ok = {j for j, b in enumerate(obj["boxes"]) if b and not b["occluded"] and not b["outside"]}
+                boxes += len(ok)
+                frames.setdefault(obj["label"], set()).update(ok)
+            items += sum(map(len, frames.values()))
+    return boxes, items
+
+
+def _accumulator(ds: Dataset, split: str):
+    """The task's accumulator after one batch of the whole split with fixed proposal scores."""
+    import torch
+
+    from grounding import tasks
+
+    data = tasks.load(ds, splits=(split,), optional=())
+    acc, b = data.task.accumulator(data.info), data[split].batch(np.arange(len(data[split])))
+    B, Kq = b["queries"].shape
+    T, N = b["proposals"].shape[1:3]
+    acc.update_batch(torch.arange(N, dtype=torch.float32).expand(B, Kq, T, N), b)
+    return acc
+
+
+def test_youcook2_bb_evaluation_rows_hold_every_frame(yc2_every, yc2_inputs):
+    """The default (eval_frames=all): a 7-frame val/test segment is two rows of 5 consecutive
+    frames with its segment id, the second filled with frames 4, 5, 6 as the published test fills its
+    last window, the filler not scored; training keeps the 5 centre frames."""
+    _, plan = yc2_inputs
+    m = yc2_every.manifest
+    assert m.extra["eval_frames"] == "all" and m.producer["args"]["eval_frames"] == "all"
+    assert {sp: m.split_rows(sp) for sp in m.splits} == {"train": 3, "val": 6, "test": 6}
+    st = m.extra["stats"]
+    assert st["segments"] == {"train": 3, "val": 3, "test": 3} and st["rows"] == {"train": 3, "val": 6, "test": 6}
+    assert st["frames"] == {"train": 5 + 5 + 3, "val": 21, "test": 21}  # distinct frames held; filler not counted
+    val = WsvogArrays.from_table(yc2_every.read_split("val"), 5, 20, 4096)
+    assert val.segment_ids == [s for s, _ in plan["val"] for _ in range(2)]
+    np.testing.assert_array_equal(val.features[:2, :, 0, 0], [[0, 1, 2, 3, 4], [5, 6, 4, 5, 6]])
+    # object 0 of segment 0: frames 0, 1 valid, 2 occluded, 3 outside, 4 missing, 5 and 6 valid; filler never
+    np.testing.assert_array_equal(val.gt_valid[:2, 0], [[1, 1, 0, 0, 0], [1, 1, 0, 0, 0]])
+    np.testing.assert_allclose(val.gt_boxes[1, 0, 1], [300, 200, 400, 350])
+    train = WsvogArrays.from_table(yc2_every.read_split("train"), 5, 20, 4096)
+    np.testing.assert_array_equal(train.features[:, :, 0, 0], [[0, 2, 3, 4, 6], [0, 2, 3, 4, 6], [0, 0, 1, 2, 2]])
+    assert train.segment_ids == [s for s, _ in plan["train"]]
+
+
+def test_every_annotated_frame_is_scored(yc2_every, yc2_converted, yc2_inputs):
+    """As the published test: the boxes scored on the val split are exactly the valid boxes of the
+    annotation (every annotated frame of every object), and the (segment, class, frame) items the
+    query accuracy counts are those of the annotation; the 5-centre-frame setting scores frames
+    0, 2, 3, 4, 6 of the 7, i.e. 2 of each object's 4 valid boxes."""
+    boxes, items = _annotated(yc2_inputs[0] / "yc2_bb_val_annotations.json")
+    assert boxes == 2 * 8 and items == 2 * 8  # 2 segments, each 2 objects of distinct classes x 4 valid frames
+    acc = _accumulator(yc2_every, "val")
+    assert acc.counts[1].sum() == boxes == yc2_every.manifest.extra["stats"]["gt_boxes"]["val"]
+    assert acc.counts[3].sum() == items
+    centre = _accumulator(yc2_converted, "val")
+    assert centre.counts[1].sum() == boxes // 2 == yc2_converted.manifest.extra["stats"]["gt_boxes"]["val"]
+
+
+def test_the_centre_setting_is_the_every_frame_rows_at_the_centre_frames(yc2_every, yc2_converted):
+    """eval_frames=centre keeps, per segment, the 5 centre frames (0, 2, 3, 4, 6 of 7) of exactly the
+    frames, proposals and ground truth that the every-frame rows hold (features, boxes, validity)."""
+    from grounding.data.converters.common import centre_indices
+
+    for sp in ("val", "test"):
+        every = WsvogArrays.from_table(yc2_every.read_split(sp), 5, 20, 4096)
+        centre = WsvogArrays.from_table(yc2_converted.read_split(sp), 5, 20, 4096)
+        ids = np.array(every.segment_ids)
+        assert centre.segment_ids == list(dict.fromkeys(every.segment_ids))
+        for c, seg in enumerate(centre.segment_ids):
+            r = np.flatnonzero(ids == seg)
+            pick = centre_indices(7, 5)
+            frames = lambda x: np.concatenate(list(x[r]), axis=0)[pick]  # noqa: E731  rows -> frames
+            np.testing.assert_array_equal(frames(every.features), centre.features[c])
+            np.testing.assert_array_equal(frames(every.proposals), centre.proposals[c])
+            np.testing.assert_array_equal(np.concatenate(list(every.gt_valid[r]), axis=1)[:, pick], centre.gt_valid[c])
+            np.testing.assert_array_equal(np.concatenate(list(every.gt_boxes[r]), axis=1)[:, pick], centre.gt_boxes[c])
+
+
+@pytest.mark.parametrize("method", ["stvg", "causal", "scl"])
+def test_every_wsvog_model_scores_a_segment_in_rows_as_in_one(yc2_every, method):
+    """Every WSVOG model scores a frame from that frame's proposals alone, so a segment cut into
+    rows of 5 frames gets the proposal scores, and so the counts, it gets in one row of all its 7
+    frames."""
+    import torch
+
+    from grounding import engine, tasks
+    from grounding.models import registry
+
+    data = tasks.load(yc2_every, splits=("train", "val"), optional=())  # train: causal's bank entries
+    params = {"embed_dim": 16, "heads": 2, **({"J": 8, "W": 8} if method == "causal" else {}),
+              **({"inference": "both"} if method == "scl" else {})}
+    torch.manual_seed(0)
+    model = registry.build(method, params, data.info).eval()
+    val = data["val"]
+    rows = engine.accumulate(model, val, data.task, data.info, batch_size=4)
+    whole = data.task.accumulator(data.info)
+    F = 7  # every val segment of the fixture
+    for seg in dict.fromkeys(val.segment_ids):
+        b = val.batch(np.flatnonzero(np.array(val.segment_ids) == seg))
+        R, T = b["features"].shape[:2]
+        one = {k: v[:1] for k, v in b.items()}  # the per-segment columns (queries, text) of the first row
+        one["features"] = b["features"].reshape(1, R * T, *b["features"].shape[2:])[:, :F]
+        one["proposals"] = b["proposals"].reshape(1, R * T, -1, 4)[:, :F]
+        one["gt_boxes"] = b["gt_boxes"].permute(1, 0, 2, 3).reshape(1, -1, R * T, 4)[:, :, :F]
+        one["gt_valid"] = b["gt_valid"].permute(1, 0, 2).reshape(1, -1, R * T)[:, :, :F]
+        scores = model.predict(one)  # [1, Kq, F, N]
+        whole.update_batch(scores, one)
+        in_rows = model.predict(b)  # [R, Kq, T, N]
+        in_rows = in_rows.permute(1, 0, 2, 3).reshape(1, -1, R * T, in_rows.shape[-1])[:, :, :F]
+        torch.testing.assert_close(in_rows, scores, rtol=1e-5, atol=1e-6)
+    assert rows.counts[1].sum() == 16  # every valid box of the annotation scored
+    np.testing.assert_array_equal(rows.counts, whole.counts)
 
 
 def _scores(ds: Dataset, split: str):
@@ -345,15 +478,22 @@ def test_youcook2_bb_reads_nafae_per_frame_features(yc2_inputs, tmp_path):
     _nafae_layout(base, tmp_path / "nafae", "val", plan["val"])
     kw = dict(splits=["val"], limit=3, text_encoder=None, boxes=[base / "yc2_bb_val_annotations.json"],
               sizes=[base / "yc2_bb_val_annotations.json"], feature_dtype="float32", **QUIET)
-    youcook2_bb.convert(tmp_path / "causal", YC2, base / "feat", base / "prop", **kw)
-    youcook2_bb.convert(tmp_path / "ds", YC2, tmp_path / "nafae", None, layout="nafae", **kw)
-    ds, ref = Dataset.open(tmp_path / "ds"), Dataset.open(tmp_path / "causal")
-    assert ds.manifest.dims == {"T": 5, "N": 20, "D": 4096} and ds.manifest.extra["layout"].startswith("NAFAE")
-    a, b = _rows(ds, "val"), _rows(ref, "val")
-    assert [r["segment_id"] for r in a] == [s for s, _ in plan["val"]]
-    for k in ("features", "proposals", "gt_boxes", "gt_valid", "gt_class"):
-        assert [r[k] for r in a] == [r[k] for r in b], k  # the same rows as the causal layout gives
-    np.testing.assert_array_equal(np.asarray(a[0]["features"]).reshape(5, 20, 4096)[:, 0, 0], [0, 2, 3, 4, 6])
+    # the same rows as the causal layout gives, in either evaluation setting: every frame (default,
+    # 7 frames -> rows 0-4 and 5,6 + filler 4,5,6) or the 5 centre frames
+    for eval_frames, frames in (("all", [[0, 1, 2, 3, 4], [5, 6, 4, 5, 6]]), ("centre", [[0, 2, 3, 4, 6]])):
+        youcook2_bb.convert(tmp_path / f"causal-{eval_frames}", YC2, base / "feat", base / "prop",
+                            eval_frames=eval_frames, **kw)
+        youcook2_bb.convert(tmp_path / f"nafae-{eval_frames}", YC2, tmp_path / "nafae", None, layout="nafae",
+                            eval_frames=eval_frames, **kw)
+        ds, ref = Dataset.open(tmp_path / f"nafae-{eval_frames}"), Dataset.open(tmp_path / f"causal-{eval_frames}")
+        assert ds.manifest.dims == {"T": 5, "N": 20, "D": 4096} and ds.manifest.extra["layout"].startswith("NAFAE")
+        assert ds.manifest.extra["eval_frames"] == eval_frames
+        a, b = _rows(ds, "val"), _rows(ref, "val")
+        assert [r["segment_id"] for r in a] == [s for s, _ in plan["val"] for _ in frames]
+        for k in ("features", "proposals", "gt_boxes", "gt_valid", "gt_class"):
+            assert [r[k] for r in a] == [r[k] for r in b], k
+        got = [np.asarray(r["features"]).reshape(5, 20, 4096)[:, 0, 0].tolist() for r in a[:len(frames)]]
+        assert got == frames
     # a segment without frames is a missing input, named
     seg = plan["val"][1][0]
     meta = _yc2_segments()[1]["val"][seg][0]
@@ -374,8 +514,11 @@ def test_youcook2_bb_converted_box_format_and_nafae_sentences(yc2_inputs, tmp_pa
                         nafae=DATA / "youcook2_bb" / "nafae", feature_dtype="float32", **QUIET)
     ds = Dataset.open(root)
     assert ds.manifest.feature_dtype == "float32"
-    v = _rows(ds, "val")[0]
-    np.testing.assert_array_equal(np.asarray(v["gt_valid"]).reshape(-1, 5)[0], [True, False, False, False, True])
+    v0, v1 = _rows(ds, "val")[:2]  # every frame (the default): frames 0-4, then 5, 6 and filler
+    assert v0["segment_id"] == v1["segment_id"]
+    np.testing.assert_array_equal(np.asarray(v0["gt_valid"]).reshape(-1, 5)[0], [True, True, False, False, False])
+    np.testing.assert_array_equal(np.asarray(v1["gt_valid"]).reshape(-1, 5)[0], [True, True, False, False, False])
+    np.testing.assert_allclose(np.asarray(v1["gt_boxes"]).reshape(-1, 5, 4)[0, 1], [300, 200, 400, 350])
     sentences = json.loads((YC2 / "seg_sentence_dict.json").read_text())
     for r in _rows(ds, "test"):  # NAFAE's sentence_raw, segment i of the video = <video>_<i:02d>
         assert r["sentence"] == sentences[r["segment_id"]]
@@ -439,9 +582,21 @@ def test_youcook2_bb_skip_missing_never_empties_a_split(yc2_inputs, tmp_path, ca
     assert main([*args, "--max-missing-fraction", "1.5"]) == 2
     assert "--max-missing-fraction 1.5: must be in [0, 1]" in capsys.readouterr().err
     # with the val and test sizes (docs/shards.md's command) nothing is missing
-    assert main([*args, "--sizes", str(base / "yc2_bb_val_annotations.json"),
-                 "--sizes", str(YC2 / "official_yc2_bb_public_test_annotations.json")]) == 0
-    assert Dataset.open(root).manifest.extra["stats"]["segments_skipped"] == 0
+    sizes = ["--sizes", str(base / "yc2_bb_val_annotations.json"),
+             "--sizes", str(YC2 / "official_yc2_bb_public_test_annotations.json")]
+    assert main([*args, *sizes]) == 0
+    m = Dataset.open(root).manifest
+    assert m.extra["stats"]["segments_skipped"] == 0 and m.extra["eval_frames"] == "all"
+    assert {sp: m.split_rows(sp) for sp in m.splits} == {"train": 3, "val": 6, "test_iid": 6}  # every frame
+    # the 5-centre-frame setting, by its flag (docs/shards.md)
+    assert main([*args[:-1], *sizes, "--eval-frames", "centre", str(tmp_path / "centre")]) == 0
+    m = Dataset.open(tmp_path / "centre").manifest
+    assert m.extra["eval_frames"] == "centre" and {sp: m.split_rows(sp) for sp in m.splits} == {
+        "train": 3, "val": 3, "test_iid": 3}
+    with pytest.raises(SystemExit) as e:
+        main([*args[:-1], *sizes, "--eval-frames", "five", str(tmp_path / "five")])
+    assert e.value.code == 2 and "--eval-frames: invalid choice: 'five' (choose from 'all', 'centre')" in \
+        capsys.readouterr().err
 
 
 # ==================================================================== ActivityNet-Entities

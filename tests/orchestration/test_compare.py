@@ -142,6 +142,7 @@ def test_compare_two_methods_two_seeds_one_parent_four_children_table_by_hand(co
     md = client.download_artifacts(parent.info.run_id, "compare.md", str(tmp_path))
     text = open(md).read()
     assert "### OOD test" in text and "| stvg | base | 2 |" in text and "| causal | base | 2 |" in text
+    assert "scoring: generated YouCook2-BB benchmark, its 5 frames per segment" in text  # the frames scored
     assert text.strip() in proc.stdout  # the same markdown is printed at the end
     assert "Trial status" not in proc.stdout and "[compare] done  causal/base/seed1" in proc.stdout
 
@@ -161,6 +162,7 @@ def test_evaluate_a_logged_model_and_refuse_incompatible_data(compared, smoke_ro
                  if "mlflow.parentRunId" in r.data.tags)
     proc = run_evaluate(cwd, f"run={child.info.run_id}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "scoring: generated YouCook2-BB benchmark, its 5 frames per segment" in proc.stdout
     (ev,) = client.search_runs([exp.experiment_id], "tags.kind = 'evaluation'")
     assert ev.data.tags["source_run"] == child.info.run_id
     assert ev.inputs.dataset_inputs[0].dataset.name == "youcook2-smoke"

@@ -41,3 +41,30 @@ def test_the_compare_table_states_each_rows_budget_and_how_many_trials_stopped_f
     md = compare.markdown(rows, NAMES, "t")
     line = next(ln for ln in md.split("### Budget")[1].splitlines() if ln.startswith("| stvg"))
     assert line.strip(" |").split(" | ") == ["stvg", "default", "3", "7–12", "2 of 3", "4–12"]
+
+
+def test_tables_name_the_youcook2_scoring_setting(yc2_tiny):
+    """Which frames of a YouCook2-BB segment are scored is named in the sweep summary and the
+    comparison's markdown (and the evaluate table, the MLflow dataset tags): every annotated frame,
+    the 5 centre frames (also a conversion from before the setting), or the generated benchmark's."""
+    from grounding import tasks
+    from grounding.data.shards import Dataset
+
+    def data(**extra):
+        return SimpleNamespace(manifest=SimpleNamespace(extra={"source": "youcook2_bb", **extra}, dims={"T": 5}))
+
+    every = tasks.scoring_protocol(data(eval_frames="all"))
+    centre = tasks.scoring_protocol(data(eval_frames="centre"))
+    assert "every annotated frame" in every and "eval_frames=all" in every
+    assert "5 centre frames" in centre and "eval_frames=centre" in centre and "not comparable" in centre
+    assert tasks.scoring_protocol(data()) == centre  # converted before the setting: centre frames
+    generated = tasks.scoring_protocol(Dataset.open(yc2_tiny))
+    assert "generated YouCook2-BB benchmark" in generated and "5 frames per segment" in generated
+    assert tasks.scoring_protocol(SimpleNamespace(manifest=SimpleNamespace(extra={"source": "anet_entities"},
+                                                                           dims={"T": 10}))) is None
+    run = _run({"val/box_micro": 0.25}, method="stvg", variant="default", seed="0")
+    text = report.summary("s", "stvg", [run], "val/box_micro", NAMES, [], "mlflow ui", centre)
+    assert text.splitlines()[1] == centre
+    assert "scoring:" not in report.summary("s", "stvg", [run], "val/box_micro", NAMES, [], "mlflow ui")
+    md = compare.markdown(compare.table_rows(compare.group_results([run], NAMES, ["stvg"], [])), NAMES, "t", every)
+    assert md.splitlines()[2] == every

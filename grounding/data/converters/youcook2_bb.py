@@ -37,11 +37,34 @@ Inputs (paths as in that code's ``config.py``; the NAFAE release shares the clas
     ``encoding="latin1"``): with ``--sentences nafae`` the sentence of segment ``<video>_<i:02d>``
     is ``" ".join(sentence_raw[i])``.
 
-Conventions of a row (the same as the generated benchmark, :mod:`grounding.data.benchmarks.youcook2`):
+Conventions of a row (training rows, and evaluation rows under ``--eval-frames centre``, are those of
+the generated benchmark, :mod:`grounding.data.benchmarks.youcook2`):
 
-* ``T`` frames (default 5, the code's ``num_frm``) are the centre frames of ``T`` equal bins of
-  the segment's frames (:func:`~.common.centre_indices`; deterministic, where the original
-  training loader draws a random frame per bin and its test loader uses every frame);
+* training rows: ``T`` frames (default 5, the code's ``num_frm``), the centre frames of ``T`` equal
+  bins of the segment's frames (:func:`~.common.centre_indices`; deterministic, where the original
+  training loader draws a random frame per bin);
+* evaluation rows (every split but ``train``), ``--eval-frames``:
+
+  - ``all`` (default): every feature frame of the segment, as the published test scores it ("Weakly-
+    Supervised Video Object Grounding via Causal Intervention" samples ``T = 5`` frames "for
+    training", Sec. 5.3, and scores box/query accuracy as the earlier YouCook2-BB works, Sec. 5.2;
+    its authors' ``YC2_test_data`` loads all of a segment's 1-fps frames and their
+    ``tools/test_tool.py`` scores every annotated one). A segment of ``F`` frames becomes
+    ``ceil(F / T)`` rows of ``T`` consecutive frames, with the same ``segment_id``; the last row is
+    filled up as that test fills its last window of frames (its ``x = T - F % T`` missing frames are
+    the segment's frames ``(j - x) mod F``, ``j < x``: the segment's last ``x`` frames when
+    ``F >= x``) and those filler frames have ``gt_valid`` False, so each frame is scored exactly
+    once. Box and query accuracy count (instance, frame) and (segment, class, frame) items, and every
+    WSVOG model here scores a frame from that frame's proposals alone (the self-attention runs over
+    the proposals of one frame; the temporal attention only weighs the training loss), so the rows'
+    metrics are those of the whole segment scored at once. The published test also cuts a segment
+    into windows (of 10 frames) before its model sees it;
+  - ``centre``: the ``T`` centre frames, one row per segment (what this converter wrote before;
+    tables name it: :func:`grounding.tasks.scoring_protocol`). Where ``F < T`` frames repeat and a
+    repeated annotated frame is counted again, as it always was.
+
+  The manifest records the setting (``extra.eval_frames``) and per split the segments, rows,
+  frames and valid ground-truth boxes written (``extra.stats``);
 * the first ``N`` proposals (default 20, the code's ``num_proposals``) of each frame are kept,
   in file order (the RPN's score order);
 * ``query_classes``: the segment's classes from the dict file, unique, in order of appearance;
@@ -67,13 +90,14 @@ from .. import safe_pickle, text_features
 from ..schema import classes_schema
 from ..shards import DatasetWriter
 from .common import (
-    MAX_MISSING_FRACTION, MIN_VOCAB_COVERAGE, ConversionError, MissingInputs, centre_indices, check_coverage, chunks,
-    load_json, need_dir, need_file, producer, rename, wsvog_table)
+    CHUNK_ROWS, MAX_MISSING_FRACTION, MIN_VOCAB_COVERAGE, ConversionError, MissingInputs, centre_indices,
+    check_coverage, load_json, need_dir, need_file, producer, rename, wsvog_table)
 
 NAME = "youcook2-bb"
 PRODUCER = "grounding.data.converters.youcook2_bb"
 SPLIT_DIRS = {"train": "training", "val": "validation", "test": "testing"}
 LAYOUTS = ("causal", "nafae")  # --layout: per-segment arrays (causal release) or per-frame files (NAFAE)
+EVAL_FRAMES = ("all", "centre")  # --eval-frames: every frame of an eval segment (published test) or T centre frames
 PROPOSAL_SCALE = 224.0
 
 
@@ -195,6 +219,7 @@ def _segment_file(folder: Path, split: str, seg: str) -> Path:
 def convert(root, annotations, features, proposals, sizes=(), boxes=(), splits=("train", "val", "test"),
             T: int = 5, N: int = 20, feature_dtype: str = "float16", limit: int | None = None,
             nafae=None, sentences: str = "causal", skip_missing: bool = False, layout: str = "causal",
+            eval_frames: str = "all",
             max_missing_fraction: float = MAX_MISSING_FRACTION, min_vocab_coverage: float = MIN_VOCAB_COVERAGE,
             renames: dict[str, str] | None = None, overwrite: bool = False, log=print,
             text_encoder: str | None = "minilm", word_vectors=None):
@@ -203,11 +228,15 @@ def convert(root, annotations, features, proposals, sizes=(), boxes=(), splits=(
     ``text_encoder`` (default ``minilm``; None = without) adds the schema-v2 contextual text
     columns (``grounding/data/text_features.py``) computed from the segments' sentences, with the
     class names and plurals of ``class_file.csv``; ``word_vectors`` (default the annotation
-    folder's ``word_embedding_glove.json``) gives the GloVe vectors of the word ids."""
+    folder's ``word_embedding_glove.json``) gives the GloVe vectors of the word ids.
+    ``eval_frames``: ``all`` (every frame of a val/test segment, in rows of ``T``) or ``centre``
+    (``T`` centre frames per segment); see the module docstring."""
     ann = need_dir(annotations, "--annotations")
     feat_dir = need_dir(features, "--features")
     if layout not in LAYOUTS:
         raise ConversionError(f"--layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
+    if eval_frames not in EVAL_FRAMES:
+        raise ConversionError(f"--eval-frames {eval_frames!r}; allowed: {', '.join(EVAL_FRAMES)}")
     nafae_layout = layout == "nafae"
     prop_dir = feat_dir if nafae_layout else need_dir(proposals, "--proposals (with --layout causal)")
     bad = [s for s in splits if s not in SPLIT_DIRS]
@@ -288,6 +317,7 @@ def convert(root, annotations, features, proposals, sizes=(), boxes=(), splits=(
     args = dict(annotations=str(ann), features=str(feat_dir), proposals=None if nafae_layout else str(prop_dir),
                 sizes=[str(p) for p in size_files], boxes=[str(p) for p in box_files], splits=list(splits),
                 T=T, N=N, feature_dtype=feature_dtype, limit=limit, sentences=sentences, layout=layout,
+                eval_frames=eval_frames,
                 nafae=str(nafae) if nafae else None, skip_missing=skip_missing,
                 max_missing_fraction=max_missing_fraction, renames=renames or {})
     sources = {p.name: p for p in (class_csv, glove_npy, sent_path, *size_files, *box_files)}
@@ -295,11 +325,16 @@ def convert(root, annotations, features, proposals, sizes=(), boxes=(), splits=(
     # segments_with_boxes: per (output) split, the segments with at least one valid GT box, i.e.
     # what box/query accuracy can score (a split with none is not scored, grounding.metrics.wsvog);
     # segments_in_box_files: those the --boxes files list at all (the public test file lists labels only)
+    # segments / rows / frames (distinct feature frames in the rows, filler not counted) /
+    # gt_boxes (valid instance-frame boxes in the rows: what box accuracy counts) per split
+    outs = [rename(sp, renames) for sp in splits]
     stats = {"segments_skipped": missing.skipped,
-             "segments_with_boxes": {rename(sp, renames): 0 for sp in splits},
-             "segments_in_box_files": {rename(sp, renames): 0 for sp in splits}, "frame_count_mismatch": 0}
+             "segments_with_boxes": dict.fromkeys(outs, 0), "segments_in_box_files": dict.fromkeys(outs, 0),
+             "frame_count_mismatch": 0, "segments": dict.fromkeys(outs, 0), "rows": dict.fromkeys(outs, 0),
+             "frames": dict.fromkeys(outs, 0), "gt_boxes": dict.fromkeys(outs, 0)}
     extra = {"source": "youcook2_bb", "layout": ("NAFAE per-frame region features + <split>_box.json" if nafae_layout
                                                  else "causal-intervention (cvpr) region features"),
+             "eval_frames": eval_frames,
              "num_classes": len(names), "proposal_scale": PROPOSAL_SCALE, "stats": stats,
              "splits_from": {rename(sp, renames): SPLIT_DIRS[sp] for sp in splits}}
     feat = None
@@ -323,14 +358,15 @@ def convert(root, annotations, features, proposals, sizes=(), boxes=(), splits=(
         w.add_table("classes", classes_tbl)
         for sp, items in plan.items():
             out = rename(sp, renames)
-            for part in chunks(items):
-                rows = [_row(it, T, N, D, size_of, gt, sents, stats, out) for it in part]
-                stats["segments_with_boxes"][out] += sum(bool(np.any(r["gt_valid"])) for r in rows)
+            every = eval_frames == "all" and sp != "train"
+            for rows in _row_chunks(items, T, N, D, size_of, gt, sents, stats, out, every):
                 table = wsvog_table(rows, T, N, D, feature_dtype)
                 w.write(out, feat.attach(table) if feat else table)
             with_boxes = stats["segments_with_boxes"][out]
             log(f"{sp}: {len(items)} segments, {with_boxes} with a ground-truth box"
-                + ("" if with_boxes or sp == "train" else " (not scored for box/query accuracy)"))
+                + ("" if with_boxes or sp == "train" else " (not scored for box/query accuracy)")
+                + (f"; every frame: {stats['frames'][out]} frames in {stats['rows'][out]} rows of {T}"
+                   if every else f"; {T} centre frames per segment"))
         if feat:
             w.add_table("words", feat.words_table())
             w.text = feat.manifest_block()
@@ -355,22 +391,35 @@ def _load_nafae_boxes(feat_dir: Path, split: str) -> dict:
                      "NAFAE box file")
 
 
-def _segment_arrays(fpath, ppath, T: int, N: int, D: int):
-    """(frame count, chosen frame indices, features [T, N, D], proposals [T, N, 4] float64) of a
-    segment: the causal layout's two ``[frames, P, …]`` arrays, or NAFAE's per-frame files (a list
-    of ``(P, D)`` arrays) and their boxes (a list of ``[P, 4]`` lists from the box JSON)."""
+def frame_rows(F: int, T: int, every: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(index [R, T], scored [R, T])``: the feature frames of a segment's ``R`` rows and which of
+    them are scored. ``every``: all ``F`` frames in order in ``ceil(F / T)`` rows, the last one
+    filled with the frames ``(j - x) mod F`` (``x = R*T - F`` of them; the published test's filler)
+    that are not scored; otherwise one row of the ``T`` centre frames, all scored."""
+    if not every:
+        return centre_indices(F, T)[None], np.ones((1, T), bool)
+    R = -(-F // T)
+    x = R * T - F
+    idx = np.concatenate([np.arange(F), (np.arange(x) - x) % F]).astype(np.int64)
+    return idx.reshape(R, T), (np.arange(R * T) < F).reshape(R, T)
+
+
+def _segment_arrays(fpath, ppath, idx: np.ndarray, N: int, D: int):
+    """(frame count, features [len(idx), N, D], proposals [len(idx), N, 4] float64) of the frames
+    ``idx`` of a segment: the causal layout's two ``[frames, P, …]`` arrays, or NAFAE's per-frame
+    files (a list of ``(P, D)`` arrays) and their boxes (a list of ``[P, 4]`` lists from the box JSON)."""
     if isinstance(fpath, list):
         F = len(fpath)
-        idx = centre_indices(F, T)
-        feats = [np.load(fpath[i], mmap_mode="r") for i in idx]
-        for f, a in zip((fpath[i] for i in idx), feats):
+        feats = {int(i): np.load(fpath[i], mmap_mode="r") for i in dict.fromkeys(idx.tolist())}
+        for i, a in feats.items():
             if a.ndim != 2 or a.shape[0] < N or a.shape[1] != D:
-                raise ConversionError(f"{f}: a NAFAE frame must be [>={N}, {D}]; got shape {a.shape}")
-        props = [np.asarray(ppath[i], np.float64) for i in idx]
-        for f, b in zip((fpath[i] for i in idx), props):
+                raise ConversionError(f"{fpath[i]}: a NAFAE frame must be [>={N}, {D}]; got shape {a.shape}")
+        props = {i: np.asarray(ppath[i], np.float64) for i in feats}
+        for i, b in props.items():
             if b.ndim != 2 or b.shape[0] < N or b.shape[1] < 4:
-                raise ConversionError(f"box of {f.stem} in the NAFAE box file must be [>={N}, 4]; got shape {b.shape}")
-        return F, idx, np.stack([a[:N] for a in feats]), np.stack([b[:N, :4] for b in props])
+                raise ConversionError(f"box of {fpath[i].stem} in the NAFAE box file must be [>={N}, 4]; "
+                                      f"got shape {b.shape}")
+        return F, np.stack([feats[int(i)][:N] for i in idx]), np.stack([props[int(i)][:N, :4] for i in idx])
     feats = np.load(fpath, mmap_mode="r")
     props = np.load(ppath, mmap_mode="r")
     if feats.ndim != 3 or feats.shape[1] < N or feats.shape[2] != D:
@@ -378,41 +427,70 @@ def _segment_arrays(fpath, ppath, T: int, N: int, D: int):
     if props.ndim != 3 or props.shape[0] != feats.shape[0] or props.shape[1] < N or props.shape[2] < 4:
         raise ConversionError(f"{ppath}: proposals must be [{feats.shape[0]}, >={N}, 4] to match {fpath.name}; "
                               f"got shape {props.shape}")
-    idx = centre_indices(feats.shape[0], T)
-    return feats.shape[0], idx, np.asarray(feats[idx, :N, :]), np.asarray(props[idx, :N, :4], np.float64)
+    return feats.shape[0], np.asarray(feats[idx, :N, :]), np.asarray(props[idx, :N, :4], np.float64)
 
 
-def _row(item, T, N, D, size_of, gt, sents, stats, split: str) -> dict:
+def _frame_count(fpath) -> int:
+    return len(fpath) if isinstance(fpath, list) else int(np.load(fpath, mmap_mode="r").shape[0])
+
+
+def _row_chunks(items, T, N, D, size_of, gt, sents, stats, split: str, every: bool):
+    """The rows of ``items`` (segments) in lists of about ``CHUNK_ROWS`` rows, counted into ``stats``."""
+    part: list[dict] = []
+    for item in items:
+        rows = _rows(item, T, N, D, size_of, gt, sents, stats, split, every)
+        stats["segments"][split] += 1
+        stats["rows"][split] += len(rows)
+        stats["segments_with_boxes"][split] += any(bool(np.any(r["gt_valid"])) for r in rows)
+        stats["gt_boxes"][split] += sum(int(np.sum(r["gt_valid"])) for r in rows)
+        part += rows
+        if len(part) >= CHUNK_ROWS:
+            yield part
+            part = []
+    if part:
+        yield part
+
+
+def _rows(item, T, N, D, size_of, gt, sents, stats, split: str, every: bool) -> list[dict]:
+    """The rows of one segment (:func:`frame_rows`): features, rescaled proposals, ground truth."""
     seg, vid, recipe, index, classes, fpath, ppath = item
-    F, idx, fsel, boxes = _segment_arrays(fpath, ppath, T, N, D)
+    F = _frame_count(fpath)
+    if F < 1:
+        raise ConversionError(f"{fpath}: segment {seg} has no frames")
+    index_rows, scored = frame_rows(F, T, every)
+    F, fsel, boxes = _segment_arrays(fpath, ppath, index_rows.reshape(-1), N, D)
+    stats["frames"][split] += len(set(index_rows[scored].tolist()))
     W, H = size_of[vid]
     boxes[..., [0, 2]] *= W / PROPOSAL_SCALE
     boxes[..., [1, 3]] *= H / PROPOSAL_SCALE
+    R = len(index_rows)
+    fsel, boxes = fsel.reshape(R, T, N, D), boxes.reshape(R, T, N, 4)
 
     insts = gt.get((vid, index))
     if insts is None:
         gt_class = classes
-        gt_boxes = np.zeros((len(classes), T, 4), np.float32)
-        gt_valid = np.zeros((len(classes), T), bool)
+        gt_boxes = np.zeros((R, len(classes), T, 4), np.float32)
+        gt_valid = np.zeros((R, len(classes), T), bool)
     else:
         stats["segments_in_box_files"][split] += 1
         gt_class = [c for c, _ in insts]
-        gt_boxes = np.zeros((len(insts), T, 4), np.float32)
-        gt_valid = np.zeros((len(insts), T), bool)
+        gt_boxes = np.zeros((R, len(insts), T, 4), np.float32)
+        gt_valid = np.zeros((R, len(insts), T), bool)
         for i, (_, frames) in enumerate(insts):
             if frames and len(frames) != F:
                 stats["frame_count_mismatch"] += 1
-            for t, f in enumerate(idx):
+            for r, t in zip(*np.nonzero(scored)):
+                f = index_rows[r, t]
                 b = _box(frames[f]) if f < len(frames) else None
                 if b is not None:
-                    gt_boxes[i, t], gt_valid[i, t] = b, True
-    return {
+                    gt_boxes[r, i, t], gt_valid[r, i, t] = b, True
+    return [{
         "segment_id": seg, "video_id": vid, "recipe": recipe, "sentence": sents[seg],
         "query_classes": list(dict.fromkeys(classes)),
-        "features": fsel, "proposals": boxes.astype(np.float32),
-        "gt_class": gt_class, "gt_boxes": gt_boxes, "gt_valid": gt_valid,
+        "features": fsel[r], "proposals": boxes[r].astype(np.float32),
+        "gt_class": gt_class, "gt_boxes": gt_boxes[r], "gt_valid": gt_valid[r],
         "frame_width": W, "frame_height": H,
-    }
+    } for r in range(R)]
 
 
 # ----------------------------------------------------------------------------------- CLI
@@ -437,8 +515,14 @@ def add_arguments(p, fmt: str = NAME) -> None:
     p.add_argument("--boxes", action="append", default=[], metavar="FILE",
                    help="box annotations, official yc2_bb format or the causal repo conversion (repeatable)")
     p.add_argument("--splits", default="train,val,test", help="comma-separated, of train,val,test (default: all)")
-    p.add_argument("--T", type=int, default=5, help="frames per segment (centre of T equal bins; default 5)")
+    p.add_argument("--T", type=int, default=5,
+                   help="frames per row (default 5): a training segment's centre frames of T equal bins; an "
+                        "evaluation segment's frames in rows of T (see --eval-frames)")
     p.add_argument("--N", type=int, default=20, help="proposals kept per frame (the first N; default 20)")
+    p.add_argument("--eval-frames", choices=EVAL_FRAMES, default="all",
+                   help="val/test segments: all (default) = every frame, as the published test scores every "
+                        "annotated 1-fps frame (rows of T consecutive frames, same segment_id); centre = the T "
+                        "centre frames (the earlier setting; tables name it)")
     p.add_argument("--sentences", choices=("causal", "nafae"), default="causal",
                    help="sentences from seg_sentence_dict.json (causal) or NAFAE's entities pkls")
     p.add_argument("--nafae", metavar="DIR", help="folder with NAFAE's {train,val,test}_entities.pkl")
@@ -451,7 +535,7 @@ def add_arguments(p, fmt: str = NAME) -> None:
 def run(args, root, common: dict, fmt: str = NAME):
     return convert(root, args.annotations, args.features, args.proposals, sizes=args.sizes, boxes=args.boxes,
                    splits=[s for s in args.splits.split(",") if s], T=args.T, N=args.N,
-                   sentences=args.sentences, nafae=args.nafae, layout=args.layout,
+                   sentences=args.sentences, nafae=args.nafae, layout=args.layout, eval_frames=args.eval_frames,
                    text_encoder=None if args.text_encoder == "none" else args.text_encoder,
                    word_vectors=args.word_vectors, **common)
 
