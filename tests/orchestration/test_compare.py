@@ -121,9 +121,18 @@ def test_compare_two_methods_two_seeds_one_parent_four_children_table_by_hand(co
     mlflow.set_tracking_uri(uri)  # load_table searches through the fluent API
     table = client.load_table(exp.experiment_id, TABLE_FILE, run_ids=[parent.info.run_id])
     metric_names = ("box_macro", "box_micro", "query_macro", "query_micro")
-    # (method, base) x (IID, OOD, val, and the last epoch's IID and OOD for reference) x metrics
-    assert len(table) == 2 * 5 * len(metric_names)
-    assert {row["split"] for _, row in table.iterrows()} == {"test_iid", "test_ood", "val", "last/test_iid", "last/test_ood"}
+    # (method, base) x (IID, OOD, val, and the last epoch's IID and OOD for reference) x metrics,
+    # plus each row's budget (epochs run, stopped flat, selected epoch)
+    assert len(table) == 2 * 5 * len(metric_names) + 2 * 3
+    assert {row["split"] for _, row in table.iterrows()} == {"test_iid", "test_ood", "val", "last/test_iid",
+                                                             "last/test_ood", "budget"}
+    budget = table[table["split"] == "budget"]
+    assert set(budget["metric"]) == {"epochs_run", "converged", "selected_epoch"}
+    for _, row in budget[budget["metric"] == "epochs_run"].iterrows():  # no converge.patience: every epoch ran
+        assert row["mean"] == pytest.approx(sum(c.data.metrics["epoch"] for c in children
+                                                if c.data.tags["method"] == row["method"]) / 2)
+    assert (budget[budget["metric"] == "converged"]["mean"] == 0).all()
+    table = table[table["split"] != "budget"]
     for _, row in table.iterrows():
         vals = [c.data.metrics[f"{row['split']}/{row['metric']}"] for c in children
                 if c.data.tags["method"] == row["method"]]
