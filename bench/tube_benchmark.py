@@ -1,6 +1,6 @@
 """Tube grounding on the generated VidSTG benchmark: Random, whole-video, Upper Bound, ``tubemil``,
-``winner``, ``vcma`` and its ablations, IID and OOD test, declarative and interrogative, mean ± std
-over seeds.
+``winner``, ``vcma`` and its ablations, IID and OOD test, declarative and interrogative, and (where the
+data has the ``bow_resolvable`` flag) the bag-of-words and structure subsets, mean ± std over seeds.
 
     .venv/bin/python bench/tube_benchmark.py --epochs 4 --seeds 0 1 2
     .venv/bin/python bench/tube_benchmark.py --smoke --epochs 1 --seeds 0     # plumbing, ~3 min
@@ -34,6 +34,8 @@ from bench._compare import cells_table, parse_set, run_and_write  # noqa: E402
 SPLITS = ("test_iid", "test_ood")
 SHOWN = ("m_viou", "viou_30", "viou_50", "m_tiou")
 FORMS = (("", ""), ("decl. ", "_declarative"), ("interr. ", "_interrogative"))
+# the bag-of-words / structure subsets (grounding.metrics.tube), shown where the data has them
+SUBSETS = (("bow ", "_bow"), ("struct. ", "_structure"))
 BASELINES = {"random": "Random", "whole_video": "whole video, random tube",
              "whole_video_best": "whole video, best tube", "upper_bound": "Upper Bound"}
 
@@ -41,7 +43,9 @@ BASELINES = {"random": "Random", "whole_video": "whole video, random tube",
 def tables(baselines: dict, rows: list[dict]) -> str:
     out = []
     for split in SPLITS:
-        columns = [(f"{form}{m}", split, m + suffix) for form, suffix in FORMS for m in SHOWN]
+        groups = FORMS + tuple(g for g in SUBSETS
+                               if all(f"m_viou{g[1]}" in per.get(split, {}) for per in baselines.values()))
+        columns = [(f"{form}{m}", split, m + suffix) for form, suffix in groups for m in SHOWN]
         out.append(f"{split} (%)\n\n" + cells_table(baselines, rows, columns))
     return "\n\n".join(out)
 

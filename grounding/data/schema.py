@@ -72,7 +72,7 @@ def wsvog_schema(T: int, N: int, D: int, feature_dtype: str = "float16", D_text:
 
 
 def tube_schema(T: int, N: int, Df: int, Dr: int, L: int, R: int, P: int, M: int,
-                feature_dtype: str = "float16") -> pa.Schema:
+                feature_dtype: str = "float16", bow_resolvable: bool = False) -> pa.Schema:
     """Spatio-temporal video grounding (task ``tube``): one row per video with all its sentences.
 
     Per video: ``T`` sampled frames (``frame_ids`` original 0-based ids, -1 on padding;
@@ -87,7 +87,9 @@ def tube_schema(T: int, N: int, Df: int, Dr: int, L: int, R: int, P: int, M: int
     indices, -1 none; ``rel_pred`` ``[R, P]`` word ids, 0 pad; ``rel_valid``), the ground truth
     ``gt_segment`` (half-open ``[start, end)`` on the sampled-frame grid), ``gt_fids`` (half-open
     in original frame ids, VidSTG's ``temporal_gt``), ``gt_boxes [T, 4]`` pixels and
-    ``gt_box_valid [T]``.
+    ``gt_box_valid [T]``. Optional (dims ``bow_resolvable`` = 1, the generated VidSTG since issue 23):
+    ``bow_resolvable``, per sentence whether a bag of its words resolves its target among the video's
+    objects (:func:`grounding.data.tube.bow_resolvable`); datasets without it have no such subset.
     """
     ft = FEATURE_DTYPES[feature_dtype]
     per = lambda t: pa.list_(t)  # noqa: E731  one entry per sentence
@@ -117,6 +119,7 @@ def tube_schema(T: int, N: int, Df: int, Dr: int, L: int, R: int, P: int, M: int
             pa.field("gt_fids", per(_fixed(pa.int32(), 2)), nullable=False),
             pa.field("gt_boxes", per(_fixed(pa.float32(), T * 4)), nullable=False),
             pa.field("gt_box_valid", per(_fixed(pa.bool_(), T)), nullable=False),
+            *([pa.field("bow_resolvable", per(pa.bool_()), nullable=False)] if bow_resolvable else []),
         ]
     )
 
@@ -156,6 +159,8 @@ def schema_for(task: str, dims: dict, feature_dtype: str) -> pa.Schema:
     args = [int(dims[k]) for k in TASK_DIMS[task]]
     if task == "wsvog" and dims.get("D_text"):
         return wsvog_schema(*args, feature_dtype=feature_dtype, D_text=int(dims["D_text"]))
+    if task == "tube" and dims.get("bow_resolvable"):
+        return tube_schema(*args, feature_dtype=feature_dtype, bow_resolvable=True)
     return {"wsvog": wsvog_schema, "tube": tube_schema, "moment": moment_schema}[task](
         *args, feature_dtype=feature_dtype
     )

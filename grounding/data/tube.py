@@ -15,6 +15,9 @@ converters:
   subject/object words of a relation, found by a noun-lexicon heuristic (this project's heuristic: declarative =
   the first lexicon noun before the first verb, else the first lexicon noun, else token 0;
   interrogative = the wh-word, token 0);
+* :func:`noun_phrases`, :func:`bind_attributes` and :func:`bow_resolvable`: the sentence's noun
+  phrases, the attribute words (:data:`ATTRIBUTE_WORDS`) bound to the target's and to the other
+  argument's phrase, and the per-sentence flag of the bag-of-words / structure subsets (issue 23);
 * :func:`link_tubes`: VCMA Eq. 4 tube linking (``s_link = cos(v_t,i, v_t+1,j) + alpha IoU``,
   ``alpha`` = 0.5), greedy Viterbi: the best path over the remaining proposals, removed, M times;
 * :func:`tube_table`: per-video row dicts -> a Parquet table of the schema.
@@ -79,6 +82,82 @@ def subject_position(tokens: list[str], form: int, lexicon: frozenset[str]) -> i
         if i > 0 and _VERBISH.match(t):
             break
     return next((i for i, t in enumerate(tokens) if t in lexicon), 0)
+
+
+# Appearance words of VidSTG's sentences that the generated benchmark plants as attributes
+# (colours, and patterns of clothing; grounding.data.benchmarks.vidstg, "Structure").
+ATTRIBUTE_WORDS = ("black", "white", "red", "blue", "green", "yellow", "gray", "grey", "pink", "brown", "orange",
+                   "purple", "silver", "golden", "beige", "cyan", "khaki", "tan", "colorful", "striped", "plaid")
+
+
+def noun_phrases(tokens: list[str], subj_pos: int, lexicon: frozenset[str]) -> list[tuple[int, int]]:
+    """Half-open token spans of the sentence's noun phrases (this project's heuristic): maximal runs
+    of consecutive lexicon nouns ("adult man", "girl child"), plus the grounded word at ``subj_pos``
+    as a phrase of its own where it is not a lexicon noun (the wh-word of a question)."""
+    spans, i = [], 0
+    while i < len(tokens):
+        if tokens[i] in lexicon:
+            j = i
+            while j < len(tokens) and tokens[j] in lexicon:
+                j += 1
+            spans.append((i, j))
+            i = j
+        else:
+            i += 1
+    if 0 <= subj_pos < len(tokens) and not any(a <= subj_pos < b for a, b in spans):
+        spans = sorted(spans + [(subj_pos, subj_pos + 1)])
+    return spans
+
+
+def bind_attributes(tokens: list[str], subj_pos: int, lexicon: frozenset[str],
+                    words: tuple[str, ...] = ATTRIBUTE_WORDS) -> tuple[list[str], list[str]]:
+    """(attribute words bound to the grounded phrase, to the other argument's phrase).
+
+    The grounded phrase is the noun phrase (:func:`noun_phrases`) holding ``subj_pos`` (the
+    sentence's target: its subject, or the wh-word of a question); the other argument's phrase is
+    the first noun phrase after it. Each attribute word binds to the nearer of the two (token
+    distance to the phrase's nearest token), the earlier (grounded) one on a tie, and to the
+    grounded phrase where there is no other: "the child in red clothes and black pants is
+    watching the ball" binds red and black to the child; "what does the brown dog bite" binds brown
+    to the dog (the other argument of a question about the object)."""
+    spans = noun_phrases(tokens, subj_pos, lexicon)
+    own = next((s for s in spans if s[0] <= subj_pos < s[1]), None)
+    if own is None:
+        return [], []
+    other = next((s for s in spans if s[0] >= own[1]), None)
+    dist = lambda i, s: 0 if s[0] <= i < s[1] else min(abs(i - s[0]), abs(i - (s[1] - 1)))  # noqa: E731
+    mine, theirs = [], []
+    for i, t in enumerate(tokens):
+        if t in words:
+            (mine if other is None or dist(i, own) <= dist(i, other) else theirs).append(t)
+    return mine, theirs
+
+
+def bow_resolvable(target: int, objects_class, objects_role, objects_attrs: list, seen_in_gt, sentence_attrs: set,
+                   role_known: bool = False, use_pattern: bool = True, use_attrs: bool = True) -> bool:
+    """Whether a bag of the sentence's words resolves its ``target`` among the video's objects
+    (issue 23's subset flag; the module docstring of :mod:`grounding.data.benchmarks.vidstg`).
+
+    The bag is credited with what it can know without the sentence's structure: the target's
+    category (a head noun, or ``who``/``what``), every attribute word of the sentence
+    (``sentence_attrs``) without the noun it belongs to, the relation's predicate without its
+    roles, and, where ``role_known`` (declaratives: a sentence without a wh-word describes the
+    relation's subject in VidSTG, a convention a bag of words learns), the target's role. It scores
+    each object of the target's category that is visible in a ground-truth frame (``seen_in_gt``):
+    1 if the object carries the relation's pattern (``objects_role``: True agent, False patient,
+    None none; in the target's role where ``role_known``, either role otherwise; counted where
+    ``use_pattern``), plus the number of its attribute words (``objects_attrs``, sets) in the
+    sentence (counted where ``use_attrs``). Resolvable iff the target scores strictly above every
+    other such object; otherwise (a tie, or an object the bag prefers) only the structure, which
+    noun plays which role and which attribute belongs to which noun, tells the target apart."""
+    def score(o):
+        role = objects_role[o]
+        pattern = role is not None and (not role_known or role == objects_role[target])
+        return (int(pattern) if use_pattern else 0) + \
+            (len(set(objects_attrs[o]) & sentence_attrs) if use_attrs else 0)
+    mine = score(target)
+    return all(mine > score(o) for o in range(len(objects_class))
+               if o != target and objects_class[o] == objects_class[target] and seen_in_gt[o])
 
 
 def relation_positions(tokens: list[str], form: int, subj_pos: int, target_is_subject: bool,
@@ -172,7 +251,8 @@ def tube_table(rows: list[dict], dims: dict, feature_dtype: str) -> pa.Table:
     (``frame_features [T, Df]``, ``region_features [T, N, Dr]``, ``proposals [T, N, 4]``,
     ``tubes [M, T]``, ...) and per-sentence lists/arrays with one entry per sentence."""
     d = {k: int(dims[k]) for k in ("T", "N", "Df", "Dr", "L", "R", "P", "M")}
-    schema = tube_schema(**d, feature_dtype=feature_dtype)
+    flag = bool(dims.get("bow_resolvable"))  # the optional per-sentence subset flag (schema.tube_schema)
+    schema = tube_schema(**d, feature_dtype=feature_dtype, bow_resolvable=flag)
     ft = np.float16 if feature_dtype == "float16" else np.float32
     stack = lambda k, dt: np.stack([np.asarray(r[k], dt) for r in rows])  # noqa: E731
     cols = {
@@ -198,6 +278,8 @@ def tube_table(rows: list[dict], dims: dict, feature_dtype: str) -> pa.Table:
                     ("gt_segment", np.int32), ("gt_fids", np.int32), ("gt_boxes", np.float32),
                     ("gt_box_valid", bool)):
         cols[key] = _per_sentence(rows, key, schema.field(key), dt)
+    if flag:
+        cols["bow_resolvable"] = pa.array([list(map(bool, r["bow_resolvable"])) for r in rows], pa.list_(pa.bool_()))
     return pa.Table.from_arrays([cols[n] for n in schema.names], schema=schema)
 
 
@@ -242,6 +324,9 @@ class TubeArrays:
     gt_box_valid: np.ndarray  # [Q, T] bool
     sample_ids: list[str]
     video_ids: list[str]
+    # [Q] bool: a bag of the sentence's words resolves its target (tube.bow_resolvable); None where
+    # the dataset does not say (no such column: no bag-of-words / structure subsets)
+    bow_resolvable: np.ndarray | None = None
 
     @classmethod
     def from_table(cls, table: pa.Table, dims: dict) -> "TubeArrays":
@@ -252,7 +337,7 @@ class TubeArrays:
             return cls(z(0, T, Df, dt=np.float32), z(0, T, N, Dr, dt=np.float32), z(0, T, N, 4, dt=np.float32),
                        z(0, T, dt=bool), z(0, T), z(0, M, T), z(0), z(0, L), z(0), z(0), z(0), z(0, R), z(0, R),
                        z(0, R, P), z(0, R, dt=bool), z(0, 2), z(0, 2), z(0, T, 4, dt=np.float32), z(0, T, dt=bool),
-                       [], [])
+                       [], [], z(0, dt=bool) if "bow_resolvable" in table.column_names else None)
         size = np.stack([table["frame_width"].to_numpy(), table["frame_height"].to_numpy()], 1).astype(np.float32)
         scale = np.concatenate([size, size], 1)  # [V, 4] (w, h, w, h)
         boxes = fixed_list_to_numpy(table["proposals"], (T, N, 4)).astype(np.float32) / scale[:, None, None, :]
@@ -289,6 +374,8 @@ class TubeArrays:
             gt_box_valid=_list_fixed(table["gt_box_valid"], (T,))[0].astype(bool),
             sample_ids=[s for row in table["sample_ids"].to_pylist() for s in row],
             video_ids=table["video_id"].to_pylist(),
+            bow_resolvable=(_list_flat(table["bow_resolvable"]).astype(bool)
+                            if "bow_resolvable" in table.column_names else None),
         )
 
     def __len__(self) -> int:
@@ -330,4 +417,5 @@ class TubeArrays:
             "gt_boxes": t(self.gt_boxes[idx]),
             "gt_box_valid": t(self.gt_box_valid[idx]),
             "video_index": t(vids),
+            **({} if self.bow_resolvable is None else {"bow_resolvable": t(self.bow_resolvable[idx])}),
         }

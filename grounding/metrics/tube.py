@@ -27,8 +27,15 @@ Every metric is also reported over declarative and interrogative sentences alone
 ``_declarative`` / ``_interrogative``; a form with no sentence reports 0). MLflow metric names may
 not contain ``@``, hence ``viou_30`` for vIoU@0.3.
 
-The state is a count array ``[3 groups x (n, sum vIoU, hits@0.3, hits@0.5, sum tIoU)]``, so
-ranks merge by summing.
+Where the batches carry ``bow_resolvable`` (per sentence: a bag of its words resolves its target,
+:func:`grounding.data.tube.bow_resolvable`; the generated VidSTG since issue 23), every metric is
+also reported over the bag-of-words-resolvable sentences (suffix ``_bow``) and over the others,
+where only the sentence's structure tells the target apart (suffix ``_structure``). A subset with
+no sentence, and so every subset of a dataset without the flag, is **absent** from the results,
+never 0.
+
+The state is a count array ``[5 groups x (n, sum vIoU, hits@0.3, hits@0.5, sum tIoU)]`` (all,
+declarative, interrogative, bag-of-words, structure), so ranks merge by summing.
 
 Baseline rows (``update_mode``):
 
@@ -59,7 +66,8 @@ import torch
 from .wsvog import box_iou  # the one box IoU of every family
 
 BASE = ("m_viou", "viou_30", "viou_50", "m_tiou")
-GROUPS = ("", "_declarative", "_interrogative")
+GROUPS = ("", "_declarative", "_interrogative", "_bow", "_structure")
+SUBSETS = GROUPS[3:]  # reported only where they hold a sentence (module docstring)
 NAMES = tuple(f"{m}{g}" for g in GROUPS for m in BASE)
 THRESHOLDS = (0.3, 0.5)
 EPS = 1e-9
@@ -128,7 +136,8 @@ def _segments(Tv: int) -> np.ndarray:
 
 
 class TubeMetrics:
-    """Accumulates the tube metrics over batches, overall and per sentence form; ``tiou`` is the
+    """Accumulates the tube metrics over batches, overall, per sentence form and per subset (where the
+    batches carry ``bow_resolvable``); ``tiou`` is the
     m_tIoU definition (module docstring: ``frame_ids`` [default, TubeDETR's] or ``grid``)."""
 
     def __init__(self, draws: int = 64, seed: int = 0, tiou: str = "frame_ids"):
@@ -138,19 +147,27 @@ class TubeMetrics:
         self.draws, self.seed, self._calls, self.tiou = draws, seed, 0, tiou
 
     # ---------------------------------------------------------------- updates
-    def _add(self, form: torch.Tensor, viou: np.ndarray, tiou: np.ndarray, hits: np.ndarray) -> None:
-        """``viou``/``tiou`` ``[B]`` per-sentence values, ``hits [B, 2]`` per-sentence hit rates."""
+    def _add(self, form: torch.Tensor, viou: np.ndarray, tiou: np.ndarray, hits: np.ndarray, bow=None) -> None:
+        """``viou``/``tiou`` ``[B]`` per-sentence values, ``hits [B, 2]`` per-sentence hit rates,
+        ``bow [B]`` the sentences' ``bow_resolvable`` flags (None: no subsets)."""
         form = np.asarray(torch.as_tensor(form).cpu(), np.int64).reshape(-1)
-        for g, sel in enumerate((np.ones_like(form, bool), form == 0, form == 1)):
+        groups = [np.ones_like(form, bool), form == 0, form == 1]
+        if bow is None:
+            groups += [np.zeros_like(form, bool)] * 2
+        else:
+            bow = np.asarray(torch.as_tensor(bow).cpu(), bool).reshape(-1)
+            groups += [bow, ~bow]
+        for g, sel in enumerate(groups):
             self.counts[g] += [sel.sum(), viou[sel].sum(), hits[sel, 0].sum(), hits[sel, 1].sum(), tiou[sel].sum()]
 
     def update(self, segment, proposal, boxes, gt_boxes, gt_box_valid, frame_valid, form, frame_ids=None,
-               gt_fids=None) -> None:
+               gt_fids=None, bow=None) -> None:
+        """One batch of predictions; ``bow [B]`` the batch's ``bow_resolvable`` where it has it."""
         viou, tiou = sample_viou(segment, proposal, boxes, gt_boxes, gt_box_valid, frame_valid, frame_ids, gt_fids,
                                  self.tiou)
         viou, tiou = viou.numpy(), tiou.numpy()
         hits = np.stack([viou > r + EPS for r in THRESHOLDS], 1).astype(np.float64)
-        self._add(form, viou, tiou, hits)
+        self._add(form, viou, tiou, hits, bow)
 
     def update_mode(self, mode: str, batch: dict) -> None:
         """A baseline row (module docstring) on one batch."""
@@ -166,7 +183,7 @@ class TubeMetrics:
         if mode in ("upper_bound", "whole_video_best"):
             seg = batch["gt_segment"].cpu() if mode == "upper_bound" else torch.stack([torch.zeros_like(tv), tv], 1)
             self.update(seg, iou.argmax(2), boxes, gtb, gtv, fv, batch["sentence_form"], batch.get("frame_ids"),
-                        batch.get("gt_fids"))
+                        batch.get("gt_fids"), batch.get("bow_resolvable"))
             return
         if self.tiou == "frame_ids":
             if batch.get("frame_ids") is None or batch.get("gt_fids") is None:
@@ -197,7 +214,7 @@ class TubeMetrics:
             else:
                 tiou[b] = fid_tiou(fids[b, ss], fids[b, ee - 1] + 1, gfids[b, 0], gfids[b, 1]).mean()
         hits = self._sampled_hits(mode, iou, gtv, tv)
-        self._add(batch["sentence_form"], viou, tiou, hits)
+        self._add(batch["sentence_form"], viou, tiou, hits, batch.get("bow_resolvable"))
 
     def _sampled_hits(self, mode: str, iou: torch.Tensor, gtv: torch.Tensor, tv: torch.Tensor) -> np.ndarray:
         """``[B, 2]`` fraction of ``draws`` random tubes with vIoU > 0.3 / 0.5."""
@@ -238,6 +255,8 @@ class TubeMetrics:
         out = {}
         for g, suffix in enumerate(GROUPS):
             n = self.counts[g, 0]
+            if suffix in SUBSETS and not n:
+                continue
             vals = self.counts[g, 1:] / n if n else np.zeros(4)
             out.update({f"{m}{suffix}": float(v) for m, v in zip(BASE, vals)})
         return out

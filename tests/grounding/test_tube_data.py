@@ -30,7 +30,8 @@ def test_registered_and_contract_batch(data):
     ds, td = data
     assert benchmarks.DEFAULT_FOR_TASK["tube"] == "vidstg" and benchmarks.get("vidstg").task == "tube"
     assert ds.manifest.task == "tube"
-    assert ds.manifest.dims == {"T": 16, "N": 8, "Df": 8, "Dr": 8, "L": 24, "R": 1, "P": 4, "M": 8}
+    assert ds.manifest.dims == {"T": 16, "N": 8, "Df": 8, "Dr": 8, "L": 24, "R": 1, "P": 4, "M": 8,
+                                "bow_resolvable": 1}  # the per-sentence subset flag (issue 23)
     assert td.info.word_vectors.shape[1] == 300 and td.info.class_vectors.shape == (78, 300)
     a = td["train"]
     assert a.num_videos == 6 and len(a) > a.num_videos  # features once per video, ~2 sentences each
@@ -44,7 +45,8 @@ def test_registered_and_contract_batch(data):
             "rel_obj": ((B, 1), torch.int64), "rel_pred": ((B, 1, 4), torch.int64),
             "rel_valid": ((B, 1), torch.bool), "tubes": ((B, 8, 16), torch.int64),
             "gt_segment": ((B, 2), torch.int64), "gt_boxes": ((B, 16, 4), torch.float32),
-            "gt_box_valid": ((B, 16), torch.bool), "video_index": ((B,), torch.int64)}
+            "gt_box_valid": ((B, 16), torch.bool), "video_index": ((B,), torch.int64),
+            "bow_resolvable": ((B,), torch.bool)}
     for k, (shape, dtype) in want.items():
         assert (tuple(b[k].shape), b[k].dtype) == (shape, dtype), k
     assert b["boxes"].min() >= 0 and b["boxes"].max() <= 1

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from grounding.metrics.tube import NAMES, TubeMetrics, sample_viou
+from grounding.metrics.tube import NAMES, SUBSETS, TubeMetrics, sample_viou
+
+UNFLAGGED = tuple(n for n in NAMES if not n.endswith(SUBSETS))  # what data without bow_resolvable reports
 
 EXACT = [0.0, 0.0, 1.0, 1.0]
 HALF = [0.5, 0.0, 1.5, 1.0]  # IoU with EXACT = 0.5 / 1.5 = 1/3
@@ -77,7 +79,7 @@ def test_forms_and_merge():
     whole = TubeMetrics()
     whole.update(seg, prop, boxes, gtb, gtv, fv, form, fids, gt_fids)
     m = whole.compute()
-    assert set(m) == set(NAMES)
+    assert set(m) == set(UNFLAGGED)  # no bow_resolvable: no subset metrics (absent, not 0)
     assert m["m_viou_declarative"] == pytest.approx(1.0)
     assert m["m_viou_interrogative"] == pytest.approx((1 / 3 + 0.5) / 2)
     assert m["m_viou"] == pytest.approx((1 + 1 / 3 + 0.5) / 3)
@@ -130,8 +132,8 @@ def test_whole_video_and_upper_bound():
     assert acc.compute()["m_viou"] == pytest.approx(2 / 3)
     acc = TubeMetrics()
     acc.update_mode("upper_bound", b)
-    assert acc.compute() == pytest.approx({**{k: 1.0 for k in NAMES if "interrogative" not in k},
-                                           **{k: 0.0 for k in NAMES if "interrogative" in k}})
+    assert acc.compute() == pytest.approx({**{k: 1.0 for k in UNFLAGGED if "interrogative" not in k},
+                                           **{k: 0.0 for k in UNFLAGGED if "interrogative" in k}})
     with pytest.raises(ValueError, match="allowed: random"):
         TubeMetrics().update_mode("oracle", b)
 
@@ -238,3 +240,48 @@ def test_seeded_predictions_match_an_independent_tubedetr_tiou():
     want = np.array(want)
     assert abs(m["m_tiou"] - want.mean()) < 1e-6
     assert abs(m["m_tiou_interrogative"] - want[form.numpy() == 1].mean()) < 1e-6
+
+
+def test_bag_of_words_and_structure_subsets():
+    """Sentences flagged ``bow_resolvable`` form the ``_bow`` subset, the others ``_structure``;
+    a subset without a sentence (and every subset of unflagged data) is absent, never 0."""
+    T = 4
+    boxes = _boxes(T).expand(3, T, 2, 4)
+    gtb, gtv = _gt(T, [1, 2])
+    gtb, gtv = gtb.expand(3, T, 4), gtv.expand(3, T)
+    seg = torch.tensor([[1, 3], [2, 4], [0, 4]])  # vIoU 1, 1/3, 1/2 (test_forms_and_merge)
+    prop = torch.zeros(3, T, dtype=torch.long)
+    form = torch.tensor([0, 1, 1])
+    fv = torch.ones(3, T, dtype=torch.bool)
+    fids, gt_fids = torch.arange(T).expand(3, T), torch.tensor([[1, 3]] * 3)
+    bow = torch.tensor([True, False, True])
+    acc = TubeMetrics()
+    acc.update(seg, prop, boxes, gtb, gtv, fv, form, fids, gt_fids, bow)
+    m = acc.compute()
+    assert set(m) == set(NAMES)
+    assert m["m_viou_bow"] == pytest.approx((1 + 0.5) / 2)
+    assert m["m_viou_structure"] == pytest.approx(1 / 3)
+    assert m["viou_30_bow"] == pytest.approx(1.0) and m["viou_30_structure"] == pytest.approx(1.0)
+    assert m["viou_50_bow"] == pytest.approx(0.5) and m["viou_50_structure"] == 0.0  # 1/3 and 1/2 are not > 0.5
+    assert m["m_tiou_bow"] == pytest.approx((1 + 0.5) / 2) and m["m_tiou_structure"] == pytest.approx(1 / 3)
+    # the subsets do not change the overall and per-form numbers
+    plain = TubeMetrics()
+    plain.update(seg, prop, boxes, gtb, gtv, fv, form, fids, gt_fids)
+    assert {k: m[k] for k in UNFLAGGED} == pytest.approx(plain.compute())
+    # ranks merge by summing, subsets included
+    a, b = TubeMetrics(), TubeMetrics()
+    a.update(seg[:2], prop[:2], boxes[:2], gtb[:2], gtv[:2], fv[:2], form[:2], fids[:2], gt_fids[:2], bow[:2])
+    b.update(seg[2:], prop[2:], boxes[2:], gtb[2:], gtv[2:], fv[2:], form[2:], fids[2:], gt_fids[2:], bow[2:])
+    a.merge(b.state())
+    assert a.compute() == pytest.approx(m)
+    # every sentence bag-of-words resolvable: no structure subset at all (absent, not 0)
+    only = TubeMetrics()
+    only.update(seg, prop, boxes, gtb, gtv, fv, form, fids, gt_fids, torch.ones(3, dtype=torch.bool))
+    got = only.compute()
+    assert "m_viou_bow" in got and not any(k.endswith("_structure") for k in got)
+    # the baseline rows read the flag from the batch
+    batch = _batch(4, [1, 2])
+    batch["bow_resolvable"] = torch.tensor([False])
+    up = TubeMetrics()
+    up.update_mode("upper_bound", batch)
+    assert up.compute()["m_viou_structure"] == pytest.approx(1.0) and "m_viou_bow" not in up.compute()
