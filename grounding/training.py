@@ -9,6 +9,10 @@ The engine runs stages, the models stay one file per method (what a method decla
   would deliver now (each output stage at its own selected epoch) as ``val/<metric>``, so a
   scheduler's decision is about that predictor. ``epoch_val/<metric>`` is the combination of this
   epoch's models (the learning curve), ``stage/<name>/...`` each stage's own train and val curves.
+* A model's :meth:`~grounding.models.base.GroundingModel.validation_variants` (diagnostics, e.g.
+  ``winner`` with its fusion off at test time) are scored on val every epoch beside the real pass
+  and reported as ``epoch_val/<variant>/<metric>`` (``stage/<name>/val/<variant>/<metric>`` in a
+  group of several stages); they never select a checkpoint.
 * Validation predictions of each stage's selected epoch are kept (this rank's rows only), so the
   delivered combination is scored without keeping extra models or running extra forward passes.
 * :func:`train_stage` trains a prerequisite on its own and returns its selected state.
@@ -179,6 +183,8 @@ class Group:
             r.model.eval()
         idxs = _batches(val, self.eval_batch_size)
         accs = {n: self.task.accumulator(self.info) for n in trained}
+        variants = {n: _variants(r.model) for n, r in trained.items()}  # diagnostics, never selected on
+        vaccs = {n: {v: self.task.accumulator(self.info) for v in vs} for n, vs in variants.items()}
         preds: dict[str, list] = {n: [] for n in trained}
         current = self.task.accumulator(self.info)
         for i, idx in enumerate(idxs):
@@ -191,6 +197,9 @@ class Group:
                     accs[n].update_batch(p, batch)
                     preds[n].append(_cpu(p))
                     now[n] = p
+                    for v, overrides in variants[n].items():
+                        with r.model.variant(overrides):
+                            vaccs[n][v].update_batch(r.model.predict(batch), batch)
                 else:
                     now[n] = _to(r.best.preds[i], device)
             if not self.single:
@@ -205,6 +214,9 @@ class Group:
                 out[f"stage/{n}/selected_epoch"] = r.best.epoch
             else:
                 out.update({f"epoch_val/{k}": v for k, v in m.items()})
+            for v, acc in vaccs[n].items():
+                prefix = f"epoch_val/{v}/" if self.single else f"stage/{n}/val/{v}/"
+                out.update({prefix + k: x for k, x in engine.merge_ranks(acc).compute().items()})
         if not self.single:
             out.update({f"epoch_val/{k}": v for k, v in engine.merge_ranks(current).compute().items()})
         if changed or not self.selected_metrics:
@@ -265,6 +277,12 @@ class Group:
                 "stages": {n: {"method": r.rs.method, "params": dict(r.rs.params), "epoch": r.best.epoch,
                                "metrics": dict(r.best.metrics), "model": r.best.state}
                            for n, r in self.runs.items()}}
+
+
+def _variants(model: nn.Module) -> dict[str, dict]:
+    """The model's diagnostic validation variants (none for a model without the hook)."""
+    hook = getattr(model, "validation_variants", None)
+    return dict(hook()) if hook is not None else {}
 
 
 def _to(x, device):

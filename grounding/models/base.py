@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, ClassVar
 
@@ -92,6 +93,24 @@ class GroundingModel(nn.Module):
         if own:
             groups["other"] = own
         return groups
+
+    def validation_variants(self) -> dict[str, dict[str, Any]]:
+        """Diagnostic validation passes run every epoch beside the real one: ``{name: config
+        overrides}``; the trained model predicts under each (:meth:`variant`) and the scores are
+        logged as ``epoch_val/<name>/<metric>`` (:class:`grounding.training.Group`). They never
+        select a checkpoint. Most methods have none."""
+        return {}
+
+    @contextlib.contextmanager
+    def variant(self, overrides: dict[str, Any]):
+        """This model with ``cfg`` replaced by ``cfg.replace(**overrides)`` inside the block (the
+        parameters are the trained ones; the method must read those options at prediction time)."""
+        cfg = self.cfg
+        self.cfg = cfg.replace(**overrides)
+        try:
+            yield self
+        finally:
+            self.cfg = cfg
 
 
 def trainable(*modules: nn.Module | None) -> list[nn.Parameter]:
