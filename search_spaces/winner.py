@@ -25,7 +25,10 @@ VARIANTS = {
     "no_svhu": {"svhu": False},  # no structural attention, no fusion (lambda = 0)
     "no_dsa_no_svhu": {"dsa": False, "svhu": False},  # Table 3's base model
     "no_interference": {"delta": -1.01},  # every related node in Eq. 8's context
-    "tl1_argmax": {"tl1_select": "argmax"},  # this project's TL-1 clip choice (near-minimal clips; winner.py docstring)
+    "no_refuse": {"refuse_negatives": False},  # negatives scored with the chart fused with the sentence's own video (A35)
+    "average_chart": {"chart_scores": "average"},  # Eqs. 4, 12-14 as printed: pi unbounded (winner.py docstring)
+    "temporal_tl1": {"temporal": "tl1"},  # this project's first temporal design (TL-1)
+    "tl1_argmax": {"temporal": "tl1", "tl1_select": "argmax"},  # TL-1's first clip choice (near-minimal clips)
     "temporal_full": {"temporal": "full"},  # the whole video as the segment
     "temporal_oracle": {"temporal": "oracle"},  # the GT segment: spatial grounding alone (diagnostic)
 }

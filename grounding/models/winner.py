@@ -21,9 +21,11 @@ Equations.
 * Leaves [I]: ``r_ii = L2norm(tanh(W_leaf x_i))``, ``c_ii = 0`` [P]; ``x_i`` the frozen GloVe row
   of word i (``DataInfo.word_vectors``).
 * Inside pass (Eqs. 1-4) [P]: for span (i, j) and split k,
-  ``r_ijk = MLP([r_ik; r_k+1,j])`` (Linear-ReLU-Linear-ReLU, CLIORA), ``c_ijk = r_ik^T W r_k+1,j +
-  c_ik + c_k+1,j``; ``r_ij = L2norm(sum_k softmax_k(c_ijk) r_ijk)``, ``c_ij = sum_k softmax_k(c_ijk)
-  c_ijk`` (unit normalisation [I], A8).
+  ``r_ijk = MLP([r_ik; r_k+1,j])`` (Linear-ReLU-Linear-ReLU, CLIORA), ``c_ijk = phi_ijk + c_ik +
+  c_k+1,j`` with the rule score ``phi_ijk = r_ik^T W r_k+1,j``; ``r_ij = L2norm(sum_k
+  softmax_k(c_ijk) r_ijk)`` (unit normalisation [I], A8) and, ``chart_scores=logsumexp`` [D]
+  (default), ``c_ij = logsumexp_k c_ijk``; ``chart_scores=average`` is Eq. 4 as printed (and
+  DIORA's/CLIORA's code), ``c_ij = sum_k softmax_k(c_ijk) c_ijk``. See "The chart's scores" below.
 * Tubes: ``f_m = W_v mean_t X[t, tube_m(t)] + b_v`` over the valid frames (whole video).
 * Structural attention (Eqs. 5-9), computed on the pass-1 (language-only) chart [D] (A9):
   ``a = H1 F^T`` [B, C, M]; related nodes R(i, j) = proper ancestors ``{t <= i, k >= j}`` [D] (A10;
@@ -40,18 +42,30 @@ Equations.
 * Top-down feature backtracking (Eqs. 11-14) [P + I]: root ``r^U = L2norm(u_root)`` (learned),
   ``c^U = 0``; node (i, j) has one context per right-sibling split (parent (i, k), sibling
   (j+1, k)) and per left-sibling split (parent (k, j), sibling (k, i-1)):
-  ``r^U_ijk = MLP([r^U_parent; r~_sibling])``, ``c^U_ijk = r^U_parent^T W r~_sibling + c^U_parent +
-  c^B_sibling``; softmax over the ``L - l - 1`` contexts, weighted sums, unit normalisation.
-  MLP and W shared with the inside pass (``share_inside_outside``, A7).
+  ``r^U_ijk = MLP([r^U_parent; r~_sibling])``; softmax over the ``L - l - 1`` contexts, weighted
+  sums, unit normalisation. Context scores: ``chart_scores=logsumexp`` [D] ``c^U_ijk =
+  phi(parent -> (i, j), sibling) + c^U_parent + c^B_sibling`` with the inside pass's rule score of
+  that split and ``c^U_ij = logsumexp_k c^U_ijk`` (the exact outside score); ``average`` Eq. 12-14
+  as printed, ``c^U_ijk = r^U_parent^T W r~_sibling + c^U_parent + c^B_sibling`` and the
+  softmax-weighted average. MLP and W shared with the inside pass (``share_inside_outside``, A7;
+  unshared under ``logsumexp``, the outside MLP has no W of its own: its scores are the inside's).
 * Reconstruction [I] (A23): ``L_rec = mean -log softmax`` of ``(W_rec e(w_i))^T r^U_ii`` against
   ``k_neg`` negatives shared by the batch, drawn ∝ unigram^0.75.
 * Temporal localisation TL-1 [D] (A1): ``u_t = LayerNorm(W_f frame_feats_t)``; clips ``(s, e)``
   with ``e - s + 1 >= max(2, round(min_clip T))`` inside the valid frames; ``h_se = L2norm(mean
-  u)``; ``pi = exp(min(c^B + c^U - c^B_root, 30))`` (span marginal, A19); ``q = L2norm(sum pi (r~ +
-  r^U) / sum pi)``; ``sigma_se = h_se . q``; ``L_tmp = -log softmax_{V'}(max_se sigma(V', S) /
+  u)``; ``pi = exp(min(c^B + c^U - c^B_root, 30))`` (span marginal, A19; the clamp never acts
+  with the logsumexp chart, where pi <= 1); ``q = L2norm(sum pi (r~ + r^U) / sum pi)``;
+  ``sigma_se = h_se . q``; ``L_tmp = -log softmax_{V'}(max_se sigma(V', S) /
   tau_t) + [gamma_t - sigma_best + sigma_complement]_+``; prediction ``argmax_se sigma``.
   ``temporal=full`` (whole video) and ``temporal=oracle`` (GT segment; diagnostic only: it reads
   the GT at training too) replace it, without L_tmp.
+* Temporal localisation TL-2 [D] (``temporal=tl2``; this project's second design, from the same
+  three ingredients as TL-1 but scored per frame, as ``tubemil``'s temporal branch): frame scores
+  ``z_t = L2norm(u_t) . q`` (``u``, ``q`` as TL-1); ``L_tmp`` = InfoNCE over the batch in both
+  directions (sentence -> videos and video -> sentences) of ``p(V, S) = tau_t logsumexp_t(z_t /
+  tau_t)`` with temperature ``tau_t``; prediction: the run ``[s, e]`` that maximises ``sum_t (z'_t
+  - seg_threshold)`` with ``z'`` the video's standardised frame scores
+  (:func:`grounding.models.tubemil.best_segment`; the best single frame when no frame clears it).
 * TL-1's clip choice, ``tl1_select`` (a fix of this project's design, not the paper's): the default
   ``above_mean`` picks the clip that maximises ``sum_{t in clip} (sigma_t - mean_t sigma_t)``
   with ``sigma_t = L2norm(u_t) . q`` the single-frame scores (the run of above-average frames);
@@ -64,10 +78,14 @@ Equations.
   segment: 0.20), so the PAPER point scored m_vIoU 0.009 < Random 0.032; above_mean predicts
   about 13 frames, m_tIoU 0.30 and m_vIoU 0.042 for the same (untrained) model. The choice also
   sets the training crop of the matching losses and the best clip of L_tmp's intra hinge.
-* Matching (Eqs. 15-17): tubes cropped to each video's own predicted clip [D] (A4, A17),
-  ``f^_m = W_v mean_{t in clip} X[t, tube_m(t)] + b_v``; ``s_x(V, n_ij) = max_m f^_m^T (r~_ij +
-  r^U_ij)`` for every sentence x video pair of the batch (node features of S are not recomputed
-  against V', A35).
+* Matching (Eqs. 15-17): ``f^_m = W_v mean_{t in clip} X[t, tube_m(t)] + b_v`` over a predicted
+  clip [D] (A4, A17); ``s_x(V, n_ij) = max_m f^_m^T (r~_ij + r^U_ij)`` for every sentence x video
+  pair of the batch. ``refuse_negatives=True`` [D] (default): the pair (S, V') is scored exactly as
+  inference would score it, by S's chart fused with V''s tubes (Eqs. 5-14 rerun per pair: B^2
+  charts; one attention-dropout mask per sentence, shared by its pairs), V' cropped to the clip
+  the temporal module picks for (S, V') (its ``q`` from that chart), and Eq. 19's ``pi`` of that
+  chart; ``False`` (the earlier behaviour): S's chart fused with its own video V is reused against
+  every V', each V' cropped to the clip picked for its own sentence. See "Negatives" below.
 * Word level (Eq. 18) [P]: ``l_word = -log exp(s(V, n_ii)) / sum_{V'} exp(s(V', n_ii))`` over the
   batch's videos, no temperature; other rows of the same video are masked (A18).
 * Phrase level (Eqs. 19-20): ``d(V, n_ij) = s(V, n_ij) pi_ij`` (``span_weight=marginal``, A19;
@@ -139,6 +157,7 @@ from torch import nn
 
 from .base import DataInfo, GroundingModel, ModelConfig, check_config
 from .registry import register
+from .tubemil import best_segment
 
 PI_CLAMP = 30.0  # exp(clamp(., max=30)) guards the span marginal against float32 overflow
 NEG = -1e9  # masked logits (finite, so that fully masked rows stay finite)
@@ -159,6 +178,9 @@ class WinnerConfig(ModelConfig):
     att_dropout: float = 0.1  # on the structural-attention probabilities, Eq. 9
     share_inside_outside: bool = True  # one MLP and W for Eqs. 1-2 and 11-12 (A7)
     span_weight: str = "marginal"  # marginal exp(cB + cU - cB_root) | literal cB cU / cB_root (A19)
+    chart_scores: str = "logsumexp"  # logsumexp (exact inside-outside: pi is a span posterior) | average (Eqs. 4, 14 as printed)
+    refuse_negatives: bool = True  # fuse (Eqs. 9-10) every sentence with every video of the batch to score negatives (A35)
+    val_fusion_off: bool = True  # per-epoch diagnostic: val metrics with the fusion switched off at test time
     phrase_negatives: str = "mean"  # mean | hardest over in-batch negatives (A20)
     mask_same_video: bool = True  # other sentences of the same video are not negatives (A18)
     dsa: bool = True  # decomposition structure alignment: the phrase-level loss (Table 3)
@@ -166,11 +188,12 @@ class WinnerConfig(ModelConfig):
     w_rec: float = 1.0  # reconstruction weight (A24)
     k_neg: int = 100  # reconstruction negatives (A23)
     w_tmp: float = 1.0  # temporal-loss weight (A24)
-    temporal: str = "tl1"  # tl1 (project design) | full (whole video) | oracle (GT segment, diagnostic)
+    temporal: str = "tl2"  # tl2 | tl1 (project designs) | full (whole video) | oracle (GT segment, diagnostic)
     tau_t: float = 0.1  # TL-1 temperature
     gamma_t: float = 0.1  # TL-1 best clip vs complement margin
     min_clip: float = 0.05  # shortest clip, as a fraction of T (at least 2 frames)
     tl1_select: str = "above_mean"  # above_mean (max-sum run of above-average frames) | argmax (the first TL-1 design, degenerate)
+    seg_threshold: float = -0.5  # TL-2: standardised frame score a frame needs to join the segment
     linking: str = "batch"  # batch (precomputed tubes) | greedy (seeded greedy IoU tracking, here)
     question_node: str = "wh"  # wh (first word) | subject_pos, the subject leaf of a question (A27)
     subject_node: str = "leaf"  # leaf | root, the node whose best tube is predicted
@@ -181,10 +204,11 @@ class WinnerConfig(ModelConfig):
                             "delta": (-1.01, 1.0), "lam": (0, None), "gamma": (0, None), "mu": (0, None),
                             "att_dropout": (0, 0.9), "w_rec": (0, None), "k_neg": (1, None),
                             "w_tmp": (0, None), "tau_t": (1e-4, None), "gamma_t": (0, None),
-                            "min_clip": (0, 1), "max_words": (0, None)})
+                            "min_clip": (0, 1), "max_words": (0, None), "seg_threshold": (-3, 3)})
         for name, allowed in (("att_context", ("inv_dist", "mean", "literal")), ("parents", ("all", "literal")),
                               ("span_weight", ("marginal", "literal")), ("phrase_negatives", ("mean", "hardest")),
-                              ("temporal", ("tl1", "full", "oracle")),
+                              ("chart_scores", ("logsumexp", "average")),
+                              ("temporal", ("tl2", "tl1", "full", "oracle")),
                               ("tl1_select", ("argmax", "above_mean")), ("linking", ("batch", "greedy")),
                               ("question_node", ("wh", "subject_pos")), ("subject_node", ("leaf", "root"))):
             if getattr(self, name) not in allowed:
@@ -204,8 +228,10 @@ def chart_tables(L: int, parents: str = "all") -> dict:
 
     ``span [C, 2]`` (i, j) per cell; ``inside[l] = (left [L-l, l], right [L-l, l])`` children of
     every split of level l; ``outside[l] = (parent [L-l, L-l-1], sibling [L-l, L-l-1])`` the
-    contexts of level l (right-sibling splits first); ``related [C, C]`` (target, related node)
-    with the node itself; ``dist [C, C]`` = |len(target) - len(related)|.
+    contexts of level l (right-sibling splits first) and ``rule[l] [L-l, L-l-1]`` where each
+    context's parent-split score sits in the inside pass's flat rule scores (level l' >= 1 in
+    order, its ``[L-l', l']`` splits row-major); ``related [C, C]`` (target, related node) with
+    the node itself; ``dist [C, C]`` = |len(target) - len(related)|.
     """
     C = L * (L + 1) // 2
     span = torch.zeros(C, 2, dtype=torch.long)
@@ -217,16 +243,27 @@ def chart_tables(L: int, parents: str = "all") -> dict:
         left = [[cell(i, k, L) for k in range(i, i + lvl)] for i in range(L - lvl)]
         right = [[cell(k + 1, i + lvl, L) for k in range(i, i + lvl)] for i in range(L - lvl)]
         inside[lvl] = (torch.tensor(left), torch.tensor(right))
+    rule_offset = [0, 0]  # flat offset of level l's rule scores
+    for lvl in range(1, L):
+        rule_offset.append(rule_offset[-1] + (L - lvl) * lvl)
+
+    def rule_of(i: int, j: int, k: int) -> int:  # parent (i, j) split into (i, k), (k + 1, j)
+        return rule_offset[j - i] + i * (j - i) + (k - i)
+
+    rules = {}
     for lvl in range(L - 1):
-        par, sib = [], []
+        par, sib, rule = [], [], []
         for i in range(L - lvl):
             j = i + lvl
             p = [cell(i, k, L) for k in range(j + 1, L)] + [cell(k, j, L) for k in range(i)]
             s = [cell(j + 1, k, L) for k in range(j + 1, L)] + [cell(k, i - 1, L) for k in range(i)]
+            r = [rule_of(i, k, j) for k in range(j + 1, L)] + [rule_of(k, j, i - 1) for k in range(i)]
             par.append(p)
             sib.append(s)
+            rule.append(r)
         outside[lvl] = (torch.tensor(par, dtype=torch.long).view(L - lvl, L - lvl - 1),
                         torch.tensor(sib, dtype=torch.long).view(L - lvl, L - lvl - 1))
+        rules[lvl] = torch.tensor(rule, dtype=torch.long).view(L - lvl, L - lvl - 1)
     i, j = span[:, 0], span[:, 1]
     t, k = i[None, :], j[None, :]
     i, j = i[:, None], j[:, None]
@@ -234,7 +271,8 @@ def chart_tables(L: int, parents: str = "all") -> dict:
     desc = (t >= i) & (k <= j)
     related = anc | desc
     dist = ((j - i) - (k - t)).abs()
-    return {"C": C, "span": span, "inside": inside, "outside": outside, "related": related, "dist": dist}
+    return {"C": C, "span": span, "inside": inside, "outside": outside, "rule": rules, "related": related,
+            "dist": dist}
 
 
 def l2norm(x: torch.Tensor) -> torch.Tensor:
@@ -331,11 +369,13 @@ def phrase_loss(sx: torch.Tensor, w: torch.Tensor, valid: torch.Tensor, phrases:
                 same: torch.Tensor, gamma: float, negatives: str = "mean") -> torch.Tensor:
     """Eqs. 19-20 summed over a sentence's spans, mean over the batch.
 
-    ``sx [B_s, B_v, C]`` node-video scores, ``w [B, C]`` span weights (pi), ``valid [B, C]`` cells
-    inside each sentence, ``phrases [B, C]`` the spans scored (i < j). ``d[a, b, c] = sx[a, b, c]
-    w[a, c]``; the first hinge ranks the other videos V_b against V_a for node c of S_a, the second
-    the node c of the other sentences S_a' (where they have it, with their own weights) on V_a."""
-    d = sx * w[:, None, :]
+    ``sx [B_s, B_v, C]`` node-video scores, ``w [B, C]`` span weights (pi) of each sentence's own
+    chart, or ``w [B_s, B_v, C]`` those of every (sentence, video) pair's chart
+    (``refuse_negatives``), ``valid [B, C]`` cells inside each sentence, ``phrases [B, C]`` the
+    spans scored (i < j). ``d[a, b, c] = sx[a, b, c] w[a, (b,) c]``; the first hinge ranks the
+    other videos V_b against V_a for node c of S_a, the second the node c of the other sentences
+    S_a' (where they have it, with their own weights) on V_a."""
+    d = sx * (w if w.dim() == 3 else w[:, None, :])
     pos = d.diagonal(dim1=0, dim2=1).transpose(0, 1)  # [B, C]: d(V_a, n^a_c)
     neg = ~same
     h1 = (d - pos[:, None, :] + gamma).clamp(min=0)  # [a, b, c]
@@ -354,15 +394,18 @@ def phrase_loss(sx: torch.Tensor, w: torch.Tensor, valid: torch.Tensor, phrases:
 
 # --------------------------------------------------------------------------- the model
 class ComposeMLP(nn.Module):
-    """CLIORA's ``VLComposeMLP``: Linear(2D, D), ReLU, Linear(D, D), ReLU; plus the bilinear W."""
+    """CLIORA's ``VLComposeMLP``: Linear(2D, D), ReLU, Linear(D, D), ReLU; plus the bilinear W
+    (none with ``score=False``: an outside MLP of its own under ``chart_scores=logsumexp``, whose
+    context scores are the inside pass's rule scores)."""
 
-    def __init__(self, D: int):
+    def __init__(self, D: int, score: bool = True):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(2 * D, D), nn.ReLU(), nn.Linear(D, D), nn.ReLU())
-        self.W = nn.Parameter(torch.randn(D, D))  # N(0, 1) as DIORA
+        self.W = nn.Parameter(torch.randn(D, D)) if score else None  # N(0, 1) as DIORA
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.mlp(torch.cat([a, b], -1)), ((a @ self.W) * b).sum(-1)
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.mlp(torch.cat([a, b], -1))
+        return h, None if self.W is None else ((a @ self.W) * b).sum(-1)
 
 
 @register("winner")
@@ -380,12 +423,13 @@ class Winner(GroundingModel):
         Dw, Dr, Df = vectors.shape[1], dims["Dr"], dims["Df"]
         self.leaf = nn.Linear(Dw, D)
         self.compose = ComposeMLP(D)
-        self.compose_out = self.compose if cfg.share_inside_outside else ComposeMLP(D)
+        self.compose_out = self.compose if cfg.share_inside_outside else ComposeMLP(
+            D, score=cfg.chart_scores == "average")
         self.root = nn.Parameter(torch.randn(D))
         self.tube_proj = nn.Linear(Dr, D)
         self.rec_proj = nn.Linear(Dw, D, bias=False)
         # built only where used, so that every parameter gets a gradient (DDP)
-        if cfg.temporal == "tl1":
+        if cfg.temporal in ("tl1", "tl2"):
             self.frame_proj = nn.Sequential(nn.Linear(Df, D), nn.LayerNorm(D))
         self.att_drop = nn.Dropout(cfg.att_dropout)
         if cfg.learn_alpha_beta and cfg.svhu:
@@ -393,6 +437,11 @@ class Winner(GroundingModel):
             self.beta = nn.Parameter(torch.tensor(float(cfg.beta)))
         else:
             self.alpha, self.beta = cfg.alpha, cfg.beta
+
+    def validation_variants(self) -> dict[str, dict]:
+        """Extra validation passes per epoch (:meth:`GroundingModel.validation_variants`): the
+        trained model with the fusion switched off at test time (spec A35's diagnostic)."""
+        return {"fusion_off": {"svhu": False}} if self.cfg.svhu and self.cfg.val_fusion_off else {}
 
     # ------------------------------------------------------------------ language chart
     def lengths(self, batch) -> torch.Tensor:
@@ -403,19 +452,25 @@ class Winner(GroundingModel):
         return l2norm(torch.tanh(self.leaf(self.word_vectors[tokens])))
 
     def inside(self, leaves: torch.Tensor, tables: dict, fuse: torch.Tensor | None = None,
-               lam: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+               lam: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Eqs. 1-4 over ``leaves [B, L, D]``; with ``fuse [B, C, D]`` each node gets Eq. 10's
-        ``L2norm(r + lam f)`` before its parents are built (pass 2). -> ``H [B, C, D]``, ``S [B, C]``."""
+        ``L2norm(r + lam f)`` before its parents are built (pass 2). -> ``H [B, C, D]``, ``S [B, C]``
+        and the rule scores ``r_ik^T W r_k+1,j`` of every split ``[B, sum_l (L - l) l]`` (flat as
+        :func:`chart_tables`' ``rule``). ``chart_scores=logsumexp``: ``c_ij = logsumexp_k c_ijk``
+        (the inside score of the chart's weighted grammar); ``average``: ``sum_k softmax_k(c_ijk)
+        c_ijk`` (Eq. 4 as printed)."""
         B, L, D = leaves.shape
+        lse = self.cfg.chart_scores == "logsumexp"
         H = leaves.new_zeros(B, tables["C"], D)
         S = leaves.new_zeros(B, tables["C"])
         first = leaves if fuse is None else l2norm(leaves + lam * fuse[:, :L])
         H = H.index_copy(1, torch.arange(L, device=H.device), first)
+        rules = []
         for lvl in range(1, L):
             left, right = (x.to(H.device) for x in tables["inside"][lvl])
             hl, hr = H[:, left], H[:, right]  # [B, L-l, l, D]
-            h, s = self.compose(hl, hr)
-            s = s + S[:, left] + S[:, right]
+            h, phi = self.compose(hl, hr)
+            s = phi + S[:, left] + S[:, right]
             w = s.softmax(-1)
             h = l2norm((w[..., None] * h).sum(-2))
             idx = torch.arange(lvl * L - lvl * (lvl - 1) // 2, lvl * L - lvl * (lvl - 1) // 2 + L - lvl,
@@ -423,14 +478,22 @@ class Winner(GroundingModel):
             if fuse is not None:
                 h = l2norm(h + lam * fuse[:, idx])
             H = H.index_copy(1, idx, h)
-            S = S.index_copy(1, idx, (w * s).sum(-1))
-        return H, S
+            S = S.index_copy(1, idx, s.logsumexp(-1) if lse else (w * s).sum(-1))
+            rules.append(phi.flatten(1))
+        return H, S, torch.cat(rules, 1) if rules else leaves.new_zeros(B, 0)
 
-    def outside(self, H: torch.Tensor, S: torch.Tensor, n: torch.Tensor, tables: dict):
-        """Eqs. 11-14: top-down from each sentence's root (0, n-1). -> ``HU [B, C, D]``, ``SU [B, C]``."""
+    def outside(self, H: torch.Tensor, S: torch.Tensor, rules: torch.Tensor, n: torch.Tensor, tables: dict):
+        """Eqs. 11-14: top-down from each sentence's root (0, n-1). -> ``HU [B, C, D]``, ``SU [B, C]``.
+
+        ``chart_scores=logsumexp``: a context (parent p, sibling s) of node x scores ``rule(p -> x,
+        s) + c^U_p + c^B_s`` with the inside pass's rule score of that split, and ``c^U_x`` is the
+        logsumexp over the contexts (the exact outside score, so ``exp(c^B + c^U - c^B_root)`` is
+        the posterior probability of the span); ``average``: Eq. 12's ``r^U_p^T W r~_s + c^U_p +
+        c^B_s`` and the softmax-weighted average (Eq. 14 as printed)."""
         B, C, D = H.shape
         L = int(tables["span"][-1, 1]) + 1
         dev = H.device
+        lse = self.cfg.chart_scores == "logsumexp"
         span_end = tables["span"][:, 1].to(dev)
         root = l2norm(self.root)
         HU = H.new_zeros(B, C, D)
@@ -440,12 +503,16 @@ class Winner(GroundingModel):
             idx = torch.arange(start, start + L - lvl, device=dev)
             if lvl < L - 1:
                 par, sib = (x.to(dev) for x in tables["outside"][lvl])
-                h, s = self.compose_out(HU[:, par], H[:, sib])
+                if lse:
+                    h = self.compose_out.mlp(torch.cat([HU[:, par], H[:, sib]], -1))
+                    s = rules[:, tables["rule"][lvl].to(dev)]
+                else:
+                    h, s = self.compose_out(HU[:, par], H[:, sib])
                 s = s + SU[:, par] + S[:, sib]
                 ok = span_end[par][None] < n[:, None, None]  # parent inside the sentence
                 w = s.masked_fill(~ok, NEG).softmax(-1) * ok
                 h = l2norm((w[..., None] * h).sum(-2))
-                s = (w * s).sum(-1)
+                s = s.masked_fill(~ok, NEG).logsumexp(-1) if lse else (w * s).sum(-1)
             else:
                 h, s = H.new_zeros(B, 1, D), H.new_zeros(B, 1)
             is_root = torch.zeros(B, L - lvl, dtype=torch.bool, device=dev)
@@ -473,11 +540,19 @@ class Winner(GroundingModel):
         return X, ok
 
     def pool_tubes(self, X: torch.Tensor, ok: torch.Tensor, frames: torch.Tensor | None = None):
-        """``f = W_v mean_t X + b_v`` over the valid frames (and ``frames [B, T]``) -> ``[B, M, D]``, valid ``[B, M]``."""
-        m = ok if frames is None else ok & frames[..., None]
-        mf = m.to(X.dtype)
-        g = (X * mf[..., None]).sum(1) / mf.sum(1).clamp(min=1)[..., None]
-        return self.tube_proj(g), m.any(1)
+        """``f = W_v mean_t X + b_v`` over the valid frames (and ``frames [B, T]``) -> ``[B, M, D]``,
+        valid ``[B, M]``; ``frames [A, B, T]`` (a clip of video b per pair (a, b)) -> ``[A, B, M, D]``,
+        ``[A, B, M]``."""
+        if frames is None or frames.dim() == 2:
+            m = ok if frames is None else ok & frames[..., None]
+            mf = m.to(X.dtype)
+            g = (X * mf[..., None]).sum(1)
+        else:
+            m = ok[None] & frames[..., None]  # [A, B, T, M]
+            mf = m.to(X.dtype)
+            g = torch.einsum("abtm,btmr->abmr", mf, X)
+        g = g / mf.sum(-2).clamp(min=1)[..., None]
+        return self.tube_proj(g), m.any(-2)
 
     # ------------------------------------------------------------------ temporal (TL-1, project design)
     def clips(self, T: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -486,52 +561,92 @@ class Winner(GroundingModel):
         return s, e
 
     def temporal(self, batch, q: torch.Tensor, same: torch.Tensor):
-        """-> (start [B], end [B] inclusive, L_tmp or None, logs)."""
+        """``q [B, D]``: each sentence's summary of its own chart, or ``q [B_s, B_v, D]``: sentence a's
+        summary of its chart fused with video b (``refuse_negatives``). -> (start, end inclusive,
+        ``[B]`` or per pair ``[B_s, B_v]``; L_tmp or None)."""
         fv = batch["frame_valid"].bool()
         B, T = fv.shape
         nf = fv.sum(1).clamp(min=1)
+        pairs = q.dim() == 3
         mode = self.cfg.temporal
-        if mode == "full":
-            return torch.zeros_like(nf), nf - 1, None
-        if mode == "oracle":
-            g = batch["gt_segment"]
-            s = g[:, 0].clamp(0, T - 1)
-            return s, torch.maximum(g[:, 1] - 1, s).clamp(max=T - 1), None
+        if mode in ("full", "oracle"):
+            if mode == "full":
+                s, e = torch.zeros_like(nf), nf - 1
+            else:
+                g = batch["gt_segment"]
+                s = g[:, 0].clamp(0, T - 1)
+                e = torch.maximum(g[:, 1] - 1, s).clamp(max=T - 1)
+            return (s.expand(B, B), e.expand(B, B), None) if pairs else (s, e, None)
         u = self.frame_proj(batch["frame_feats"]) * fv[..., None]
+        if mode == "tl2":
+            return self.temporal_frames(u, fv, q, same)
         P = F.pad(u.cumsum(1), (0, 0, 1, 0))  # [B, T+1, D]
         cs, ce = self.clips(T, u.device)
         length = (ce - cs + 1).to(u.dtype)
         clip_sum = P[:, ce + 1] - P[:, cs]  # [B, K, D]
         h = l2norm(clip_sum)
         clip_ok = ce[None] < nf[:, None]  # [B, K] (valid frames are a prefix)
-        own = torch.einsum("bkd,bd->bk", h, q).masked_fill(~clip_ok, NEG)  # [B, K]: sigma(V, S)
+        eq = "bkd,abd->abk" if pairs else "bkd,bd->bk"
+        own = torch.einsum(eq, h, q).masked_fill(~clip_ok, NEG)  # [(B_s,) B, K]: sigma(V, S)
         if self.cfg.tl1_select == "argmax":
             best = own.argmax(-1)
         else:  # above_mean: the clip with the largest sum of above-average frame scores
             with torch.no_grad():
-                sf = (l2norm(u) * q[:, None]).sum(-1)  # [B, T] sigma of single frames
-                c = (sf - (sf * fv).sum(1, keepdim=True) / nf[:, None]) * fv
-                Pc = F.pad(c.cumsum(1), (1, 0))
-                best = (Pc[:, ce + 1] - Pc[:, cs]).masked_fill(~clip_ok, NEG).argmax(-1)
+                sf = torch.einsum(eq.replace("k", "t"), l2norm(u), q)  # [(B_s,) B, T] sigma of single frames
+                c = (sf - (sf * fv).sum(-1, keepdim=True) / nf[:, None]) * fv
+                Pc = F.pad(c.cumsum(-1), (1, 0))
+                best = (Pc[..., ce + 1] - Pc[..., cs]).masked_fill(~clip_ok, NEG).argmax(-1)
         if not self.training:
             return cs[best], ce[best], None
-        sig = torch.einsum("bkd,ad->abk", h, q).masked_fill(~clip_ok[None], NEG)  # [B_s, B_v, K]
+        bi = torch.arange(B, device=q.device)
+        if pairs:
+            sig = own  # [B_s, B_v, K]
+            best_own, s_best, q_own = best[bi, bi], own[bi, bi, best[bi, bi]], q[bi, bi]
+        else:
+            sig = torch.einsum("bkd,ad->abk", h, q).masked_fill(~clip_ok[None], NEG)  # [B_s, B_v, K]
+            best_own, s_best, q_own = best, own[bi, best], q
         sig_star = sig.max(-1).values  # [B_s, B_v]
         logits = (sig_star / self.cfg.tau_t).masked_fill(same & ~torch.eye(B, dtype=torch.bool, device=q.device), NEG)
-        inter = F.cross_entropy(logits, torch.arange(B, device=q.device))
-        bi = torch.arange(B, device=q.device)
-        comp = P[:, -1] - clip_sum[bi, best]
-        comp_n = nf.to(u.dtype) - length[best]
+        inter = F.cross_entropy(logits, bi)
+        comp = P[:, -1] - clip_sum[bi, best_own]
+        comp_n = nf.to(u.dtype) - length[best_own]
         has = comp_n > 0
-        s_best = own[bi, best]
-        s_comp = (l2norm(comp) * q).sum(-1)
+        s_comp = (l2norm(comp) * q_own).sum(-1)
         intra = ((self.cfg.gamma_t - s_best + s_comp).clamp(min=0) * has).sum() / has.sum().clamp(min=1)
         return cs[best], ce[best], inter + intra
 
+    def temporal_frames(self, u: torch.Tensor, fv: torch.Tensor, q: torch.Tensor, same: torch.Tensor):
+        """TL-2 (project design): frame scores ``z_t = cos(u_t, q)``; segment = the run maximising
+        ``sum_t (z'_t - seg_threshold)`` of the per-video standardised scores ``z'``; L_tmp = InfoNCE
+        over the batch in both directions (sentence -> videos, video -> sentences) of ``p =
+        tau_t logsumexp_t(z_t / tau_t)``."""
+        B, T = fv.shape
+        pairs = q.dim() == 3
+        eq = "btd,abd->abt" if pairs else "btd,bd->bt"
+        z = torch.einsum(eq, l2norm(u), q)  # [(B_s,) B, T]: each sentence with each video (pairs) or its own
+        with torch.no_grad():
+            flat = z.reshape(-1, T)
+            seg = best_segment(flat, fv.expand(*z.shape).reshape(-1, T), self.cfg.seg_threshold)
+            start, end = seg[:, 0].view(z.shape[:-1]), (seg[:, 1] - 1).view(z.shape[:-1])
+        if not self.training:
+            return start, end, None
+        if not pairs:
+            z = torch.einsum("btd,ad->abt", l2norm(u), q)  # [B_s, B_v, T]
+        tau = self.cfg.tau_t
+        p = tau * (z / tau).masked_fill(~fv[None], NEG).logsumexp(-1)  # [B_s, B_v]
+        logits = (p / tau).masked_fill(same & ~torch.eye(B, dtype=torch.bool, device=q.device), NEG)
+        target = torch.arange(B, device=q.device)
+        return start, end, F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)
+
     # ------------------------------------------------------------------ full pass
-    def encode(self, batch) -> dict:
+    def encode(self, batch, pairs: bool = False) -> dict:
+        """The chart of every sentence fused with its own video, or (``pairs``) with every video of
+        the batch: then ``H, S, HU, SU, pi, s_root`` are ``[B_s, B_v, ...]`` (sentence a, video b)
+        and ``own`` picks the diagonal. Without the fusion (``svhu=False``) a sentence's chart is
+        the same for every video and is computed once."""
         cfg = self.cfg
         n = self.lengths(batch)
+        B = len(n)
         L = int(n.max())
         tokens = batch["tokens"][:, :L]
         tables = chart_tables(L, cfg.parents)
@@ -541,37 +656,54 @@ class Winner(GroundingModel):
         X, xok = self.tube_frames(batch, tubes)
         Fv, tube_ok = self.pool_tubes(X, xok)  # whole-video tubes
         leaves = self.leaves(tokens)
-        H1, S1 = self.inside(leaves, tables)
-        lam = cfg.lam if cfg.svhu else 0.0
+        H1, S1, R1 = self.inside(leaves, tables)
+        bi = torch.arange(B, device=n.device)
+        fused = cfg.svhu
+        sa, vb = (bi.repeat_interleave(B), bi.repeat(B)) if pairs and fused else (bi, bi)  # chart rows
         logs = {}
-        if cfg.svhu:
-            A = torch.einsum("bcd,bmd->bcm", H1, Fv)  # Eq. 5
-            Att, keep = structural_attention(A, valid, tables, self.alpha, self.beta, cfg.delta, cfg.att_context)
-            probs = self.att_drop(Att.masked_fill(~tube_ok[:, None], NEG).softmax(-1))
-            fuse = probs @ Fv  # Eq. 9
-            H, S = self.inside(leaves, tables, fuse, lam)  # Eq. 10 + pass 2
-            R = tables["related"].to(keep.device)[None] & valid[:, None] & valid[..., None]
-            R = R & ~torch.eye(R.shape[1], dtype=torch.bool, device=R.device)
-            logs["dropped"] = float(((R & ~keep).sum() / R.sum().clamp(min=1)).detach())
+        if fused:
+            A = torch.einsum("pcd,pmd->pcm", H1[sa], Fv[vb])  # Eq. 5
+            Att, keep = structural_attention(A, valid[sa], tables, self.alpha, self.beta, cfg.delta, cfg.att_context)
+            probs = Att.masked_fill(~tube_ok[vb][:, None], NEG).softmax(-1)
+            drop = self.att_drop(torch.ones_like(probs[:B]))  # one dropout mask per sentence, shared by its pairs
+            fuse = (probs * drop[sa]) @ Fv[vb]  # Eq. 9
+            H, S, R = self.inside(leaves[sa], tables, fuse, cfg.lam)  # Eq. 10 + pass 2
+            rel = tables["related"].to(keep.device)[None] & valid[sa][:, None] & valid[sa][..., None]
+            rel = rel & ~torch.eye(rel.shape[1], dtype=torch.bool, device=rel.device)
+            logs["dropped"] = float(((rel & ~keep).sum() / rel.sum().clamp(min=1)).detach())
         else:
-            H, S = H1, S1
-        vf = valid.to(H.dtype)
+            H, S, R = H1, S1, R1
+        vf = valid[sa].to(H.dtype)
         H, S = H * vf[..., None], S * vf
-        HU, SU = self.outside(H, S, n, tables)
+        HU, SU = self.outside(H, S, R, n[sa], tables)
         HU, SU = HU * vf[..., None], SU * vf
         root = cell(0, 0, L) + (n - 1) * L - (n - 1) * (n - 2) // 2  # cell(0, n-1)
-        bi = torch.arange(len(n), device=n.device)
-        s_root = S[bi, root]
+        s_root = S[torch.arange(len(sa), device=n.device), root[sa]]
         raw = S + SU - s_root[:, None]
-        logs["pi_clamped"] = float(((raw > PI_CLAMP) & valid).sum())
+        ok = valid[sa]
+        logs["pi_clamped"] = float(((raw > PI_CLAMP) & ok).sum())
+        logs["pi_max"] = float(raw.detach().masked_fill(~ok, NEG).max().exp())
         pi = torch.exp(raw.clamp(max=PI_CLAMP)) * vf
-        return dict(n=n, L=L, tokens=tokens, tables=tables, valid=valid, tubes=tubes, X=X, xok=xok,
-                    H=H, S=S, HU=HU, SU=SU, pi=pi, s_root=s_root, root=root, logs=logs)
+        chart = dict(H=H, S=S, HU=HU, SU=SU, pi=pi, s_root=s_root, rules=R)
+        if pairs:  # [B * B, ...] -> [B_s, B_v, ...] (a sentence's chart repeated without the fusion)
+            chart = {k: (v.view(B, B, *v.shape[1:]) if fused else v[:, None].expand(B, B, *v.shape[1:]))
+                     for k, v in chart.items()}
+        return dict(n=n, L=L, tokens=tokens, tables=tables, valid=valid, tubes=tubes, X=X, xok=xok, root=root,
+                    pairs=pairs, logs=logs, **chart)
+
+    @staticmethod
+    def own(e: dict, key: str) -> torch.Tensor:
+        """``e[key]`` of each sentence with its own video."""
+        x = e[key]
+        if not e["pairs"]:
+            return x
+        bi = torch.arange(x.shape[0], device=x.device)
+        return x[bi, bi]
 
     def summary(self, e: dict) -> torch.Tensor:
-        """TL-1's ``q = L2norm(sum pi (r~ + r^U) / sum pi)``."""
+        """TL-1's ``q = L2norm(sum pi (r~ + r^U) / sum pi)``: ``[B, D]`` or ``[B_s, B_v, D]``."""
         w = e["pi"]
-        return l2norm((w[..., None] * (e["H"] + e["HU"])).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-12))
+        return l2norm((w[..., None] * (e["H"] + e["HU"])).sum(-2) / w.sum(-1, keepdim=True).clamp(min=1e-12))
 
     def same_video(self, batch) -> torch.Tensor:
         v = batch["video_index"]
@@ -581,23 +713,35 @@ class Winner(GroundingModel):
         return same
 
     def crop(self, e: dict, start: torch.Tensor, end: torch.Tensor):
+        """Tubes pooled over each video's clip: ``start, end [B]`` (own) or ``[B_s, B_v]`` (per pair)."""
         T = e["X"].shape[1]
         t = torch.arange(T, device=start.device)
-        frames = (t[None] >= start[:, None]) & (t[None] <= end[:, None])
+        frames = (t >= start[..., None]) & (t <= end[..., None])
         return self.pool_tubes(e["X"], e["xok"], frames)
 
     # ------------------------------------------------------------------ losses
     def losses(self, batch) -> tuple[torch.Tensor, dict]:
+        terms, logs = self.terms(batch)
+        return sum(terms.values()), logs
+
+    def terms(self, batch) -> tuple[dict[str, torch.Tensor], dict]:
+        """The weighted terms of the training loss (``word``: mu l_word, ``phrase``, ``rec``: w_rec
+        L_rec, and with TL-1 ``tmp``: w_tmp L_tmp), whose sum is the loss, and the logs."""
         cfg = self.cfg
-        e = self.encode(batch)
+        pairs = cfg.refuse_negatives
+        e = self.encode(batch, pairs=pairs)
         B = len(e["n"])
         if B < 2:
             raise ValueError("WINNER's contrastive losses need batches of at least two sentences")
         same = self.same_video(batch)
         start, end, l_tmp = self.temporal(batch, self.summary(e), same)
-        Fh, tok = self.crop(e, start.detach(), end.detach())
-        Z = e["H"] + e["HU"]  # [B, C, D]
-        sx = torch.einsum("acd,bmd->abcm", Z, Fh).masked_fill(~tok[None, :, None], NEG).max(-1).values  # [Bs, Bv, C]
+        Fh, tok = self.crop(e, start.detach(), end.detach())  # [(B_s,) B_v, M, D]
+        Z = e["H"] + e["HU"]  # [(B_s,) B, C, D]
+        if pairs:  # every pair scored by its own chart and its own clip
+            sx = torch.einsum("abcd,abmd->abcm", Z, Fh).masked_fill(~tok[:, :, None], NEG)
+        else:  # each sentence's own chart against every video cropped to that video's own clip
+            sx = torch.einsum("acd,bmd->abcm", Z, Fh).masked_fill(~tok[None, :, None], NEG)
+        sx = sx.max(-1).values  # [B_s, B_v, C]
         valid = e["valid"]
         L = e["L"]
         # word level (Eq. 18): leaves are cells 0..L-1
@@ -607,7 +751,7 @@ class Winner(GroundingModel):
             w = e["pi"]
         else:
             r = e["s_root"]
-            w = e["S"] * e["SU"] / torch.where(r.abs() < 1e-8, torch.full_like(r, 1e-8), r)[:, None]
+            w = e["S"] * e["SU"] / torch.where(r.abs() < 1e-8, torch.full_like(r, 1e-8), r)[..., None]
         phr = valid.clone()
         phr[:, :L] = False  # spans with i < j only
         if cfg.dsa:
@@ -615,13 +759,13 @@ class Winner(GroundingModel):
         else:
             l_phrase = sx.new_zeros(())
         l_rec = self.reconstruction(e, batch)
-        loss = cfg.mu * l_word + l_phrase + cfg.w_rec * l_rec
+        terms = {"word": cfg.mu * l_word, "phrase": l_phrase, "rec": cfg.w_rec * l_rec}
         logs = {"loss_word": float(l_word.detach()), "loss_phrase": float(l_phrase.detach()),
                 "loss_rec": float(l_rec.detach()), **e["logs"]}
         if l_tmp is not None:
-            loss = loss + cfg.w_tmp * l_tmp
+            terms["tmp"] = cfg.w_tmp * l_tmp
             logs["loss_tmp"] = float(l_tmp.detach())
-        return loss, logs
+        return terms, logs
 
     def reconstruction(self, e: dict, batch) -> torch.Tensor:
         """Sampled softmax over ``k_neg`` shared negatives, from the leaves' outside vectors (§3.5)."""
@@ -634,7 +778,7 @@ class Winner(GroundingModel):
         p[0] = 0  # never the padding id
         k = min(self.cfg.k_neg, int((p > 0).sum()))
         negs = torch.multinomial(p, k, replacement=False)
-        hu = e["HU"][:, :L]  # [B, L, D]
+        hu = self.own(e, "HU")[:, :L]  # [B, L, D]
         pos = (hu * self.rec_proj(self.word_vectors[tokens])).sum(-1, keepdim=True)  # [B, L, 1]
         ng = hu @ self.rec_proj(self.word_vectors[negs]).T  # [B, L, k]
         nll = -torch.cat([pos, ng], -1).log_softmax(-1)[..., 0]

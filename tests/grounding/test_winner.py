@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from grounding import engine, recipes, tasks, training
 from grounding.models.base import DataInfo
 from grounding.models.winner import (Winner, WinnerConfig, box_iou, cell, chart_tables, link_tubes,
                                      phrase_loss, structural_attention, word_loss)
@@ -90,7 +91,7 @@ def test_chart_indexing(L):
 def test_level_one_has_a_single_split_with_weight_one():
     m = model().eval()
     leaves = torch.nn.functional.normalize(torch.randn(3, 2, 32), dim=-1)
-    H, S = m.inside(leaves, chart_tables(2))
+    H, S, _ = m.inside(leaves, chart_tables(2))
     h, s = m.compose(leaves[:, 0], leaves[:, 1])
     assert torch.allclose(H[:, 2], torch.nn.functional.normalize(h, dim=-1), atol=1e-6)
     assert torch.allclose(S[:, 2], s, atol=1e-5)
@@ -129,7 +130,7 @@ def test_lambda_zero_pass_two_equals_pass_one_and_attention_has_no_effect():
     m = model(lam=0.0).eval()
     e = m.encode(batch)
     leaves = m.leaves(e["tokens"])
-    H1, S1 = m.inside(leaves, e["tables"])
+    H1, S1, _ = m.inside(leaves, e["tables"])
     assert torch.allclose(e["H"], H1 * e["valid"][..., None], atol=1e-6)
     assert torch.allclose(e["S"], S1 * e["valid"], atol=1e-5)
     # alpha, beta, delta cannot change anything: same loss and predictions
@@ -312,10 +313,13 @@ def test_temporal_modes():
     assert p["segment"].tolist() == [[0, 8], [0, 6], [0, 8], [0, 5]]
     p = model(temporal="oracle").eval().predict(batch)
     assert torch.equal(p["segment"], batch["gt_segment"])
-    p = model().eval().predict(batch)
+    p = model(temporal="tl1").eval().predict(batch)
     s, e = p["segment"].T
     lmin = max(2, round(0.05 * 8))
     assert (s >= 0).all() and (e - s >= lmin).all() and (e <= batch["frame_valid"].sum(1)).all()
+    p = model().eval().predict(batch)  # tl2: at least one frame, inside the valid ones
+    s, e = p["segment"].T
+    assert (s >= 0).all() and (e - s >= 1).all() and (e <= batch["frame_valid"].sum(1)).all()
 
 
 def test_prediction_contract_gradients_and_learning():
@@ -348,14 +352,18 @@ def test_prediction_contract_gradients_and_learning():
 
 
 def test_bad_options_name_what_is_allowed():
-    with pytest.raises(ValueError, match="allowed: tl1, full, oracle"):
+    with pytest.raises(ValueError, match="allowed: tl2, tl1, full, oracle"):
         WinnerConfig(temporal="cpl")
+    with pytest.raises(ValueError, match="allowed: logsumexp, average"):
+        WinnerConfig(chart_scores="max")
     with pytest.raises(ValueError, match="delta"):
         WinnerConfig(delta=2.0)
 
 
 @pytest.mark.parametrize("kw", [{}, {"temporal": "full"}, {"temporal": "oracle"}, {"svhu": False, "learn_alpha_beta": True},
-                                {"learn_alpha_beta": True, "share_inside_outside": False}, {"linking": "greedy"}])
+                                {"learn_alpha_beta": True, "share_inside_outside": False}, {"linking": "greedy"},
+                                {"share_inside_outside": False, "chart_scores": "average"}, {"temporal": "tl1"},
+                                {"refuse_negatives": False}, {"refuse_negatives": False, "temporal": "tl1"}])
 def test_every_parameter_gets_a_gradient(kw):
     """What DDP needs: no parameter is left out of the graph in any configuration."""
     m = model(**kw).train()
@@ -367,7 +375,7 @@ def test_every_parameter_gets_a_gradient(kw):
 
 def test_above_mean_selection_covers_the_relevant_run():
     """tl1_select=above_mean returns the run of frames whose scores are above the video's mean."""
-    m = model(tl1_select="above_mean").eval()
+    m = model(temporal="tl1", tl1_select="above_mean").eval()
     batch = make_batch(B=2, T=8)
     q = torch.nn.functional.normalize(torch.randn(2, 32), dim=-1)
     # frame features whose projection aligns with q on frames 2..5 only: set them through the
@@ -384,7 +392,7 @@ def test_above_mean_selection_covers_the_relevant_run():
     batch["frame_feats"] = frames
     s, e, _ = m.temporal(batch, q[:1].expand(2, 32), torch.eye(2, dtype=torch.bool))
     assert s.tolist() == [2, 2] and e.tolist() == [5, 5]
-    assert model().eval().temporal(batch, q[:1].expand(2, 32), torch.eye(2, dtype=torch.bool))[0].shape == (2,)
+    assert model(temporal="tl1").eval().temporal(batch, q[:1].expand(2, 32), torch.eye(2, dtype=torch.bool))[0].shape == (2,)
 
 
 def test_default_clip_choice_is_not_the_degenerate_argmax():
@@ -408,7 +416,7 @@ def test_default_clip_choice_is_not_the_degenerate_argmax():
     picks = {}
     for select in ("argmax", "above_mean"):
         torch.manual_seed(0)
-        m = Winner(WinnerConfig(hidden_dim=D, tl1_select=select), info(T=T)).eval()
+        m = Winner(WinnerConfig(hidden_dim=D, temporal="tl1", tl1_select=select), info(T=T)).eval()
         with torch.no_grad():
             lin, ln = m.frame_proj
             lin.weight.copy_(torch.eye(D))
@@ -423,3 +431,200 @@ def test_default_clip_choice_is_not_the_degenerate_argmax():
     inter = (torch.minimum(e, torch.tensor(21)) - torch.maximum(s, torch.tensor(10)) + 1).clamp(min=0)
     union = (e - s + 1) + 12 - inter
     assert (inter / union >= 0.8).all()
+
+
+# --------------------------------------------------------------------------- issue 23: refusion, true marginals
+def _trees(i, j):
+    """Every binary tree over span (i, j): (list of its internal (i, j, k) splits, its spans)."""
+    if i == j:
+        return [([], [(i, i)])]
+    out = []
+    for k in range(i, j):
+        for sl, pl in _trees(i, k):
+            for sr, pr in _trees(k + 1, j):
+                out.append((sl + sr + [(i, j, k)], pl + pr + [(i, j)]))
+    return out
+
+
+def _rule_index(L):
+    off, o = {}, 0
+    for lvl in range(1, L):
+        off[lvl] = o
+        o += (L - lvl) * lvl
+    return lambda i, j, k: off[j - i] + i * (j - i) + (k - i)
+
+
+@pytest.mark.parametrize("svhu", [True, False])
+def test_span_weight_is_the_span_posterior_with_the_logsumexp_chart(svhu):
+    """chart_scores=logsumexp: exp(c^B + c^U - c^B_root) is the posterior probability of the span
+    under the chart's weighted grammar (rule weight exp(r_ik^T W r_k+1,j)), checked against
+    enumerating every binary tree; so pi <= 1, every leaf and the root have pi = 1, and a
+    sentence's pi sum to 2n - 1 (the nodes of any binary tree over n words)."""
+    m = model(svhu=svhu).eval()
+    with torch.no_grad():
+        m.compose.W.mul_(3.0)  # sharper trees than at init, where the average chart's pi reach far above 1
+    lengths = [5, 3, 6, 1]
+    e = m.encode(make_batch(B=4, L=6, lengths=lengths))
+    pi, valid = e["pi"], e["valid"]
+    assert (pi[valid] <= 1 + 1e-5).all() and pi[valid].min() > 0
+    rule = _rule_index(6)
+    for b, n in enumerate(lengths):
+        assert torch.allclose(pi[b, :n], torch.ones(n), atol=1e-5)  # leaves
+        assert pi[b].sum().item() == pytest.approx(2 * n - 1, rel=1e-5)
+        trees = _trees(0, n - 1)
+        score = torch.stack([sum((e["rules"][b, rule(*s)] for s in splits), torch.zeros(())) for splits, _ in trees])
+        post = score.softmax(0)
+        assert e["s_root"][b].item() == pytest.approx(score.logsumexp(0).item(), abs=1e-4)  # log Z
+        for i in range(n):
+            for j in range(i, n):
+                p = sum(post[t].item() for t, (_, spans) in enumerate(trees) if (i, j) in spans)
+                assert pi[b, cell(i, j, 6)].item() == pytest.approx(p, abs=1e-5), (b, i, j)
+    # the previous chart (Eqs. 4 and 14 as printed) is kept behind the option, and its pi is not bounded
+    old = copy.deepcopy(m)
+    old.cfg = WinnerConfig(svhu=svhu, chart_scores="average")
+    eo = old.encode(make_batch(B=4, L=6, lengths=lengths))
+    assert eo["pi"][eo["valid"]].max() > 1.5
+
+
+def test_pi_stays_bounded_on_long_sentences_while_training():
+    """The unbounded weight the issue measured (pi up to 1e10 on 8-word sentences with the fusion)
+    cannot arise: after training steps at a high learning rate every pi is still <= 1."""
+    m = model().train()
+    opt = torch.optim.Adam(m.parameters(), lr=3e-2)
+    for step in range(8):
+        loss, logs = m(make_batch(B=4, L=8, seed=step))
+        assert logs["pi_max"] <= 1 + 1e-5 and logs["pi_clamped"] == 0
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def _heldout_word_loss_per_word(refuse: bool, B: int = 8, L: int = 6, steps: int = 40) -> tuple[float, float]:
+    """Train the word loss alone on batches whose words are drawn at random, independently of
+    the videos; -> (per-word word loss on the first batch, mean on held-out batches)."""
+    torch.manual_seed(0)
+    m = Winner(WinnerConfig(temporal="full", att_dropout=0.0, dsa=False, w_rec=0.0, refuse_negatives=refuse),
+               info()).train()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    first = None
+    for step in range(steps):
+        loss, logs = m(make_batch(B=B, L=L, seed=1000 + step))
+        first = logs["loss_word"] / L if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        held = [m(make_batch(B=B, L=L, seed=5000 + i))[1]["loss_word"] / L for i in range(5)]
+    return first, float(np.mean(held))
+
+
+def test_random_words_cannot_beat_chance_when_negatives_are_refused():
+    """Words unrelated to the videos carry nothing to ground: with every negative video fused
+    into the sentence's chart as its positive is (refuse_negatives, the default), the word loss
+    stays at log B; scoring the negatives with the chart fused with the sentence's own video
+    (the previous behaviour) lets the loss fall far below chance from the fusion alone (spec A35)."""
+    assert WinnerConfig().refuse_negatives
+    log_b = math.log(8)
+    first, held = _heldout_word_loss_per_word(True)
+    assert abs(first - log_b) < 0.05 * log_b and abs(held - log_b) < 0.05 * log_b
+    _, held_old = _heldout_word_loss_per_word(False)
+    assert held_old < 0.8 * log_b
+
+
+def test_refused_pairs_score_each_pair_as_inference_would():
+    """With refuse_negatives the chart of pair (a, b) is exactly sentence a's chart fused with
+    video b, i.e. what predict computes when sentence a is given with video b's row."""
+    m = model(temporal="full").eval()
+    batch = make_batch(B=3, lengths=[6, 4, 5])
+    e = m.encode(batch, pairs=True)
+    for a in range(3):
+        for b in range(3):
+            row = {k: v[[a]] for k, v in batch.items()}
+            for k in ("frame_feats", "region_feats", "boxes", "frame_valid", "tubes"):
+                row[k] = batch[k][[b]]
+            single = m.encode(row)
+            n = [6, 4, 5][a]
+            cells = [cell(i, j, 6) for i in range(n) for j in range(i, n)]
+            cells1 = [cell(i, j, n) for i in range(n) for j in range(i, n)]
+            for key in ("H", "HU", "pi"):
+                assert torch.allclose(e[key][a, b, cells], single[key][0, cells1], atol=1e-5), (a, b, key)
+
+
+class _Split:
+    """A split of ``n`` hand-made rows (``make_batch``'s), as the engine reads one."""
+
+    def __init__(self, n, seed):
+        self.rows = make_batch(B=n, lengths=[6, 4, 5, 3] * (n // 4), seed=seed)
+        T = self.rows["frame_valid"].shape[1]
+        self.rows["frame_ids"] = torch.arange(T).expand(n, T).clone()
+        self.rows["gt_fids"] = self.rows["gt_segment"].clone()
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def batch(self, idx, device="cpu"):
+        idx = torch.as_tensor(np.asarray(idx))
+        return {k: v[idx] for k, v in self.rows.items()}
+
+
+def test_fusion_off_validation_is_logged_every_epoch():
+    """The A35 diagnostic, val metrics of the trained model with its fusion switched off at test
+    time, is reported with every epoch's metrics (``epoch_val/fusion_off/<metric>``) and selects
+    nothing; a model without the fusion has no such pass."""
+    data = tasks.TaskData(task=tasks.get("tube"), info=info(), digest="",
+                          splits={"train": _Split(8, 0), "val": _Split(12, 1)})
+    fixed = {"batch_size": 4}
+    recipe, stages = recipes.plan("winner", {"lr": 1e-3}, fixed, 1, "m_viou")
+    group = training.build_group(recipe, stages, data, seed=0, device="cpu", eval_batch_size=8)
+    rep = group.step(data)
+    model = group.runs["winner"].model
+    assert model.cfg.svhu  # the switch is undone after the pass
+    off = copy.deepcopy(model)
+    off.cfg = off.cfg.replace(svhu=False)
+    expect = engine.evaluate(off, data["val"], data.task, data.info, batch_size=8)
+    got = {k[len("epoch_val/fusion_off/"):]: v for k, v in rep.items() if k.startswith("epoch_val/fusion_off/")}
+    assert got == pytest.approx(expect)
+    on = engine.evaluate(model, data["val"], data.task, data.info, batch_size=8)
+    assert rep["epoch_val/m_viou"] == pytest.approx(on["m_viou"]) and rep["val/m_viou"] == pytest.approx(on["m_viou"])
+    recipe, stages = recipes.plan("winner", {"lr": 1e-3}, {**fixed, "svhu": False}, 1, "m_viou")
+    rep = training.build_group(recipe, stages, data, seed=0, device="cpu", eval_batch_size=8).step(data)
+    assert not any("fusion_off" in k for k in rep)
+
+
+def test_tl2_segment_is_the_run_of_frames_that_match_the_query():
+    """temporal=tl2 predicts the run of frames whose standardised score clears seg_threshold, and
+    its InfoNCE is lower when each video's relevant frames match its own sentence's query."""
+    T, D = 32, DF
+    g = torch.Generator().manual_seed(0)
+    scene = torch.zeros(D)
+    scene[1], scene[2] = 1.0, -1.0
+    rel = torch.zeros(2, D)
+    rel[0, 3], rel[0, 4] = 1.0, -1.0
+    rel[1, 5], rel[1, 6] = 1.0, -1.0
+    frames = 3.0 * scene + 0.3 * torch.randn(2, T, D, generator=g)
+    frames[0, 10:22] += 0.6 * rel[0]
+    frames[1, 4:12] += 0.6 * rel[1]
+    batch = make_batch(B=2, T=T)
+    batch["frame_feats"] = frames
+    q = torch.nn.functional.normalize(rel, dim=-1)
+    same = torch.eye(2, dtype=torch.bool)
+    torch.manual_seed(0)
+    m = Winner(WinnerConfig(hidden_dim=D, temporal="tl2", seg_threshold=0.5), info(T=T)).eval()
+    with torch.no_grad():
+        lin, ln = m.frame_proj
+        lin.weight.copy_(torch.eye(D))
+        lin.bias.zero_()
+        ln.weight.fill_(1.0)
+        ln.bias.zero_()
+    s, e, _ = m.temporal(batch, q, same)
+    for b, (gs, ge) in enumerate([(10, 21), (4, 11)]):
+        inter = max(0, min(int(e[b]), ge) - max(int(s[b]), gs) + 1)
+        assert inter / ((int(e[b]) - int(s[b]) + 1) + (ge - gs + 1) - inter) >= 0.8
+    # per pair: sentence a's query on video b picks b's frames that match a
+    sp, ep, _ = m.temporal(batch, q[:, None].expand(2, 2, D), same)
+    assert sp.shape == (2, 2) and torch.equal(sp.diagonal(), s) and torch.equal(ep.diagonal(), e)
+    m.train()
+    _, _, l_match = m.temporal(batch, q, same)
+    _, _, l_swap = m.temporal(batch, q.flip(0), same)
+    assert l_match < math.log(2) < l_swap
