@@ -4,7 +4,8 @@ spatio-temporal video grounding (Li et al., CVPR 2023; §3, Eq. 1-21, Algorithm 
 Task family ``tube`` (``TUBE_CONTRACT.md``): from (video, sentence) pairs alone, predict a temporal
 segment and one proposal per frame (a tube) for the sentence's subject. **No public WINNER code
 exists**, and the paper sends its temporal-localisation module to an appendix that is not public:
-the temporal module below ("TL-1", Algorithm 1 Step 3) is this project's own design, not the paper's.
+the temporal modules below ("TL-2", the default, and "TL-1"; Algorithm 1 Step 3) are this
+project's own designs, not the paper's.
 Tags: [P] the paper, [I] inferred (mostly from CLIORA/DIORA, the closest public code), [D] a
 choice of this project (its label in brackets).
 
@@ -89,8 +90,9 @@ Equations.
 * Word level (Eq. 18) [P]: ``l_word = -log exp(s(V, n_ii)) / sum_{V'} exp(s(V', n_ii))`` over the
   batch's videos, no temperature; other rows of the same video are masked (A18).
 * Phrase level (Eqs. 19-20): ``d(V, n_ij) = s(V, n_ij) pi_ij`` (``span_weight=marginal``, A19;
-  ``literal`` is ``c^B c^U / c^B_root``); ``l_phrase = mean_{V'} [d(V', n) - d(V, n) + gamma]_+ +
-  mean_{S'} [d(V, n') - d(V, n) + gamma]_+`` over all spans i < j, root included (A20, A21;
+  ``literal`` is ``c^B c^U / c^B_root``; with ``refuse_negatives`` pi of the pair's own chart);
+  ``l_phrase = mean_{V'} [d(V', n) - d(V, n) + gamma]_+ + mean_{S'} [d(V, n') - d(V, n) +
+  gamma]_+`` over all spans i < j, root included (A20, A21;
   ``phrase_negatives=hardest`` takes the maximum instead of the mean); ``n'`` is span (i, j) of
   another sentence S' with its own pi', used only where S' is long enough to have it.
 * Total (Eq. 21 + §3.8): ``L = mu sum_i l_word + sum_(i<j) l_phrase + w_rec L_rec + w_tmp L_tmp``
@@ -100,6 +102,55 @@ Equations.
   ``m* = argmax_m f^_m . (r~ + r^U)`` at the subject leaf: ``subject_pos`` for declaratives (the
   first word when it is -1), the wh-word (first word) for questions (A27, ``question_node``);
   ``subject_node=root`` uses the whole sentence instead.
+
+Negatives (``refuse_negatives``) [D]. The paper scores an unpaired (V', n_ii) or (V', n_ij) with
+the same s^s as the paired one (§3.3, Eqs. 17-20), and s^s is computed from "the multi-modal
+decomposition tree node", S's tree after the fusion with a video's tubes (§3.2, Eqs. 9-10); it
+does not say which video's tubes the node of an unpaired pair carries. Reusing the node fused with
+S's own video V (CLIORA's code does so; this implementation did until issue 23) puts V's own tubes
+into the positive score only, ``lam f_ij . f^_m``, so the contrastive losses are won without
+reading the words (spec A35). Where the paper is silent the project takes the reading under which
+the method learns what the paper says it learns: each pair is scored as inference would score it,
+hence the default ``True``. Measured on a planted toy (``bench/winner_toy.py --random-words``:
+words drawn independently of the videos, B = 16, log B = 2.77 nats per word, 100 updates at lr
+1e-3): without refusing (and the logsumexp chart) the word loss falls from 2.34 to 1.61 nats per
+word, with refusing it starts at 2.79 and ends at 2.78 (the base model, which has no fusion:
+2.78 -> 2.77). ``False`` keeps the earlier behaviour. Cost: B^2 fused charts instead of B per
+training step (inference is unchanged).
+
+The chart's scores (``chart_scores``) [D]. Eq. 4 and Eq. 14 print a node's score as the
+softmax-weighted *average* of its splits' (contexts') scores, and DIORA's and CLIORA's code do the
+same (CLIORA ``inside_aggregate``: ``s_agg = sum(s * p)``); CLIORA's span weight ``exp(inside_s +
+outside_s - inside_s[root])``, this implementation's reading of Eq. 19 (A19), is then not a
+probability and has no bound (on the planted toy's 8-word sentences at initialisation: up to
+2.1e2-2.3e2 without the fusion, 0.9e4-1.0e4 with it), and the phrase term's gradient swamps every
+other term (below). Eq. 19's own words ("how likely it exists in the input
+sentence") ask for a probability. With ``logsumexp`` (default) the chart runs the inside-outside
+algorithm of a weighted grammar over binary trees (a tree's weight is exp of the sum of the rule
+scores ``phi`` of its internal nodes): ``c^B_ij`` is the log total weight of the trees over (i, j),
+``c^U_ij`` that of its outside contexts (so a context is scored with the inside's rule score of
+the parent's split, not Eq. 12's ``r^U^T W r~``), and ``pi_ij = exp(c^B_ij + c^U_ij - c^B_root)`` is
+the posterior probability that (i, j) is a constituent: ``pi <= 1``, 1 for every leaf and the
+root, summing to 2n - 1 over a sentence's spans (tested against enumerating every tree). The node
+features keep their form; their softmax weights over splits and contexts are now the posterior
+probabilities of those splits and contexts. ``average`` keeps Eqs. 4, 12-14 as printed.
+
+Measured on the planted toy (``bench/winner_toy.py --steps 200 --seeds 0 1``: 10 tubes, the
+subject's prototype on one, two distractor nouns on two others, a scene vector shared by a
+video's tubes; box accuracy on held-out batches, chance 0.10; Adam lr 1e-3, B 16, grad-clip 5,
+200 updates; seeds 0 / 1). Before issue 23 (``refuse_negatives=False, chart_scores=average``) the
+full model ended at 0.27 / 0.45 against 0.51 / 0.52 for the base model (``dsa=False,
+svhu=False``); the phrase term's gradient norm at initialisation was 2.3e4 / 6.0e4 against 4.8 /
+4.8 for the word term (2.1 / 2.0 for L_rec; pi up to 1.0e4 / 9.2e3). At the defaults the full
+model ends at 0.67 / 0.75, the base model at 0.64 / 0.58; gradient norms at initialisation word
+3.2 / 2.5, phrase 2.7 / 2.9, L_rec 2.1 / 2.0 (after training: 2.4 / 2.3, 4.4 / 4.0, 2.0 / 2.2).
+Each change alone: refusing with the average chart 0.54 / 0.81 (phrase gradient 1.4e5 / 8.2e4 at
+initialisation, falling to the word term's once training has pushed the averaged scores, and pi,
+down to about 1-4); the logsumexp chart without refusing 0.34 / 0.42 (the shortcut remains).
+
+Diagnostic (spec A35): :meth:`validation_variants` asks the trainer for a second validation pass
+every epoch with the fusion switched off at test time (``svhu=False`` on the trained weights),
+logged as ``epoch_val/fusion_off/<metric>`` (``val_fusion_off=False`` skips it).
 
 Published values [P]: alpha 1.0, beta 0.5, gamma 0.5, lam (λ) 1.0, mu 1.0, lr 1e-5, batch 64, 20
 epochs. Not published: delta (default 0, A13), every size, the optimiser (Adam + clip 5, CLIORA,
@@ -123,11 +174,15 @@ Choices made for this project (beyond those labelled):
   tokens seen so far (+1 smoothing): the DataInfo carries no word frequencies.
 * Sizes for a 2-core CPU: ``hidden_dim`` 32 (this project's [D] 400 is CLIORA's and the paper-scale
   override: ``model.hidden_dim=400``), ``max_words`` 0 (no cap; the chart costs O(L^3)).
-* Cost: at the defaults one epoch of the generated VidSTG train split (7262 sentences, batch 32,
-  T = 32, N = M = 10) took 243 s on one CPU thread of this (shared, loaded) 2-core machine, 31
-  sentences/s; the chart is O(L^3) per sentence and the pair scores O(B^2 C M).
-* Measured on the generated VidSTG (val, 1 epoch of the full train split, Adam lr 1e-3, batch 64,
-  seed 0; Random 0.032 m_vIoU; a random linked tube over the GT segment 0.153, the best 0.620):
+* Cost: before issue 23 (one fused chart per sentence) one epoch of the generated VidSTG train
+  split (7262 sentences, batch 32, T = 32, N = M = 10) took 243 s on one CPU thread of this
+  (shared, loaded) 2-core machine, 31 sentences/s; the chart is O(L^3) per sentence and the pair
+  scores O(B^2 C M). ``refuse_negatives`` builds B^2 fused charts per step: one training step of
+  32 sentences (at most 12 words) took 8.0 s against 0.78 s without it and 0.68 s without the
+  fusion (one loaded CPU thread); about 4-5 sentences/s. A GPU, or ``refuse_negatives=False`` for
+  quick CPU runs, is the way out; inference is unchanged.
+* Measured before issue 23 (``refuse_negatives=False, chart_scores=average``, ``temporal=tl1``)
+  on the generated VidSTG (val, 1 epoch of the full train split, Adam lr 1e-3, batch 64, seed 0; Random 0.032 m_vIoU; a random linked tube over the GT segment 0.153, the best 0.620):
   the published lr 1e-5 leaves the model where it starts in a few epochs (m_vIoU 0.0094 after one
   epoch, 0.0093 at init). At lr 1e-3 the full model *anti*-learns: with the GT segment given its
   tube choice falls to 0.07 and the single-frame TL-1 scores rank GT frames below the others (AUC
