@@ -105,7 +105,7 @@ def grad_norms(m: Winner, batches) -> dict[str, float]:
     out: dict[str, list] = {}
     for b in batches:
         torch.manual_seed(0)
-        terms, logs = m.terms(b)
+        terms, logs = m.terms(b, count=False)
         for name, t in terms.items():
             if not t.requires_grad:
                 continue
@@ -128,7 +128,7 @@ def box_accuracy(m: Winner, toy: Toy, n: int = 8, B: int = 16) -> float:
 
 @torch.no_grad()
 def word_loss_per_word(m: Winner, toy: Toy, B: int, random_words: bool) -> float:
-    return float(np.mean([m.terms(toy.batch(B, 80_000 + i, random_words)[0])[1]["loss_word"] / L
+    return float(np.mean([m.terms(toy.batch(B, 80_000 + i, random_words)[0], count=False)[1]["loss_word"] / L
                           for i in range(4)]))
 
 

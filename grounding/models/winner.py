@@ -148,9 +148,12 @@ Each change alone: refusing with the average chart 0.54 / 0.81 (phrase gradient 
 initialisation, falling to the word term's once training has pushed the averaged scores, and pi,
 down to about 1-4); the logsumexp chart without refusing 0.34 / 0.42 (the shortcut remains).
 
-Diagnostic (spec A35): :meth:`validation_variants` asks the trainer for a second validation pass
-every epoch with the fusion switched off at test time (``svhu=False`` on the trained weights),
-logged as ``epoch_val/fusion_off/<metric>`` (``val_fusion_off=False`` skips it).
+Diagnostics: :meth:`validation_variants` asks the trainer for a second validation pass every
+epoch with the fusion switched off at test time (``svhu=False`` on the trained weights; spec
+A35), logged as ``epoch_val/fusion_off/<metric>`` (``val_fusion_off=False`` skips it); and
+:meth:`loss_terms` gives the engine's once-per-epoch gradient probe the terms ``word``,
+``phrase``, ``rec``, ``tmp`` (``grad/<term>/<group>`` per top-level submodule: ``leaf``,
+``compose``, ``tube_proj``, ``rec_proj``, ``frame_proj``, and ``other`` for the root vector).
 
 Published values [P]: alpha 1.0, beta 0.5, gamma 0.5, lam (λ) 1.0, mu 1.0, lr 1e-5, batch 64, 20
 epochs. Not published: delta (default 0, A13), every size, the optimiser (Adam + clip 5, CLIORA,
@@ -779,9 +782,15 @@ class Winner(GroundingModel):
         terms, logs = self.terms(batch)
         return sum(terms.values()), logs
 
-    def terms(self, batch) -> tuple[dict[str, torch.Tensor], dict]:
+    def loss_terms(self, batch) -> dict[str, torch.Tensor]:
+        """The engine's gradient probe (:func:`grounding.engine.grad_probe`): :meth:`terms` without
+        side effects (the reconstruction's unigram counts are left as they are)."""
+        return self.terms(batch, count=False)[0]
+
+    def terms(self, batch, count: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
         """The weighted terms of the training loss (``word``: mu l_word, ``phrase``, ``rec``: w_rec
-        L_rec, and with TL-1 ``tmp``: w_tmp L_tmp), whose sum is the loss, and the logs."""
+        L_rec, and with TL-1/TL-2 ``tmp``: w_tmp L_tmp), whose sum is the loss, and the logs;
+        ``count`` adds the batch's tokens to the unigram counts (in training)."""
         cfg = self.cfg
         pairs = cfg.refuse_negatives
         e = self.encode(batch, pairs=pairs)
@@ -813,7 +822,7 @@ class Winner(GroundingModel):
             l_phrase = phrase_loss(sx, w, valid, phr, same, cfg.gamma, cfg.phrase_negatives)
         else:
             l_phrase = sx.new_zeros(())
-        l_rec = self.reconstruction(e, batch)
+        l_rec = self.reconstruction(e, batch, count)
         terms = {"word": cfg.mu * l_word, "phrase": l_phrase, "rec": cfg.w_rec * l_rec}
         logs = {"loss_word": float(l_word.detach()), "loss_phrase": float(l_phrase.detach()),
                 "loss_rec": float(l_rec.detach()), **e["logs"]}
@@ -822,11 +831,11 @@ class Winner(GroundingModel):
             logs["loss_tmp"] = float(l_tmp.detach())
         return terms, logs
 
-    def reconstruction(self, e: dict, batch) -> torch.Tensor:
+    def reconstruction(self, e: dict, batch, count: bool = True) -> torch.Tensor:
         """Sampled softmax over ``k_neg`` shared negatives, from the leaves' outside vectors (§3.5)."""
         tokens, L = e["tokens"], e["L"]
         lv = e["valid"][:, :L]
-        if self.training:
+        if self.training and count:
             with torch.no_grad():
                 self.unigram += torch.bincount(tokens[lv], minlength=len(self.unigram)).to(self.unigram.dtype)
         p = self.unigram.pow(0.75)

@@ -628,3 +628,20 @@ def test_tl2_segment_is_the_run_of_frames_that_match_the_query():
     _, _, l_match = m.temporal(batch, q, same)
     _, _, l_swap = m.temporal(batch, q.flip(0), same)
     assert l_match < math.log(2) < l_swap
+
+
+def test_loss_terms_sum_to_the_loss_and_leave_the_unigram_counts_alone():
+    """What the engine's gradient probe needs: the weighted terms add up to the training loss, and
+    computing them counts no tokens (the reconstruction's negatives are drawn from the counts)."""
+    batch = make_batch(B=4, lengths=[6, 4, 5, 3])
+    m = model().train()
+    before = m.unigram.clone()
+    torch.manual_seed(3)
+    terms = m.loss_terms(batch)
+    assert set(terms) == {"word", "phrase", "rec", "tmp"} and torch.equal(m.unigram, before)
+    torch.manual_seed(3)
+    loss, _ = m(batch)
+    assert loss.item() == pytest.approx(sum(t.item() for t in terms.values()), rel=1e-5)
+    assert not torch.equal(m.unigram, before)  # training counts them
+    probe = engine.grad_probe(m, batch)
+    assert probe["grad/phrase/compose"] > 0 and probe["grad/word/tube_proj"] > 0
