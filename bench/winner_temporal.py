@@ -11,7 +11,9 @@ permutation of val after every epoch with the task's own metrics (``TubeTask``'s
 m_tIoU on real frame ids, as the benchmark tables; ``len``: the mean predicted segment as a
 percentage of the valid frames). Each epoch also scores the same model with
 the whole video (``temporal=full``) and the GT segment (``temporal=oracle``) as its segment at
-test time (winner only), and under ``--variants`` (more test-time overrides), and at init. Prints one JSON line per evaluation and appends them to
+test time (winner only), and under ``--variants`` (more test-time overrides), and at init (with
+the engine's gradient probe, ``grad/<term>/<group>``, on the first train batch; every epoch's
+logs carry the engine's own probe). EPOCHS may be 0. Prints one JSON line per evaluation and appends them to
 bench/results/winner_temporal.jsonl.
 """
 
@@ -116,7 +118,10 @@ def main(argv=None) -> int:
         print(json.dumps(row), flush=True)
         lines.append(row)
 
-    emit(0, {}, 0.0)
+    model.train()  # the engine's gradient probe at initialisation, on the first train batch (train mode)
+    probe = (engine.grad_probe(model, train.batch(np.arange(min(args.batch, len(train)))), args.seed)
+             if hasattr(model, "loss_terms") else {})
+    emit(0, {k: round(v, 4) for k, v in probe.items()}, 0.0)
     for ep in range(args.epochs):
         t0 = time.time()
         logs = engine.train_one_epoch(model, opt, train, optim, ep, args.seed)
