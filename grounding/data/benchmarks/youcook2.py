@@ -48,16 +48,17 @@ What a sample looks like (every knob is a field of :class:`YC2Config`, default i
   reproduce the generator without the effect byte for byte.
 * Remaining proposals are scene background: the recipe's style vector. Object proposals carry
   the style too, with weight ``style_strength`` [0.8]. All proposals get isotropic noise of norm
-  ``feature_noise`` [0.9].
+  ``feature_noise`` [1.9; 0.9 before issue 22's calibration].
 
 The difficulty knobs (class_noise, feature_noise, style_strength, distractors, leak,
 signal_jitter) were calibrated once on the ``stvg`` baseline alone, so that it lands well between
-Random and the Upper Bound (see docs/benchmark.md); no method other than the baseline was looked
-at while choosing them.
+Random and the Upper Bound; ``feature_noise`` was raised from 0.9 to 1.9 by issue 22's calibration
+(below), which puts the baseline where the real one sits. No method other than the baseline was
+looked at while choosing them.
 
 **Calibration of the context knobs** (``bench/yc2_state_calibration.py``, results in
-``bench/results/yc2_state_calibration.json``), on ``stvg`` alone as for the other knobs, every
-other knob at its default, one seed, 3 epochs, box micro accuracy in %; the planted-template
+``bench/results/yc2_state_calibration.json``; done at feature_noise 0.9, before issue 22), on
+``stvg`` alone as for the other knobs, every other knob at its default then, one seed, 3 epochs, box micro accuracy in %; the planted-template
 diagnostic needs no training: per query object and frame it picks the proposal most similar to
 the planted class prototype (all a class word can know) or to the planted (class, state)
 appearance (what the sentence adds), on val:
@@ -108,10 +109,29 @@ random stream, so at 0 every byte of every split is as without them:
   (``(1 - b) leak_a + b other_a``, as many partners, same weights). A model that learned to
   recognise an object partly by its usual company loses that cue out of distribution.
 
-Both were set on ``stvg`` alone (``bench/yc2_calibration.py``, every candidate in
-``bench/results/yc2_calibration.json``) so that the baseline reproduces the real benchmark's
-shape (the causal-intervention paper, Table 4): IID test query micro at 0.63 of the way from
-Random to the Upper Bound and, out of distribution, 0.66 of its IID above-random accuracy kept.
+**Calibration against the real benchmark's shape** (issue 22; ``bench/yc2_calibration.py``,
+every candidate in ``bench/results/yc2_calibration.json``), on ``stvg`` alone: no other method
+was run while choosing. The causal-intervention paper's Table 4 puts its STVG baseline on
+YouCook2-BB test at 0.63 of the way from Random to the Upper Bound (query micro: 48.98 between
+12.79 and 70.24) and on RoboWatch keeping 0.66 of that above-random accuracy ((32.05 - 8.03) /
+(48.98 - 12.79)). ``stvg`` at its published point, trained until its validation curve is flat
+(3 epochs without a gain above 0.005 in val box micro), one seed per candidate, ``limit=2000``:
+
+| knobs (the rest as before) | position | retention |
+|---|---|---|
+| before (feature_noise 0.9, no OOD knob) | 0.74 | 0.95 |
+| + ood_context 1 | 0.74 | 0.94 |
+| + ood_appearance 0.5 / 0.8 / 0.9 / 0.95 | 0.74 | 0.93 / 0.83 / 0.67 / 0.48 |
+| feature_noise 1.3, ood_appearance 0.8 / 0.9 / 0.95 | 0.70 | 0.79 / 0.59 / 0.40 |
+| feature_noise 1.7 | 0.66 | – |
+| feature_noise 2.1, ood_appearance 0.85 | 0.59 | 0.63 |
+| **feature_noise 1.9, ood_appearance 0.8, ood_context 1** (3 seeds) | **0.62** | **0.67** |
+| the same, generator seed 1 (3 seeds) | **0.64** | **0.60** |
+
+The partner leak barely moves the baseline (``ood_context``: 0.95 -> 0.94): ``stvg`` does not
+lean on an object's usual company here, so the shift comes from the appearance knob. It is kept
+at 1 because RoboWatch's co-occurrences do not hold and that is what ``causal`` addresses. Old
+defaults: ``--set feature_noise=0.9 --set ood_appearance=0 --set ood_context=0``.
 
 ``limit`` [None] caps the number of segments per split (tests and smoke runs).
 """
@@ -140,8 +160,9 @@ PRODUCER = "grounding.data.youcook2"  # recorded in manifests and their digest: 
 SPLITS = ("train", "val", "test_iid", "test_ood")
 STATE_STRENGTH_DEFAULT = 1.0  # calibrated on stvg alone, see the module docstring
 STATE_DECOYS_DEFAULT = 0.5
-OOD_APPEARANCE_DEFAULT = 0.0  # other video types (test_ood only), see the module docstring
-OOD_CONTEXT_DEFAULT = 0.0  # co-occurrences that do not hold (test_ood only)
+OOD_APPEARANCE_DEFAULT = 0.8  # other video types (test_ood only); calibrated on stvg alone, module docstring
+OOD_CONTEXT_DEFAULT = 1.0  # co-occurrences that do not hold (test_ood only)
+FEATURE_NOISE_DEFAULT = 1.9  # was 0.9 before the calibration of issue 22
 SOURCE_FILES = ("class_file.csv", "YC2_glove_dict_68x300_float32.npy", "train_dict.json",
                 "val_dict.json", "test_dict.json", "seg_sentence_dict.json")
 
@@ -157,7 +178,7 @@ class YC2Config:
     frame_height: int = 405
     proto_hidden: int = 512
     class_noise: float = 0.5
-    feature_noise: float = 0.9
+    feature_noise: float = FEATURE_NOISE_DEFAULT
     style_strength: float = 0.8
     p_present: float = 0.6
     max_visible: int = 5
