@@ -114,7 +114,7 @@ class MlflowTrialLogger(Callback):
     """
 
     METRIC_PREFIXES = ("train/", "val/", "epoch_val/", "stage/", "selected_epoch", "test_iid/", "test_ood/",
-                       "time/", "cluster/")
+                       "time/", "cluster/", "converge/")
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, epochs: int,
                  children: Children, pending_path: str | None = None):

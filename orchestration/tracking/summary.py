@@ -129,7 +129,7 @@ def group_results(runs: list, metric_names: tuple[str, ...], methods: list[str],
                     g[sp][m].append((int(r.data.tags["seed"]), float(v)))
         b = g.setdefault(BUDGET, {m: [] for m in BUDGET_METRICS})
         for m, key in zip(BUDGET_METRICS, ("epoch", "converge/flat", "selected_epoch")):
-            v = r.data.metrics.get(key)
+            v = r.data.metrics.get(key, r.data.tags.get(key))  # selected_epoch: a tag of the child run
             if v is not None:
                 b[m].append((int(r.data.tags["seed"]), float(v)))
     return groups

@@ -131,12 +131,12 @@ def load_state(directory: str, package: dict | None = None) -> dict | None:
     return state
 
 
-def _restore(checkpoint, group: training.Group, plateau: training.Plateau) -> int:
+def _restore(checkpoint, group: training.Group, plateau: training.Plateau | None = None) -> int:
     with checkpoint.as_directory() as d:
         state = load_state(d)
     group.load_state_dict(state["group"])
     torch.set_rng_state(state["torch_rng"])
-    if state.get("plateau"):
+    if plateau is not None and state.get("plateau"):
         plateau.ref, plateau.stale = float(state["plateau"]["ref"]), int(state["plateau"]["stale"])
     return group.epoch
 

@@ -209,7 +209,8 @@ def test_the_ood_shift_knobs_change_test_ood_alone_and_act_as_documented(tmp_pat
     """``ood_appearance`` / ``ood_context`` move test_ood's bytes only (their own random stream):
     train, val and test_iid stay byte-identical; test_ood's class appearances sit at cosine
     sqrt(1 - a^2) to the training ones, and its partner leak moves off the training partners."""
-    base = youcook2.generate(tmp_path / "a", youcook2.YC2Config(limit=6, D=32), workers=1, text_encoder=None)
+    base = youcook2.generate(tmp_path / "a", youcook2.YC2Config(limit=6, D=32, ood_appearance=0.0, ood_context=0.0),
+                             workers=1, text_encoder=None)
     shifted_cfg = youcook2.YC2Config(limit=6, D=32, ood_appearance=0.6, ood_context=1.0)
     shifted = youcook2.generate(tmp_path / "b", shifted_cfg, workers=1, text_encoder=None)
     sha = lambda m: {s.split: s.sha256 for s in m.shards}  # noqa: E731
@@ -222,5 +223,6 @@ def test_the_ood_shift_knobs_change_test_ood_alone_and_act_as_documented(tmp_pat
     trained = world.leak_matrix > 0
     assert (world.leak_ood[trained] == 0).all()  # b = 1: none of the training partners is left
     assert np.allclose(world.leak_ood.sum(1), world.leak_matrix.sum(1))
-    plain = youcook2.build_world(youcook2.YC2Config(limit=6, D=32), youcook2.YC2Annotations.load())
+    plain = youcook2.build_world(youcook2.YC2Config(limit=6, D=32, ood_appearance=0.0, ood_context=0.0),
+                                 youcook2.YC2Annotations.load())
     assert np.array_equal(plain.protos_ood, plain.protos) and np.array_equal(plain.leak_ood, plain.leak_matrix)
