@@ -37,6 +37,7 @@ ROWS = {
     "before_issue_23": ({"norm_first": False, "e_warmup_rounds": 0, "entities": "tokens"}, 1e-3),
     "default_lr_5e-5": ({}, 5e-5),
     "default_lr_3e-4": ({}, 3e-4),
+    "default_lr_3e-3": ({}, 3e-3),
     "tau_3": ({"tau": 3.0}, 1e-3),
     "no_encoder": ({"enc_blocks": 0}, 1e-3),
 }
