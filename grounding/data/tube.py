@@ -22,8 +22,9 @@ converters:
   entities"), one id per token (-1 outside every phrase): each maximal run of lexicon nouns (the
   annotation's object words: category words and person nouns) with the modifiers right before it
   (at most :data:`MAX_MODIFIERS` words, stopping at a function word, a lexicon noun or a verb-like
-  word; colour words always count), the wh-word of a question, and any grounded/relation position
-  no phrase covers, as a one-word phrase; at most ``E`` phrases (the ones holding the grounded word
+  word; colour and :data:`ATTRIBUTE_WORDS` always count) and the attribute words of an "in" /
+  "with" phrase right after it ("a man in black": man, black), the wh-word of a question, and any
+  grounded/relation position no phrase covers, as a one-word phrase; at most ``E`` phrases (the ones holding the grounded word
   or a relation argument are kept first, then the earliest). :func:`fallback_entity_ids` is the rule
   for shards written without the ``entity_ids`` column: the distinct words at ``subject_pos``,
   ``rel_subj`` and ``rel_obj``, each a one-word phrase (token 0 when none is known);
@@ -211,7 +212,8 @@ def entity_ids(tokens: list[str], form: int, lexicon: frozenset[str], required: 
     relations' subject and object; -1 ignored) that must lie in a phrase.
     """
     n = len(tokens)
-    spans: list[tuple[int, int]] = []
+    attrs = COLOURS | frozenset(ATTRIBUTE_WORDS)
+    phrases: list[list[int]] = []
     i = 0
     while i < n:
         if tokens[i] in lexicon:
@@ -221,27 +223,36 @@ def entity_ids(tokens: list[str], form: int, lexicon: frozenset[str], required: 
             start = i
             while (start > 0 and i - start < MAX_MODIFIERS and tokens[start - 1] not in lexicon
                    and tokens[start - 1] not in FUNCTION_WORDS and re.search(r"[a-z]", tokens[start - 1])
-                   and (tokens[start - 1] in COLOURS or not _VERBISH.match(tokens[start - 1]))
-                   and not any(a <= start - 1 < b for a, b in spans)):
+                   and (tokens[start - 1] in attrs or not _VERBISH.match(tokens[start - 1]))):
                 start -= 1
-            spans.append((start, j + 1))
+            words = list(range(start, j + 1))
+            # attribute words of a following "in" / "with" phrase: "a man in black and white"
+            k = j + 1
+            if k < n and tokens[k] in ("in", "with"):
+                k += 1
+                while k < n and k - j <= 1 + MAX_MODIFIERS and (tokens[k] in attrs or tokens[k] == "and"):
+                    if tokens[k] in attrs:
+                        words.append(k)
+                    k += 1
+            phrases.append(words)
             i = j + 1
         elif form == INTERROGATIVE and tokens[i] in WH_WORDS:
-            spans.append((i, i + 1))
+            phrases.append([i])
             i += 1
         else:
             i += 1
     for r in required:
-        if 0 <= r < n and not any(a <= r < b for a, b in spans):
-            spans.append((r, r + 1))
-    spans.sort()
-    if len(spans) > E:
-        need = [any(a <= r < b for r in required) for a, b in spans]
-        order = sorted(range(len(spans)), key=lambda k: (not need[k], k))[:E]
-        spans = [spans[k] for k in sorted(order)]
+        if 0 <= r < n and not any(r in ph for ph in phrases):
+            phrases.append([r])
+    phrases.sort(key=lambda ph: ph[0])
+    if len(phrases) > E:
+        need = [any(r in ph for r in required) for ph in phrases]
+        keep = sorted(range(len(phrases)), key=lambda k: (not need[k], k))[:E]
+        phrases = [phrases[k] for k in sorted(keep)]
     out = [-1] * n
-    for k, (a, b) in enumerate(spans):
-        out[a:b] = [k] * (b - a)
+    for k, ph in enumerate(phrases):
+        for t in ph:
+            out[t] = k
     return out
 
 

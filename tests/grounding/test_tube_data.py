@@ -182,10 +182,16 @@ def test_entity_phrases_are_noun_phrases_without_function_words():
         assert ids[toks.index(w)] == -1
     # a question: the wh-word is an entity of its own; "another"/"the other" are not modifiers
     q = tube_tokens("who is behind the other adult in yellow clothes?")
-    assert _phrases(q, entity_ids(q, 1, lex, (0,))) == ["who", "adult"]
-    # compound category words make one phrase; a red (-ed) colour still modifies
+    assert _phrases(q, entity_ids(q, 1, lex, (0,))) == ["who", "adult yellow"]
+    # compound category words make one phrase; a red (-ed) colour or a striped (-ed) pattern still modifies
     q = tube_tokens("a child leans on a red baby seat")
     assert _phrases(q, entity_ids(q, 0, lex)) == ["child", "red baby seat"]
+    q = tube_tokens("a striped dog")
+    assert _phrases(q, entity_ids(q, 0, lex)) == ["striped dog"]
+    # the attribute words of an "in"/"with" phrase after the noun belong to it (not "in", not "clothes")
+    q = tube_tokens("an adult in black and white clothes holds a child with blue pants")
+    ids = entity_ids(q, 0, lex)
+    assert _phrases(q, ids) == ["adult black white", "child blue"] and ids[q.index("in")] == -1
     # at most E phrases: the required ones are kept first, then the earliest
     toks = tube_tokens("a dog a toy a table a child an adult")
     ids = entity_ids(toks, 0, lex, (9,), E=2)
