@@ -70,7 +70,8 @@ Choices where the paper is silent or the contract differs (beyond the paper's st
   vectors (§3.3). No parser runs here (none is installed: no spaCy/NLTK/Stanza; CoreNLP is Java);
   the phrases come with the data (``batch["entity_ids"]``, per token the phrase id or -1, written
   by the generator / converter from the annotation's object words: each run of category words and
-  person nouns with the modifiers right before it, the wh-word of a question;
+  person nouns with the modifiers right before it and the attribute words of an "in" / "with"
+  phrase right after it, the wh-word of a question;
   :func:`grounding.data.tube.entity_ids`; older shards fall back to the words at ``subject_pos``,
   ``rel_subj``, ``rel_obj``). ``phrases`` (default): one entity per phrase, the mean of its words;
   ``heads``: its last word (the head noun) only; ``tokens``: every real token is an entity, the
