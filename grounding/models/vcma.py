@@ -121,6 +121,10 @@ With ``neg_temporal=uniform`` (every frame weighs the same in Eq. 10) the same q
 the boxes: 12.9 / 43.3 / 29.4 (13.0 at epoch 10); ``pair`` for 5 epochs: 6.2 / 32.7 / 20.0. So on
 this benchmark q_phi learns at lr 1e-3 within ~140 updates, but only while its temporal weights do
 not collapse; the published 5e-5 does not move it in 280 updates (the paper's run is ~50,000).
+The numbers above are from the generator before its structure rewrite (issue 23 item 3) and the
+entity rule without post-noun attributes; on the rewritten generator (same command,
+``bench/results/vcma_lr_probe_structure_generator.json``), epoch 20: ``tubemil`` 11.0 / 39.3 /
+27.3, ``q_only`` at 1e-3 with ``own`` 3.1 / 18.5 / 16.5, with ``uniform`` 11.4 / 44.4 / 24.2.
 """
 
 from __future__ import annotations
