@@ -175,7 +175,8 @@ class TubeTask:
     layout = mapped_form.Layout(
         dense=("frame_feats", "region_feats", "boxes", "frame_valid", "frame_ids", "tubes"),
         queries=("video_index", "tokens", "sentence_form", "subject_pos", "subject_class", "rel_subj", "rel_obj",
-                 "rel_pred", "rel_valid", "gt_segment", "gt_fids", "gt_boxes", "gt_box_valid", "bow_resolvable"),
+                 "rel_pred", "rel_valid", "gt_segment", "gt_fids", "gt_boxes", "gt_box_valid", "bow_resolvable",
+                 "entity_ids"),
         row_strings=("video_ids",), query_strings=("sample_ids",))
 
     def load_split(self, ds: Dataset, split: str, rank: int = 0, world: int = 1, mapped: bool = True):

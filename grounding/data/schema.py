@@ -72,7 +72,7 @@ def wsvog_schema(T: int, N: int, D: int, feature_dtype: str = "float16", D_text:
 
 
 def tube_schema(T: int, N: int, Df: int, Dr: int, L: int, R: int, P: int, M: int,
-                feature_dtype: str = "float16", bow_resolvable: bool = False) -> pa.Schema:
+                feature_dtype: str = "float16", bow_resolvable: bool = False, E: int | None = None) -> pa.Schema:
     """Spatio-temporal video grounding (task ``tube``): one row per video with all its sentences.
 
     Per video: ``T`` sampled frames (``frame_ids`` original 0-based ids, -1 on padding;
@@ -90,9 +90,15 @@ def tube_schema(T: int, N: int, Df: int, Dr: int, L: int, R: int, P: int, M: int
     ``gt_box_valid [T]``. Optional (dims ``bow_resolvable`` = 1, the generated VidSTG since issue 23):
     ``bow_resolvable``, per sentence whether a bag of its words resolves its target among the video's
     objects (:func:`grounding.data.tube.bow_resolvable`); datasets without it have no such subset.
+    With the optional dim ``E`` (at most ``E`` entity phrases per sentence) a
+    column ``entity_ids`` follows: per sentence one int8 per token, the id (0..E-1, in order of
+    appearance) of the entity phrase holding the token, -1 outside every phrase
+    (:func:`grounding.data.tube.entity_ids`); datasets without it are still read
+    (:func:`grounding.data.tube.fallback_entity_ids`).
     """
     ft = FEATURE_DTYPES[feature_dtype]
     per = lambda t: pa.list_(t)  # noqa: E731  one entry per sentence
+    entities = [] if not E else [pa.field("entity_ids", per(pa.list_(pa.int8())), nullable=False)]
     return pa.schema(
         [
             pa.field("video_id", pa.string(), nullable=False),
@@ -120,6 +126,7 @@ def tube_schema(T: int, N: int, Df: int, Dr: int, L: int, R: int, P: int, M: int
             pa.field("gt_boxes", per(_fixed(pa.float32(), T * 4)), nullable=False),
             pa.field("gt_box_valid", per(_fixed(pa.bool_(), T)), nullable=False),
             *([pa.field("bow_resolvable", per(pa.bool_()), nullable=False)] if bow_resolvable else []),
+            *entities,
         ]
     )
 
@@ -159,8 +166,9 @@ def schema_for(task: str, dims: dict, feature_dtype: str) -> pa.Schema:
     args = [int(dims[k]) for k in TASK_DIMS[task]]
     if task == "wsvog" and dims.get("D_text"):
         return wsvog_schema(*args, feature_dtype=feature_dtype, D_text=int(dims["D_text"]))
-    if task == "tube" and dims.get("bow_resolvable"):
-        return tube_schema(*args, feature_dtype=feature_dtype, bow_resolvable=True)
+    if task == "tube" and (dims.get("bow_resolvable") or dims.get("E")):
+        return tube_schema(*args, feature_dtype=feature_dtype, bow_resolvable=bool(dims.get("bow_resolvable")),
+                           E=int(dims["E"]) if dims.get("E") else None)
     return {"wsvog": wsvog_schema, "tube": tube_schema, "moment": moment_schema}[task](
         *args, feature_dtype=feature_dtype
     )

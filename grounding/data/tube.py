@@ -18,6 +18,16 @@ converters:
 * :func:`noun_phrases`, :func:`bind_attributes` and :func:`bow_resolvable`: the sentence's noun
   phrases, the attribute words (:data:`ATTRIBUTE_WORDS`) bound to the target's and to the other
   argument's phrase, and the per-sentence flag of the bag-of-words / structure subsets (issue 23);
+* :func:`entity_ids`: the sentence's entity phrases (VCMA §3.2 "noun phrases that indicate the
+  entities"), one id per token (-1 outside every phrase): each maximal run of lexicon nouns (the
+  annotation's object words: category words and person nouns) with the modifiers right before it
+  (at most :data:`MAX_MODIFIERS` words, stopping at a function word, a lexicon noun or a verb-like
+  word; colour and :data:`ATTRIBUTE_WORDS` always count) and the attribute words of an "in" /
+  "with" phrase right after it ("a man in black": man, black), the wh-word of a question, and any
+  grounded/relation position no phrase covers, as a one-word phrase; at most ``E`` phrases (the ones holding the grounded word
+  or a relation argument are kept first, then the earliest). :func:`fallback_entity_ids` is the rule
+  for shards written without the ``entity_ids`` column: the distinct words at ``subject_pos``,
+  ``rel_subj`` and ``rel_obj``, each a one-word phrase (token 0 when none is known);
 * :func:`link_tubes`: VCMA Eq. 4 tube linking (``s_link = cos(v_t,i, v_t+1,j) + alpha IoU``,
   ``alpha`` = 0.5), greedy Viterbi: the best path over the remaining proposals, removed, M times;
 * :func:`tube_table`: per-video row dicts -> a Parquet table of the schema.
@@ -49,6 +59,21 @@ baby babies adult adults player players gentleman toddler mother father mom dad 
 WH_WORDS = frozenset({"who", "what", "whom", "whose", "which"})
 _VERBISH = re.compile(r"^(is|are|was|were|be|being|been|has|have|had|does|do|did|can|could|will|"
                       r"would|should|may|might|must|.*ing|.*es|.*ed)$")
+# Words that end a noun phrase's modifiers (determiners, pronouns, prepositions, conjunctions, ...):
+# "the", "another adult", "in front of the car", "and".
+FUNCTION_WORDS = frozenset("""
+a an the this that these those another other others some any each every all both no its his her their my
+our your it he she they him them there here and or but nor so then than to of in on at by for from with
+without into onto off over under above below behind beside besides besidethe near next front towards toward
+away inside outside around between among along across through up down out while when where who what whom
+whose which how why not as
+""".split())
+COLOURS = frozenset("""
+black white brown yellow red blue green gray grey silver orange purple beige pink golden gold tan cyan
+khaki dark light
+""".split())
+MAX_MODIFIERS = 3
+E_MAX = 8  # entity phrases per sentence (VCMA spec: N <= 8)
 
 
 def tube_tokens(sentence: str) -> list[str]:
@@ -166,13 +191,85 @@ def relation_positions(tokens: list[str], form: int, subj_pos: int, target_is_su
 
     The grounded word is the relation's subject, unless a question asks about the object
     (``target_is_subject`` False): then the wh-word is the object and the subject is the first
-    lexicon noun after it. The other argument is the first lexicon noun after the grounded word.
+    lexicon noun after it. The other argument is the first lexicon noun after the grounded word's
+    run of lexicon nouns ("an adult man ... next to a ball": ball, not man).
     """
-    after = [i for i, t in enumerate(tokens) if t in lexicon and i > max(subj_pos, 0)]
+    run = max(subj_pos, 0)
+    while run + 1 < len(tokens) and tokens[run] in lexicon and tokens[run + 1] in lexicon:
+        run += 1
+    after = [i for i, t in enumerate(tokens) if t in lexicon and i > run]
     other = after[0] if after else -1
     if form == INTERROGATIVE and not target_is_subject:
         return other, subj_pos
     return subj_pos, other
+
+
+def entity_ids(tokens: list[str], form: int, lexicon: frozenset[str], required: tuple[int, ...] = (),
+               E: int = E_MAX) -> list[int]:
+    """Entity phrase id (0..E-1, in order of appearance) of every token, -1 outside all phrases.
+
+    The rule is the module docstring's; ``required`` are token positions (the grounded word, the
+    relations' subject and object; -1 ignored) that must lie in a phrase.
+    """
+    n = len(tokens)
+    attrs = COLOURS | frozenset(ATTRIBUTE_WORDS)
+    phrases: list[list[int]] = []
+    i = 0
+    while i < n:
+        if tokens[i] in lexicon:
+            j = i
+            while j + 1 < n and tokens[j + 1] in lexicon:
+                j += 1
+            start = i
+            while (start > 0 and i - start < MAX_MODIFIERS and tokens[start - 1] not in lexicon
+                   and tokens[start - 1] not in FUNCTION_WORDS and re.search(r"[a-z]", tokens[start - 1])
+                   and (tokens[start - 1] in attrs or not _VERBISH.match(tokens[start - 1]))):
+                start -= 1
+            words = list(range(start, j + 1))
+            # attribute words of a following "in" / "with" phrase: "a man in black and white"
+            k = j + 1
+            if k < n and tokens[k] in ("in", "with"):
+                k += 1
+                while k < n and k - j <= 1 + MAX_MODIFIERS and (tokens[k] in attrs or tokens[k] == "and"):
+                    if tokens[k] in attrs:
+                        words.append(k)
+                    k += 1
+            phrases.append(words)
+            i = j + 1
+        elif form == INTERROGATIVE and tokens[i] in WH_WORDS:
+            phrases.append([i])
+            i += 1
+        else:
+            i += 1
+    for r in required:
+        if 0 <= r < n and not any(r in ph for ph in phrases):
+            phrases.append([r])
+    phrases.sort(key=lambda ph: ph[0])
+    if len(phrases) > E:
+        need = [any(r in ph for r in required) for ph in phrases]
+        keep = sorted(range(len(phrases)), key=lambda k: (not need[k], k))[:E]
+        phrases = [phrases[k] for k in sorted(keep)]
+    out = [-1] * n
+    for k, ph in enumerate(phrases):
+        for t in ph:
+            out[t] = k
+    return out
+
+
+def fallback_entity_ids(n_tokens: np.ndarray, subject_pos: np.ndarray, rel_subj: np.ndarray, rel_obj: np.ndarray,
+                        L: int) -> np.ndarray:
+    """``[Q, L]`` entity ids for shards without the ``entity_ids`` column (module docstring):
+    the distinct known positions among ``subject_pos``, ``rel_subj``, ``rel_obj`` inside the
+    sentence, each a one-word phrase in order of appearance; token 0 when none is known."""
+    Q = len(n_tokens)
+    out = np.full((Q, L), -1, np.int64)
+    pos = np.concatenate([np.asarray(subject_pos).reshape(Q, -1), np.asarray(rel_subj).reshape(Q, -1),
+                          np.asarray(rel_obj).reshape(Q, -1)], 1)
+    for q in range(Q):
+        n = int(min(n_tokens[q], L))
+        known = sorted({int(p) for p in pos[q] if 0 <= p < n}) or ([0] if n else [])
+        out[q, known] = np.arange(len(known))
+    return out
 
 
 # ------------------------------------------------------------------------------ geometry
@@ -252,7 +349,8 @@ def tube_table(rows: list[dict], dims: dict, feature_dtype: str) -> pa.Table:
     ``tubes [M, T]``, ...) and per-sentence lists/arrays with one entry per sentence."""
     d = {k: int(dims[k]) for k in ("T", "N", "Df", "Dr", "L", "R", "P", "M")}
     flag = bool(dims.get("bow_resolvable"))  # the optional per-sentence subset flag (schema.tube_schema)
-    schema = tube_schema(**d, feature_dtype=feature_dtype, bow_resolvable=flag)
+    schema = tube_schema(**d, feature_dtype=feature_dtype, bow_resolvable=flag,
+                         E=int(dims["E"]) if dims.get("E") else None)
     ft = np.float16 if feature_dtype == "float16" else np.float32
     stack = lambda k, dt: np.stack([np.asarray(r[k], dt) for r in rows])  # noqa: E731
     cols = {
@@ -280,6 +378,9 @@ def tube_table(rows: list[dict], dims: dict, feature_dtype: str) -> pa.Table:
         cols[key] = _per_sentence(rows, key, schema.field(key), dt)
     if flag:
         cols["bow_resolvable"] = pa.array([list(map(bool, r["bow_resolvable"])) for r in rows], pa.list_(pa.bool_()))
+    if "entity_ids" in schema.names:
+        cols["entity_ids"] = pa.array([[list(map(int, e[: d["L"]])) for e in r["entity_ids"]] for r in rows],
+                                      pa.list_(pa.list_(pa.int8())))
     return pa.Table.from_arrays([cols[n] for n in schema.names], schema=schema)
 
 
@@ -327,6 +428,7 @@ class TubeArrays:
     # [Q] bool: a bag of the sentence's words resolves its target (tube.bow_resolvable); None where
     # the dataset does not say (no such column: no bag-of-words / structure subsets)
     bow_resolvable: np.ndarray | None = None
+    entity_ids: np.ndarray | None = None  # [Q, L] entity phrase per token, -1 none (None: fallback rule)
 
     @classmethod
     def from_table(cls, table: pa.Table, dims: dict) -> "TubeArrays":
@@ -337,7 +439,8 @@ class TubeArrays:
             return cls(z(0, T, Df, dt=np.float32), z(0, T, N, Dr, dt=np.float32), z(0, T, N, 4, dt=np.float32),
                        z(0, T, dt=bool), z(0, T), z(0, M, T), z(0), z(0, L), z(0), z(0), z(0), z(0, R), z(0, R),
                        z(0, R, P), z(0, R, dt=bool), z(0, 2), z(0, 2), z(0, T, 4, dt=np.float32), z(0, T, dt=bool),
-                       [], [], z(0, dt=bool) if "bow_resolvable" in table.column_names else None)
+                       [], [], z(0, dt=bool) if "bow_resolvable" in table.column_names else None,
+                       z(0, L))
         size = np.stack([table["frame_width"].to_numpy(), table["frame_height"].to_numpy()], 1).astype(np.float32)
         scale = np.concatenate([size, size], 1)  # [V, 4] (w, h, w, h)
         boxes = fixed_list_to_numpy(table["proposals"], (T, N, 4)).astype(np.float32) / scale[:, None, None, :]
@@ -352,6 +455,21 @@ class TubeArrays:
         for q, (s, n) in enumerate(zip(starts, lengths)):
             tokens[q, :n] = values[s:s + n]
         rel_pred = _list_fixed(table["rel_pred"], (R, P))[0].astype(np.int64)
+        subject_pos = _list_flat(table["subject_pos"]).astype(np.int64)
+        rel_subj = _list_fixed(table["rel_subj"], (R,))[0].astype(np.int64)
+        rel_obj = _list_fixed(table["rel_obj"], (R,))[0].astype(np.int64)
+        if "entity_ids" in table.column_names:
+            ent = np.full((len(lengths), L), -1, np.int64)
+            col = table["entity_ids"].combine_chunks() if isinstance(table["entity_ids"], pa.ChunkedArray) \
+                else table["entity_ids"]
+            einner = col.flatten()
+            eoff = einner.offsets.to_numpy()
+            evals = einner.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+            for q in range(len(lengths)):
+                n = min(int(eoff[q + 1] - eoff[q]), L)
+                ent[q, :n] = evals[eoff[q] - eoff[0]: eoff[q] - eoff[0] + n]
+        else:
+            ent = fallback_entity_ids(lengths, subject_pos, rel_subj, rel_obj, L)
         return cls(
             frame_feats=fixed_list_to_numpy(table["frame_features"], (T, Df)),
             region_feats=fixed_list_to_numpy(table["region_features"], (T, N, Dr)),
@@ -362,10 +480,10 @@ class TubeArrays:
             video_index=video_index,
             tokens=tokens,
             sentence_form=_list_flat(table["sentence_form"]).astype(np.int64),
-            subject_pos=_list_flat(table["subject_pos"]).astype(np.int64),
+            subject_pos=subject_pos,
             subject_class=_list_flat(table["subject_class"]).astype(np.int64),
-            rel_subj=_list_fixed(table["rel_subj"], (R,))[0].astype(np.int64),
-            rel_obj=_list_fixed(table["rel_obj"], (R,))[0].astype(np.int64),
+            rel_subj=rel_subj,
+            rel_obj=rel_obj,
             rel_pred=rel_pred,
             rel_valid=_list_fixed(table["rel_valid"], (R,))[0].astype(bool),
             gt_segment=_list_fixed(table["gt_segment"], (2,))[0].astype(np.int64),
@@ -376,6 +494,7 @@ class TubeArrays:
             video_ids=table["video_id"].to_pylist(),
             bow_resolvable=(_list_flat(table["bow_resolvable"]).astype(bool)
                             if "bow_resolvable" in table.column_names else None),
+            entity_ids=ent,
         )
 
     def __len__(self) -> int:
@@ -396,6 +515,11 @@ class TubeArrays:
         vids = self.video_index[idx]
         dev = torch.device(device)
         t = lambda a, dtype=None: torch.from_numpy(np.ascontiguousarray(a)).to(dev, dtype)  # noqa: E731
+        if self.entity_ids is not None:
+            ent = self.entity_ids[idx]
+        else:  # a mapped copy written before the field existed
+            ent = fallback_entity_ids((self.tokens[idx] != PAD_ID).sum(1), self.subject_pos[idx],
+                                      self.rel_subj[idx], self.rel_obj[idx], self.tokens.shape[1])
         return {
             "frame_feats": t(self.frame_feats[vids], torch.float32),
             "region_feats": t(self.region_feats[vids], torch.float32),
@@ -418,4 +542,5 @@ class TubeArrays:
             "gt_box_valid": t(self.gt_box_valid[idx]),
             "video_index": t(vids),
             **({} if self.bow_resolvable is None else {"bow_resolvable": t(self.bow_resolvable[idx])}),
+            "entity_ids": t(ent, torch.int64),
         }

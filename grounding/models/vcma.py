@@ -9,9 +9,10 @@ the inference network ``q_phi(Z | E, V)`` and the model ``p_theta(Z | E, R, V)``
 * input projections ``W_v, W_f, W_w`` (region / frame features, frozen GloVe words) to width D;
 * a video-context encoder of ``enc_blocks`` x (spatial MHSA over the N proposals of a frame, then
   temporal MHSA along each precomputed linked tube ``batch["tubes"]`` (Eq. 4, alpha = 0.5, linked at
-  data time) with a sinusoidal time PE); post-norm layers, FFN ``4 D``;
-* a language encoder (2 layers) over the sentence's tokens (p_theta: plus the relation tokens, the
-  mean GloVe of each predicate, with a type embedding);
+  data time) with a sinusoidal time PE); FFN ``4 D``; pre-norm layers (``norm_first``, below);
+* a language encoder (2 layers) over the sentence's entity phrases, each the mean GloVe of its
+  words through ``W_w`` plus a phrase-order PE (§3.3; ``entities``, below) (p_theta: plus the
+  relation tokens, the mean GloVe of each predicate, with a type embedding);
 * the spatial head (Eq. 6): ``s[t, i, j] = g_S(w_i) . g_V(v_tj)``, ``z^S = softmax_j s``;
 * the temporal head (Eq. 7): ``[f_1..f_T; cls]`` through ``xattn_layers`` decoder layers that
   cross-attend the language tokens, ``(c, sigma) = sigmoid(W f_cls)``, and the max-normalised,
@@ -35,6 +36,17 @@ Losses (means over valid elements, weights 1, choice A22):
 E/M alternation (``em_schedule``): ``epoch`` (default, Algorithm 1 as choice A5 reads it: epochs
 alternate E, M, E, ... starting with E; the engine calls :meth:`epoch_start` each epoch), ``step``
 (alternate per training mini-batch), ``joint`` (L_E + L_M every batch, each target detached).
+One EM round is two epochs under ``epoch`` and one epoch under ``step`` / ``joint``.
+
+Contrastive warm-up of the E-step (``e_warmup_rounds``, default 1; spec choice A28). The paper has
+no such phase: Algorithm 1 initialises phi and theta randomly and its first E-step already updates
+phi "based on L_{Z,phi} and L_contra,phi"; §3.6 says the E-step "brings the knowledge acquired
+through relation construction into q_phi", knowledge a random theta does not have yet, and at
+initialisation the pull of L_{Z,phi} towards the random p_theta is larger than L_contra's (gradient
+norms 1.04 and 1.34 against 0.32, issue 23's probe). So, under the fidelity rule's "prefer the
+reading under which the method can learn", the E-steps of the first ``e_warmup_rounds`` rounds
+train q_phi on L_contra alone (the M-steps are unchanged: p_theta learns from the warmed-up q_phi
+and L_rec); ``e_warmup_rounds=0`` is Algorithm 1 literally. Measured on the planted toy below.
 Isolation is enforced, not assumed: the network that is not being trained runs under
 ``torch.no_grad()``, so its parameters get no gradient (``grad is None``; AdamW then skips them,
 weight decay included), and in ``joint`` each network's targets are detached from the other.
@@ -53,9 +65,24 @@ ablations ``networks=q_only|p_only`` force beta and declare no grid.
 
 Choices where the paper is silent or the contract differs (beyond the paper's stated choices):
 
-* Entities: the contract has no parsed entity phrases, so every real token is an "entity"
-  (one-word phrase); the target i* is ``subject_pos`` (token 0 when -1); ``rel_subj`` /
-  ``rel_obj`` (token indices) select the subject / object rows of H directly.
+* Entities (``entities``): the paper parses the sentence with Stanford CoreNLP into "noun phrases
+  that indicate the entities" (§3.2, §4.1) and embeds each by average-pooling its words' GloVe
+  vectors (§3.3). No parser runs here (none is installed: no spaCy/NLTK/Stanza; CoreNLP is Java);
+  the phrases come with the data (``batch["entity_ids"]``, per token the phrase id or -1, written
+  by the generator / converter from the annotation's object words: each run of category words and
+  person nouns with the modifiers right before it and the attribute words of an "in" / "with"
+  phrase right after it, the wh-word of a question;
+  :func:`grounding.data.tube.entity_ids`; older shards fall back to the words at ``subject_pos``,
+  ``rel_subj``, ``rel_obj``). ``phrases`` (default): one entity per phrase, the mean of its words;
+  ``heads``: its last word (the head noun) only; ``tokens``: every real token is an entity, the
+  behaviour before issue 23 (function words included). A sentence without any phrase is one entity
+  of all its words (spec §1.3). i* is the entity holding ``subject_pos`` (entity 0 when unknown);
+  ``rel_subj`` / ``rel_obj`` select the entities holding those words; an object that is no entity
+  (or -1) is the learned null entity (choice A20).
+* Layer norm (``norm_first``): the paper says "standard transformer" blocks; the spec read that as
+  PyTorch's post-norm (A15). Post-norm makes q_phi learn much slower on the planted toy (below), so
+  every transformer layer of the model (video, language, temporal heads, relation decoder) is
+  pre-norm by default; ``norm_first=False`` restores post-norm.
 * Decoder vocabulary: the dataset vocabulary (``word_vectors`` rows), not a relation-only one;
   inputs frozen GloVe -> Linear, learned <bos>, untied output layer, no <eos> (A21).
 * All proposals are valid (the contract has no region mask). A proposal that belongs to no tube
@@ -68,6 +95,36 @@ Choices where the paper is silent or the contract differs (beyond the paper's st
   (``ddp_find_unused_parameters``): the frozen network's parameters get no gradient on any rank
   and stay ``grad is None``. The contrastive negatives are the per-rank batch (no all-gather;
   choice A10 asks for the full 32: use one worker, or a per-worker batch of 32).
+
+Measured (issue 23; ``bench/vcma_toy.py``, ``bench/results/vcma_toy.json``). The planted toy of
+``tests/grounding/test_vcma.py``: per frame one of N = 10 regions carries the subject class's
+prototype, two carry distractor classes, all carry the video's scene vector (chance 0.10); q_phi's
+held-out box accuracy after 300 updates of the first E epoch (batch 16, AdamW 1e-3), mean of seeds
+0, 1, 2 (per seed): defaults 0.79 (0.76, 0.79, 0.80); ``e_warmup_rounds=0`` 0.46 (0.40, 0.42, 0.54);
+``norm_first=False`` 0.54 (0.43, 0.32, 0.87); ``entities=tokens`` 0.68 (0.58, 0.79, 0.68); all three
+as before issue 23 (post-norm, no warm-up, every token an entity) 0.32 (0.36, 0.17, 0.43). Hence the
+defaults ``e_warmup_rounds=1``, ``norm_first=True``, ``entities=phrases``. At the defaults the
+learning rate matters: 5e-5 (the published peak) 0.40 (0.34, 0.35, 0.50), 3e-4 0.74, 1e-3 0.79, 3e-3
+0.32 (0.09, 0.42, 0.44: seed 0 collapsed). The untrained model already picks the planted region
+0.20 of the time (its prototype adds norm). ``tau=3`` gave 0.87 (1.00, 0.68, 0.92): not adopted on
+this evidence alone (the default stays 1.0, choice A12).
+
+On a small generated VidSTG (``python -m grounding.data generate vidstg DIR --set limit=200``: 448
+train, 463 val sentences, 14 updates per epoch; ``bench/vcma_lr_probe.py``, PAPER + FIXED point,
+seed 0, ``bench/results/vcma_lr_probe.json``), val m_vIoU / m_tIoU / m_vIoU of the boxes over the
+GT segment (%) after 20 epochs: ``tubemil`` 16.4 / 39.1 / 35.6; ``q_only`` with
+``neg_temporal=own`` (``pair`` costs 4.6 s per update on one CPU thread) at lr 5e-5 4.0 / 23.1 /
+17.6, 3e-4 2.2 / 11.0 / 17.0, 1e-3 2.2 / 13.2 / 18.3 (a random box over the GT segment: 15.5), the
+full model at 1e-3 4.4 / 23.8 / 16.1. L_contra falls well below log 32 (1.63 at 1e-3) while the
+boxes stay at chance and the Gaussian narrows onto the wrong frames (m_tIoU 46 at initialisation).
+With ``neg_temporal=uniform`` (every frame weighs the same in Eq. 10) the same q_only run learns
+the boxes: 12.9 / 43.3 / 29.4 (13.0 at epoch 10); ``pair`` for 5 epochs: 6.2 / 32.7 / 20.0. So on
+this benchmark q_phi learns at lr 1e-3 within ~140 updates, but only while its temporal weights do
+not collapse; the published 5e-5 does not move it in 280 updates (the paper's run is ~50,000).
+The numbers above are from the generator before its structure rewrite (issue 23 item 3) and the
+entity rule without post-noun attributes; on the rewritten generator (same command,
+``bench/results/vcma_lr_probe_structure_generator.json``), epoch 20: ``tubemil`` 11.0 / 39.3 /
+27.3, ``q_only`` at 1e-3 with ``own`` 3.1 / 18.5 / 16.5, with ``uniform`` 11.4 / 44.4 / 24.2.
 """
 
 from __future__ import annotations
@@ -107,16 +164,20 @@ class VCMAConfig(ModelConfig):
     em_schedule: str = "epoch"  # epoch | step | joint
     networks: str = "both"  # both | q_only | p_only
     recon: bool = True
+    e_warmup_rounds: int = 1  # EM rounds whose E-steps train q_phi on L_contra alone (0: Algorithm 1 literally)
+    norm_first: bool = True  # pre-norm transformer layers (False: post-norm, PyTorch's default)
+    entities: str = "phrases"  # phrases | heads | tokens
 
     def __post_init__(self):
         check_config(self, {"hidden_dim": (1, None), "heads": (1, None), "enc_blocks": (0, None),
                             "lang_layers": (0, None), "xattn_layers": (1, None), "dec_blocks": (1, None),
                             "ffn_mult": (1, None), "dropout": (0, 0.9), "beta": (0, 1),
-                            "seg_threshold": (0, 1), "tau": (1e-3, None), "gauss_std_div": (1e-3, None)})
+                            "seg_threshold": (0, 1), "tau": (1e-3, None), "gauss_std_div": (1e-3, None),
+                            "e_warmup_rounds": (0, None)})
         check_choice(self, {"pseudo_label": ("sample", "argmax", "soft"), "match_norm": ("mean", "sum"),
                             "neg_temporal": ("pair", "own", "uniform"), "rec_z_source": ("p_theta", "q_phi"),
                             "em_schedule": ("epoch", "step", "joint"),
-                            "networks": ("both", "q_only", "p_only")})
+                            "networks": ("both", "q_only", "p_only"), "entities": ("phrases", "heads", "tokens")})
         if self.hidden_dim % self.heads:
             raise ValueError(f"hidden_dim={self.hidden_dim} is not divisible by heads={self.heads}")
         if self.networks == "p_only" and self.rec_z_source != "p_theta":
@@ -160,7 +221,40 @@ def decode_segment(zt: torch.Tensor, valid: torch.Tensor, threshold: float) -> t
 class _Layer(nn.TransformerEncoderLayer):
     def __init__(self, cfg: VCMAConfig):
         D = cfg.hidden_dim
-        super().__init__(D, cfg.heads, cfg.ffn_mult * D, cfg.dropout, batch_first=True)
+        super().__init__(D, cfg.heads, cfg.ffn_mult * D, cfg.dropout, batch_first=True, norm_first=cfg.norm_first)
+
+
+def _decoder_layer(cfg: VCMAConfig) -> nn.TransformerDecoderLayer:
+    D = cfg.hidden_dim
+    return nn.TransformerDecoderLayer(D, cfg.heads, cfg.ffn_mult * D, cfg.dropout, batch_first=True,
+                                      norm_first=cfg.norm_first)
+
+
+def entity_index(batch, mode: str) -> torch.Tensor:
+    """``[B, L]`` entity slot of every token (-1: not part of an entity) for ``entities=mode``.
+
+    ``phrases``: the batch's ``entity_ids`` (the data's noun phrases); ``heads``: only the last
+    word of each phrase (its head noun); ``tokens``: every real token is its own entity. A
+    sentence with no phrase becomes one entity made of all of its words (spec §1.3).
+    """
+    tm = batch["token_mask"]
+    L = tm.shape[1]
+    if mode == "tokens":
+        return torch.where(tm, torch.arange(L, device=tm.device)[None], -1)
+    ids = batch["entity_ids"][:, :L].masked_fill(~tm, -1)
+    ids = torch.where(((ids < 0).all(1, keepdim=True)) & tm, 0, ids)
+    if mode == "heads":
+        nxt = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -1)], 1)
+        ids = torch.where(ids != nxt, ids, -1)
+    return ids
+
+
+def entity_of(ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Entity slot of token positions ``pos [B, ...]`` (-1 where ``pos`` is -1 or in no entity)."""
+    B = ids.shape[0]
+    flat = pos.reshape(B, -1)
+    e = ids.gather(1, flat.clamp(min=0, max=ids.shape[1] - 1))
+    return torch.where(flat >= 0, e, -1).reshape(pos.shape)
 
 
 class AssignNet(nn.Module):
@@ -180,9 +274,7 @@ class AssignNet(nn.Module):
         self.g_S = nn.Sequential(nn.Linear(D, D), nn.ReLU())
         self.g_V = nn.Sequential(nn.Linear(D, D), nn.ReLU())
         self.cls = nn.Parameter(torch.randn(D) * 0.02)
-        self.xattn = nn.ModuleList(
-            nn.TransformerDecoderLayer(D, cfg.heads, cfg.ffn_mult * D, cfg.dropout, batch_first=True)
-            for _ in range(cfg.xattn_layers))
+        self.xattn = nn.ModuleList(_decoder_layer(cfg) for _ in range(cfg.xattn_layers))
         self.head = nn.Linear(D, 2)
 
     def video(self, batch, words=None) -> torch.Tensor:
@@ -206,10 +298,18 @@ class AssignNet(nn.Module):
         return x
 
     def language(self, batch, wv: torch.Tensor):
-        """Entity tokens ``[B, L, D]``, all tokens (entities [; relations]) and their padding mask."""
-        tok, tm = batch["tokens"], batch["token_mask"]
+        """Entity tokens ``[B, E, D]`` (mean GloVe of each entity phrase's words through ``W_w``, plus
+        the phrase-order PE), their mask ``[B, E]``, all tokens (entities [; relations]) and their
+        padding mask."""
+        tok = batch["tokens"]
         D = self.cfg.hidden_dim
-        e = self.W_w(wv[tok]) + sinusoid(tok.shape[1], D, tok.device) + self.type_emb.weight[0]
+        ids = entity_index(batch, self.cfg.entities)
+        E = max(int(ids.max()) + 1, 1)
+        A = F.one_hot(ids + 1, E + 1)[..., 1:].float()  # [B, L, E]
+        cnt = A.sum(1)  # [B, E]
+        ebar = torch.einsum("ble,blw->bew", A, wv[tok]) / cnt.clamp(min=1)[..., None]
+        tm = cnt > 0
+        e = self.W_w(ebar) + sinusoid(E, D, tok.device) + self.type_emb.weight[0]
         toks, mask = e, tm
         if self.with_rel:
             pw = batch["rel_pred"]
@@ -222,7 +322,7 @@ class AssignNet(nn.Module):
         pad[:, 0] = False
         for layer in self.lang:
             toks = layer(toks, src_key_padding_mask=pad)
-        return toks[:, : tok.shape[1]], toks, pad
+        return toks[:, :E], tm, toks, pad
 
     def temporal_head(self, frames, valid, mem, mem_pad):
         """``(c, sigma)`` for frame features ``[P, T, D]`` against language memory ``[P, K, D]``."""
@@ -236,12 +336,12 @@ class AssignNet(nn.Module):
 
     def forward(self, batch, wv):
         V = self.video(batch)
-        ent, toks, pad = self.language(batch, wv)
-        logit = torch.einsum("bld,btnd->btln", self.g_S(ent), self.g_V(V))  # [B, T, L, N]
+        ent, ent_mask, toks, pad = self.language(batch, wv)
+        logit = torch.einsum("bld,btnd->btln", self.g_S(ent), self.g_V(V))  # [B, T, E, N]
         f = self.W_f(batch["frame_feats"])
         c, sigma = self.temporal_head(f, batch["frame_valid"], toks, pad)
         zt = gaussian(c, sigma, batch["frame_valid"], self.cfg.gauss_std_div)
-        return {"V": V, "ent": ent, "toks": toks, "pad": pad, "f": f, "logit": logit,
+        return {"V": V, "ent": ent, "ent_mask": ent_mask, "toks": toks, "pad": pad, "f": f, "logit": logit,
                 "zs": logit.softmax(-1), "zt": zt, "c": c, "sigma": sigma}
 
 
@@ -264,12 +364,11 @@ class VCMA(GroundingModel):
         self.null = nn.Parameter(torch.randn(D) * 0.02)
         self.bos = nn.Parameter(torch.randn(D) * 0.02)
         self.dec_in = nn.Linear(wv.shape[1], D)
-        self.decoder = nn.ModuleList(
-            nn.TransformerDecoderLayer(D, cfg.heads, cfg.ffn_mult * D, cfg.dropout, batch_first=True)
-            for _ in range(cfg.dec_blocks))
+        self.decoder = nn.ModuleList(_decoder_layer(cfg) for _ in range(cfg.dec_blocks))
         self.dec_out = nn.Linear(D, Vsz)
         self.phase = "E"
         self._calls = 0
+        self._round = 0  # EM round (epoch_start): em_schedule=epoch pairs epochs, step/joint count epochs
 
     # -------------------------------------------------------------- parameter groups
     def phi_parameters(self):
@@ -280,9 +379,17 @@ class VCMA(GroundingModel):
         return [p for p in self.parameters() if id(p) not in ids]
 
     def epoch_start(self, epoch: int) -> None:
-        """Engine hook: ``em_schedule=epoch`` runs E on even epochs and M on odd ones."""
+        """Engine hook: ``em_schedule=epoch`` runs E on even epochs and M on odd ones (one EM round
+        is two epochs); under ``step`` and ``joint`` one round is one epoch."""
         if self.cfg.em_schedule == "epoch":
             self.set_phase("E" if epoch % 2 == 0 else "M")
+            self._round = epoch // 2
+        else:
+            self._round = epoch
+
+    def e_warming_up(self) -> bool:
+        """True while the E-step trains q_phi on L_contra alone (the first ``e_warmup_rounds``)."""
+        return self._round < self.cfg.e_warmup_rounds
 
     def set_phase(self, phase: str) -> None:
         if phase not in ("E", "M", "joint"):
@@ -312,9 +419,9 @@ class VCMA(GroundingModel):
         return F.one_hot(idx, probs.shape[-1]).to(probs.dtype)
 
     @staticmethod
-    def _z_loss(target_s, target_t, logit, zt, batch):
-        """Eq. 9 (spatial CE over valid (frame, token) pairs) + BCE on valid frames."""
-        valid = batch["frame_valid"][:, :, None] & batch["token_mask"][:, None, :]  # [B, T, L]
+    def _z_loss(target_s, target_t, logit, zt, batch, ent_mask):
+        """Eq. 9 (spatial CE over valid (frame, entity) pairs) + BCE on valid frames."""
+        valid = batch["frame_valid"][:, :, None] & ent_mask[:, None, :]  # [B, T, E]
         ce = -(target_s * logit.log_softmax(-1)).sum(-1)
         ls = (ce * valid).sum() / valid.sum().clamp(min=1)
         fv = batch["frame_valid"]
@@ -343,8 +450,8 @@ class VCMA(GroundingModel):
             z = q["zt"][None].expand(B, B, T)
         else:
             z = fv.float()[None].expand(B, B, T)
-        tm = batch["token_mask"].float()  # [A, L]
-        per = (z[..., None] * s).sum(2)  # [A, B, L]
+        tm = q["ent_mask"].float()  # [A, E]
+        per = (z[..., None] * s).sum(2)  # [A, B, E]
         if cfg.match_norm == "mean":
             per = per / z.sum(2, keepdim=True).clamp(min=EPS)
             return (per * tm[:, None]).sum(-1) / tm.sum(-1, keepdim=True).clamp(min=1)
@@ -360,9 +467,11 @@ class VCMA(GroundingModel):
     def reconstruction(self, V, zs, zt, batch) -> torch.Tensor:
         """Eqs. 13-15: mean CE of the predicate words of the valid relations."""
         D = V.shape[-1]
-        H = zt[..., None, None] * torch.einsum("btln,btnd->btld", zs, V)  # [B, T, L, D]
+        H = zt[..., None, None] * torch.einsum("btln,btnd->btld", zs, V)  # [B, T, E, D]
         B, T, L, _ = H.shape
-        subj, obj = batch["rel_subj"], batch["rel_obj"]  # [B, R]
+        ids = entity_index(batch, self.cfg.entities)
+        # the entities holding the relation's subject / object words (-1: none -> entity 0 / null)
+        subj, obj = entity_of(ids, batch["rel_subj"]), entity_of(ids, batch["rel_obj"])  # [B, R]
         R = subj.shape[1]
 
         def pick(i):
@@ -393,11 +502,15 @@ class VCMA(GroundingModel):
         logs = {}
         loss = self.infonce(self.pair_scores(q, batch), batch["video_index"])
         logs["loss_contra"] = float(loss.detach())
+        warm = self.e_warming_up()
         if self.cfg.networks == "both":
+            logs["e_warmup"] = float(warm)
+        if self.cfg.networks == "both" and not warm:
             if p is None:
                 with torch.no_grad():
                     p = self.p_theta(batch, self.word_vectors)
-            ls, lt = self._z_loss(self._target(p["zs"].detach()), p["zt"].detach(), q["logit"], q["zt"], batch)
+            ls, lt = self._z_loss(self._target(p["zs"].detach()), p["zt"].detach(), q["logit"], q["zt"], batch,
+                                  q["ent_mask"])
             loss = loss + ls + lt
             logs.update(loss_zs_phi=float(ls.detach()), loss_zt_phi=float(lt.detach()))
         return loss, logs, q
@@ -411,7 +524,8 @@ class VCMA(GroundingModel):
             if q is None:
                 with torch.no_grad():
                     q = self.q_phi(batch, self.word_vectors)
-            ls, lt = self._z_loss(self._target(q["zs"].detach()), q["zt"].detach(), p["logit"], p["zt"], batch)
+            ls, lt = self._z_loss(self._target(q["zs"].detach()), q["zt"].detach(), p["logit"], p["zt"], batch,
+                                  p["ent_mask"])
             loss = loss + ls + lt
             logs.update(loss_zs_theta=float(ls.detach()), loss_zt_theta=float(lt.detach()))
         if self.cfg.recon:
@@ -452,6 +566,10 @@ class VCMA(GroundingModel):
         """Knobs only :meth:`predict` reads, with the grid a sweep evaluates them on (module docstring)."""
         return {"beta": BETA_GRID} if self.cfg.networks == "both" else {}
 
+    def target_entity(self, batch) -> torch.Tensor:
+        """``[B]`` i*: the entity holding ``subject_pos`` (entity 0 when unknown)."""
+        return entity_of(entity_index(batch, self.cfg.entities), batch["subject_pos"]).clamp(min=0)
+
     def assignments(self, batch):
         """Eq. 16 mixture ``(Z^S [B, T, L, N], Z^T [B, T])``; beta forced by ``networks``."""
         beta = {"q_only": 1.0, "p_only": 0.0}.get(self.cfg.networks, self.cfg.beta)
@@ -463,7 +581,7 @@ class VCMA(GroundingModel):
     def predict(self, batch):
         zs, zt = self.assignments(batch)
         B, T, L, N = zs.shape
-        i = batch["subject_pos"].clamp(min=0)
+        i = self.target_entity(batch)
         target = zs.gather(2, i[:, None, None, None].expand(B, T, 1, N))[:, :, 0]  # [B, T, N]
         segment = decode_segment(zt, batch["frame_valid"], self.cfg.seg_threshold)
         return {"segment": segment, "proposal": target.argmax(-1), "scores": target, "temporal": zt}

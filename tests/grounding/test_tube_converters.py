@@ -60,7 +60,7 @@ def test_vidstg_rows_per_video_and_frame_ranges(tmp_path):
     ds = Dataset.open(tmp_path / "ds")
     ds.verify()
     assert ds.manifest.task == "tube" and ds.manifest.extra["stats"]["vocab_coverage"] == {"val": pytest.approx(11 / 14)}
-    assert ds.manifest.dims == {"T": 10, "N": 8, "Df": 6, "Dr": 6, "L": 24, "R": 1, "P": 4, "M": 8}
+    assert ds.manifest.dims == {"T": 10, "N": 8, "Df": 6, "Dr": 6, "L": 24, "R": 1, "P": 4, "M": 8, "E": 8}
     rows = ds.read_split("val").to_pylist()
     assert [r["video_id"] for r in rows] == ["10712559773_0", "3783730077_1"]  # one row per item
     assert [r["sample_ids"] for r in rows] == [["10712559773_0_c0", "10712559773_0_q0"],

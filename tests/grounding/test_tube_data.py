@@ -11,7 +11,8 @@ from grounding.data import benchmarks
 from grounding.data.benchmarks import vidstg
 from grounding.data.annotations import annotations_dir, read_text
 from grounding.data.shards import Dataset
-from grounding.data.tube import link_tubes, relation_positions, subject_position, tube_tokens, noun_lexicon
+from grounding.data.tube import (entity_ids, fallback_entity_ids, link_tubes, noun_lexicon, relation_positions,
+                                 subject_position, tube_tokens)
 from grounding.metrics.tube import TubeMetrics
 
 CFG = dict(limit=6, T=16, N=8, Df=8, Dr=8)
@@ -31,7 +32,7 @@ def test_registered_and_contract_batch(data):
     assert benchmarks.DEFAULT_FOR_TASK["tube"] == "vidstg" and benchmarks.get("vidstg").task == "tube"
     assert ds.manifest.task == "tube"
     assert ds.manifest.dims == {"T": 16, "N": 8, "Df": 8, "Dr": 8, "L": 24, "R": 1, "P": 4, "M": 8,
-                                "bow_resolvable": 1}  # the per-sentence subset flag (issue 23)
+                                "bow_resolvable": 1, "E": 8}  # the per-sentence subset flag (issue 23)
     assert td.info.word_vectors.shape[1] == 300 and td.info.class_vectors.shape == (78, 300)
     a = td["train"]
     assert a.num_videos == 6 and len(a) > a.num_videos  # features once per video, ~2 sentences each
@@ -46,7 +47,8 @@ def test_registered_and_contract_batch(data):
             "rel_valid": ((B, 1), torch.bool), "tubes": ((B, 8, 16), torch.int64),
             "gt_segment": ((B, 2), torch.int64), "gt_boxes": ((B, 16, 4), torch.float32),
             "gt_box_valid": ((B, 16), torch.bool), "video_index": ((B,), torch.int64),
-            "bow_resolvable": ((B,), torch.bool)}
+            "bow_resolvable": ((B,), torch.bool),
+            "entity_ids": ((B, 24), torch.int64)}
     for k, (shape, dtype) in want.items():
         assert (tuple(b[k].shape), b[k].dtype) == (shape, dtype), k
     assert b["boxes"].min() >= 0 and b["boxes"].max() <= 1
@@ -152,3 +154,76 @@ def test_text_heuristics():
     q = tube_tokens("what does the adult man play on the stage?")
     assert subject_position(q, 1, lex) == 0
     assert relation_positions(q, 1, 0, False, lex) == (3, 0)  # the man plays what
+
+
+def test_relation_object_is_not_the_subjects_own_compound_noun():
+    lex = noun_lexicon(["adult", "ball/sports_ball"])
+    toks = tube_tokens("an adult man in white shorts is next to a white ball")
+    assert relation_positions(toks, 0, 1, True, lex) == (1, 11)  # ball, not "man" of "adult man"
+
+
+def _phrases(toks, ids):
+    out = {}
+    for w, k in zip(toks, ids):
+        if k >= 0:
+            out.setdefault(k, []).append(w)
+    return [" ".join(out[k]) for k in sorted(out)]
+
+
+def test_entity_phrases_are_noun_phrases_without_function_words():
+    lex = noun_lexicon(["adult", "child", "baby_seat", "dog", "toy", "table"])
+    toks = tube_tokens("There is a brown dog biting a cloth toy on the big round black table.")
+    sp = subject_position(toks, 0, lex)
+    rs, ro = relation_positions(toks, 0, sp, True, lex)
+    ids = entity_ids(toks, 0, lex, (sp, rs, ro))
+    assert _phrases(toks, ids) == ["brown dog", "cloth toy", "big round black table"]
+    assert ids[sp] == 0 and ids[ro] == 1  # the grounded word and the relation's object are entities
+    for w in ("there", "is", "a", "biting", "on", "the"):
+        assert ids[toks.index(w)] == -1
+    # a question: the wh-word is an entity of its own; "another"/"the other" are not modifiers
+    q = tube_tokens("who is behind the other adult in yellow clothes?")
+    assert _phrases(q, entity_ids(q, 1, lex, (0,))) == ["who", "adult yellow"]
+    # compound category words make one phrase; a red (-ed) colour or a striped (-ed) pattern still modifies
+    q = tube_tokens("a child leans on a red baby seat")
+    assert _phrases(q, entity_ids(q, 0, lex)) == ["child", "red baby seat"]
+    q = tube_tokens("a striped dog")
+    assert _phrases(q, entity_ids(q, 0, lex)) == ["striped dog"]
+    # the attribute words of an "in"/"with" phrase after the noun belong to it (not "in", not "clothes")
+    q = tube_tokens("an adult in black and white clothes holds a child with blue pants")
+    ids = entity_ids(q, 0, lex)
+    assert _phrases(q, ids) == ["adult black white", "child blue"] and ids[q.index("in")] == -1
+    # at most E phrases: the required ones are kept first, then the earliest
+    toks = tube_tokens("a dog a toy a table a child an adult")
+    ids = entity_ids(toks, 0, lex, (9,), E=2)
+    assert _phrases(toks, ids) == ["dog", "adult"] and max(ids) == 1
+    # a required position no phrase covers becomes a one-word phrase
+    assert entity_ids(["it", "runs"], 0, lex, (0,)) == [0, -1]
+
+
+def test_fallback_for_shards_without_entity_ids():
+    got = fallback_entity_ids(np.array([5, 3, 0]), np.array([2, -1, -1]), np.array([[2], [-1], [-1]]),
+                              np.array([[4], [-1], [-1]]), L=6)
+    assert got.tolist() == [[-1, -1, 0, -1, 1, -1], [0, -1, -1, -1, -1, -1], [-1] * 6]
+
+
+def test_dataset_without_entity_column_reads_with_the_fallback(tmp_path):
+    """A tube dataset written before ``E``/``entity_ids`` existed is still read and batched."""
+    from grounding.data.tube import TubeArrays
+
+    cfg = vidstg.VidSTGConfig(**{**CFG, "limit": 2})
+    root = tmp_path / "new"
+    vidstg.generate(root, cfg, workers=1)
+    table = Dataset.open(root).read_split("train")
+    assert "entity_ids" in table.column_names
+    old_dims = {k: v for k, v in cfg.dims.items() if k != "E"}
+    old = table.drop_columns(["entity_ids"])
+    from grounding.data.schema import schema_for
+    assert old.schema.equals(schema_for("tube", old_dims, "float16"))  # what an old shard holds
+    a_new, a_old = TubeArrays.from_table(table, cfg.dims), TubeArrays.from_table(old, old_dims)
+    want = fallback_entity_ids((a_old.tokens > 0).sum(1), a_old.subject_pos, a_old.rel_subj, a_old.rel_obj, 24)
+    assert np.array_equal(a_old.entity_ids, want)
+    # the rule's phrases hold the grounded word, like the new column's
+    q = np.arange(len(a_new))
+    assert (a_new.entity_ids[q, a_new.subject_pos] >= 0).all() and (a_old.entity_ids[q, a_old.subject_pos] >= 0).all()
+    a_old.entity_ids = None  # a mapped copy written before the field existed
+    assert torch.equal(a_old.batch(q)["entity_ids"], torch.as_tensor(want))

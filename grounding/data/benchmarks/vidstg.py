@@ -64,7 +64,9 @@ when the word is there, else the YouCook2 GloVe table's row (``youcook2_bb/causa
 word_embedding_glove.json``), else a fixed pseudo-random vector of GloVe's mean norm (seeded by
 the word; the manifest's ``extra.word_vectors`` counts each source). ``classes`` holds the
 categories with the mean vector of their words. ``subject_pos``, ``rel_subj``/``rel_obj`` come
-from the noun-lexicon heuristic of :mod:`grounding.data.tube`; ``R`` [1] relation per sentence
+from the noun-lexicon heuristic of :mod:`grounding.data.tube`, ``entity_ids`` (at most ``E`` [8]
+entity phrases per sentence) from its phrase rule (:func:`grounding.data.tube.entity_ids`); ``R`` [1]
+relation per sentence
 (VidSTG's ``used_relation``; its predicate words, at most ``P`` [4], in ``rel_pred``).
 ``subject_class`` is the category of the sentence's target (the subject for declaratives; for
 questions the subject or the object, as annotated).
@@ -241,9 +243,9 @@ from ..annotations import annotations_dir, file_digest, read_text
 from .planting import text_prototypes, unit
 from ..schema import classes_schema, vocab_schema
 from ..shards import DatasetWriter
-from ..tube import (ATTRIBUTE_WORDS, DECLARATIVE, INTERROGATIVE, PAD_ID, UNK_ID, bind_attributes, bow_resolvable,
-                    box_iou, category_words, link_tubes, noun_lexicon, relation_positions, subject_position,
-                    tube_table, tube_tokens)
+from ..tube import (ATTRIBUTE_WORDS, DECLARATIVE, E_MAX, INTERROGATIVE, PAD_ID, UNK_ID, bind_attributes,
+                    bow_resolvable, box_iou, category_words, entity_ids, link_tubes, noun_lexicon,
+                    relation_positions, subject_position, tube_table, tube_tokens)
 
 PRODUCER = "grounding.data.vidstg"  # recorded in manifests and their digest: kept as before the move
 SPLITS = ("train", "val", "test_iid", "test_ood")
@@ -262,6 +264,7 @@ class VidSTGConfig:
     L: int = 24
     R: int = 1
     P: int = 4
+    E: int = E_MAX
     feature_dtype: str = "float16"
     proto_hidden: int = 256
     class_noise: float = 1.0
@@ -298,7 +301,7 @@ class VidSTGConfig:
         checks = [
             (self.T >= 2, "T must be >= 2"),
             (self.N >= 4, "N must be >= 4 (target, its second proposal, background)"),
-            (min(self.Df, self.Dr, self.L, self.R, self.P) >= 1, "Df, Dr, L, R and P must be >= 1"),
+            (min(self.Df, self.Dr, self.L, self.R, self.P, self.E) >= 1, "Df, Dr, L, R, P and E must be >= 1"),
             (self.feature_dtype in ("float16", "float32"), "feature_dtype must be float16 or float32"),
             (0 <= self.p_good <= 1, "p_good must be in [0, 1]"),
             (0 <= self.distractor_min <= self.distractor_max, "need 0 <= distractor_min <= distractor_max"),
@@ -321,7 +324,7 @@ class VidSTGConfig:
     @property
     def dims(self) -> dict[str, int]:
         return {"T": self.T, "N": self.N, "Df": self.Df, "Dr": self.Dr, "L": self.L, "R": self.R, "P": self.P,
-                "M": self.N, "bow_resolvable": 1}
+                "M": self.N, "bow_resolvable": 1, "E": self.E}
 
 
 # --------------------------------------------------------------------------- annotations
@@ -738,7 +741,7 @@ def render_item(cfg: VidSTGConfig, world: World, ann: VidSTGAnnotations, it: dic
     pred_ids = [w2id.get(w, UNK_ID) for w in predicate_words(rel["predicate"])][: cfg.P]
     out = {k: [] for k in ("sample_ids", "sentences", "word_ids", "sentence_form", "subject_pos", "subject_class",
                            "rel_subj", "rel_obj", "rel_pred", "rel_valid", "gt_segment", "gt_fids", "gt_boxes",
-                           "gt_box_valid", "bow_resolvable")}
+                           "gt_box_valid", "bow_resolvable", "entity_ids")}
     for form, key, j, s, toks, target, sp in sents:
         rs, ro = relation_positions(toks, form, sp, target == rel["subject_tid"], lexicon)
         rel_subj = np.full(cfg.R, -1)
@@ -758,6 +761,7 @@ def render_item(cfg: VidSTGConfig, world: World, ann: VidSTGAnnotations, it: dic
         out["rel_obj"].append(rel_obj)
         out["rel_pred"].append(rel_pred)
         out["rel_valid"].append(rel_valid)
+        out["entity_ids"].append(entity_ids(toks, form, lexicon, (sp, rs, ro), cfg.E))
         out["gt_segment"].append([gs, ge])
         out["gt_fids"].append([int(it["temporal_gt"]["begin_fid"]), int(it["temporal_gt"]["end_fid"])])
         out["gt_boxes"].append(gtb)

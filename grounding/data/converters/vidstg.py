@@ -46,7 +46,8 @@ by VCMA Eq. 4 (``--alpha``, default 0.5; :func:`grounding.data.tube.link_tubes`)
 there, ``gt_boxes[t]`` that box (pixels), ``gt_segment`` the half-open ``[first, last + 1)`` of the
 sampled frames inside the GT span (``[0, 0)`` when none is), and ``gt_fids`` the GT span in
 original frame ids. Text: :func:`grounding.data.tube.tube_tokens` (at most ``L`` = 24 tokens),
-``subject_pos``/``rel_subj``/``rel_obj`` by the noun-lexicon heuristic, ``rel_pred`` = the word ids
+``subject_pos``/``rel_subj``/``rel_obj`` by the noun-lexicon heuristic, ``entity_ids`` the entity
+phrases (:func:`grounding.data.tube.entity_ids`, at most ``E`` = 8), ``rel_pred`` = the word ids
 of VidSTG's predicate (``in_front_of`` -> in, front, of; at most 4); ``sentence_form`` 0 for
 captions, 1 for questions; ``subject_class`` = the target's category.
 """
@@ -62,8 +63,8 @@ import pyarrow as pa
 
 from ..shards import DatasetWriter
 from ._moment import split_files
-from ..tube import (DECLARATIVE, INTERROGATIVE, PAD_ID, UNK_ID, category_words, link_tubes, noun_lexicon,
-                    relation_positions, subject_position, tube_table, tube_tokens)
+from ..tube import (DECLARATIVE, E_MAX, INTERROGATIVE, PAD_ID, UNK_ID, category_words, entity_ids, link_tubes,
+                    noun_lexicon, relation_positions, subject_position, tube_table, tube_tokens)
 from ..schema import classes_schema, vocab_schema
 from .common import (MAX_MISSING_FRACTION, MIN_VOCAB_COVERAGE, ConversionError, Glove, MissingInputs, check_coverage,
                      add_glove_arguments, chunks, fallback_vector, load_json, need_dir, need_file, producer, rename)
@@ -226,7 +227,7 @@ def convert(root, split_files: dict[str, str], vidor, features, T: int = 32, N: 
                                sum(len(tube_tokens(x["text"])) for r in recs for x in r["sentences"]))
          for sp, recs in plan.items()}, str(glove_txt or glove_pkl or glove_npy), min_vocab_coverage, log)
     cat_id = {c: i for i, c in enumerate(cats)}
-    dims = {"T": T, "N": N, "Df": Df, "Dr": Dr, "L": L_MAX, "R": R_MAX, "P": P_MAX, "M": N}
+    dims = {"T": T, "N": N, "Df": Df, "Dr": Dr, "L": L_MAX, "R": R_MAX, "P": P_MAX, "M": N, "E": E_MAX}
     ctx = {"T": T, "N": N, "Dr": Dr, "Df": Df, "has_frame": has_frame, "w2id": w2id, "cat_id": cat_id,
            "lexicon": noun_lexicon(cats), "alpha": alpha, "traj_file": traj_file, "fmt": fmt}
 
@@ -314,7 +315,7 @@ def _row(rec, ctx, cache, stats) -> dict:
     pred_ids = [w2id.get(x, UNK_ID) for x in category_words(rec["predicate"])][:P_MAX]
     out = {k: [] for k in ("sample_ids", "sentences", "word_ids", "sentence_form", "subject_pos", "subject_class",
                            "rel_subj", "rel_obj", "rel_pred", "rel_valid", "gt_segment", "gt_fids", "gt_boxes",
-                           "gt_box_valid")}
+                           "gt_box_valid", "entity_ids")}
     for s in rec["sentences"]:
         toks = tube_tokens(s["text"])[:L_MAX]
         sp = subject_position(toks, s["form"], lexicon)
@@ -342,6 +343,7 @@ def _row(rec, ctx, cache, stats) -> dict:
         out["rel_obj"].append([ro if has_rel else -1])
         out["rel_pred"].append(rel_pred)
         out["rel_valid"].append([has_rel])
+        out["entity_ids"].append(entity_ids(toks, s["form"], lexicon, (sp, rs, ro) if has_rel else (sp,), E_MAX))
         out["gt_segment"].append([int(idx[0]), int(idx[-1]) + 1] if len(idx) else [0, 0])
         out["gt_fids"].append(list(s["gt"]))
         out["gt_boxes"].append(gtb)
