@@ -165,7 +165,7 @@ class MomentTask:
 class TubeTask:
     """Spatio-temporal tube grounding (one sentence, one tube): predictions are a dict with
     ``segment [B, 2]`` (half-open on the sampled frames) and ``proposal [B, T]`` (the chosen
-    proposal per frame); see TUBE_CONTRACT.md and :mod:`grounding.metrics.tube` (m_tIoU on the
+    proposal per frame); see the tube batch contract (docs/shards.md, "Tube batches") and :mod:`grounding.metrics.tube` (m_tIoU on the
     original frame ids, the batch's ``frame_ids`` and ``gt_fids``, as TubeDETR computes it)."""
 
     name = "tube"

@@ -510,7 +510,7 @@ class TubeArrays:
         return self.region_feats
 
     def batch(self, idx, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """Tensors for sentences ``idx`` (the keys and shapes of TUBE_CONTRACT.md)."""
+        """Tensors for sentences ``idx`` (the tube batch contract: docs/shards.md, "Tube batches")."""
         idx = np.asarray(idx, dtype=np.int64)
         vids = self.video_index[idx]
         dev = torch.device(device)

@@ -1,7 +1,7 @@
 """``winner``: WINNER, weakly-supervised hierarchical decomposition and alignment for
 spatio-temporal video grounding (Li et al., CVPR 2023; §3, Eq. 1-21, Algorithm 1).
 
-Task family ``tube`` (``TUBE_CONTRACT.md``): from (video, sentence) pairs alone, predict a temporal
+Task family ``tube`` (the tube batch contract: docs/shards.md, "Tube batches"): from (video, sentence) pairs alone, predict a temporal
 segment and one proposal per frame (a tube) for the sentence's subject. **No public WINNER code
 exists**, and the paper sends its temporal-localisation module to an appendix that is not public:
 the temporal modules below ("TL-2", the default, and "TL-1"; Algorithm 1 Step 3) are this

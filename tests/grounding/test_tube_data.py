@@ -1,4 +1,4 @@
-"""The generated VidSTG tube benchmark, its arrays and batches (TUBE_CONTRACT.md), tube linking."""
+"""The generated VidSTG tube benchmark, its arrays and batches (the tube batch contract, docs/shards.md), tube linking."""
 
 import json
 

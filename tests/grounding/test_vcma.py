@@ -1,4 +1,4 @@
-"""VCMA's invariants (spec vcma.md §8 items 2-8) on small batches shaped as TUBE_CONTRACT.md says.
+"""VCMA's invariants (spec vcma.md §8 items 2-8) on small batches shaped as the tube batch contract says (docs/shards.md).
 
 Item 1 (linking permutations) and 9 (tube metrics) belong to the tube family's linking and
 ``grounding/metrics/tube.py`` and are tested there; the model consumes ``batch["tubes"]``.

@@ -1,4 +1,4 @@
-"""WINNER's invariants (spec winner.md §9) on hand-made tensors shaped as TUBE_CONTRACT.md says."""
+"""WINNER's invariants (spec winner.md §9) on hand-made tensors shaped as the tube batch contract says (docs/shards.md)."""
 
 from __future__ import annotations
 
