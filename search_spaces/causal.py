@@ -33,7 +33,11 @@ training rows; the model's own ``acl_spatial_content_gt_*`` diagnostics):
 | content holds the ground-truth proposal (recall) | 0.50 | 0.72 | 0.80 | 0.86 | 0.91 | 0.94 | 0.95 |
 | share of content slots that hold it | 0.50 | 0.36 | 0.27 | 0.22 | 0.15 | 0.12 | 0.10 |
 
-(an untrained model: recall about B_r / 22, share 0.05 at every B_r.) ``B_f`` ranges over 1..T/2.
+(an untrained model: recall about B_r / 22, share 0.05 at every B_r.) That was on the generator's
+defaults before issue 22's calibration (``bench/results/mechanism_probe_before_calibration.json``);
+on the calibrated defaults (feature_noise 1.9) the 3-epoch backbone is weaker and its content set
+holds the ground truth less often: recall 0.24 / 0.49 / 0.82 and share 0.24 / 0.16 / 0.08 at
+B_r = 1 / 3 / 10 (6.1 object proposals per frame, as before). ``B_f`` ranges over 1..T/2.
 Both intervention semantics are searched (``intervention``: ``code``, the default, which produced
 the published numbers, and ``paper``, Eq. (10)); ``PAPER`` and the ``code`` point keep ``code``, so the
 first trials are the published configuration as before.
