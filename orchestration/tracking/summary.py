@@ -173,17 +173,31 @@ def markdown(rows: list[dict], metric_names: tuple[str, ...], title: str, protoc
                 n = r["n"]
                 cells.append(format_cell(Summary(r["n"], r["mean"], r["std"], r["ci95_low"], r["ci95_high"])))
             lines.append(f"| {method} | {variant} | {n} | " + " | ".join(cells) + " |")
-    budget = [r for r in rows if r["split"] == BUDGET]
-    if budget:
-        lines += ["", "### Budget", "",
-                  "Per trial: epochs run, whether it stopped with a flat validation curve (converge.patience; "
-                  "0 of n: every trial ran out of epochs) and its selected (best-validation) epoch.", "",
-                  "| method | variant | seeds | epochs run | stopped flat | selected epoch |", "|---|---|---:|---|---:|---|"]
-        for method, variant in dict.fromkeys((r["method"], r["variant"]) for r in budget):
-            get = {r["metric"]: r for r in budget if (r["method"], r["variant"]) == (method, variant)}
-            span = lambda m: ("-" if m not in get else  # noqa: E731
-                              "{}–{}".format(*(int(f(float(x) for x in get[m]["values"].split(","))) for f in (min, max))))
-            flat = f"{round(get['converged']['mean'] * get['converged']['n'])} of {get['converged']['n']}" if "converged" in get else "-"
-            n = max(r["n"] for r in get.values())
-            lines.append(f"| {method} | {variant} | {n} | {span('epochs_run')} | {flat} | {span('selected_epoch')} |")
+    lines += _budget_section([r for r in rows if r["split"] == BUDGET])
     return "\n".join(lines)
+
+
+def _span(row: dict | None) -> str:
+    """``low–high`` of a budget row's per-trial values ("-" without the row)."""
+    if row is None:
+        return "-"
+    values = [int(float(x)) for x in row["values"].split(",")]
+    return f"{min(values)}–{max(values)}"
+
+
+def _budget_section(budget: list[dict]) -> list[str]:
+    """The markdown's Budget section from the table's ``budget`` rows (none: no section)."""
+    if not budget:
+        return []
+    lines = ["", "### Budget", "",
+             "Per trial: epochs run, whether it stopped with a flat validation curve (converge.patience; "
+             "0 of n: every trial ran out of epochs) and its selected (best-validation) epoch.", "",
+             "| method | variant | seeds | epochs run | stopped flat | selected epoch |", "|---|---|---:|---|---:|---|"]
+    for method, variant in dict.fromkeys((r["method"], r["variant"]) for r in budget):
+        get = {r["metric"]: r for r in budget if (r["method"], r["variant"]) == (method, variant)}
+        conv = get.get("converged")
+        flat = f"{round(conv['mean'] * conv['n'])} of {conv['n']}" if conv else "-"
+        n = max(r["n"] for r in get.values())
+        lines.append(f"| {method} | {variant} | {n} | {_span(get.get('epochs_run'))} | {flat} | "
+                     f"{_span(get.get('selected_epoch'))} |")
+    return lines
