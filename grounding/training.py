@@ -347,10 +347,6 @@ class Plateau:
             self.stale += 1
         return self.patience > 0 and self.stale >= self.patience
 
-    def describe(self) -> str:
-        return (f"flat: no gain > {self.min_delta:g} in the validation selection score for {self.patience} epochs"
-                if self.patience > 0 else "fixed epoch budget (no convergence rule)")
-
 
 class Predictor(nn.Module):
     """The delivered model: one stage's ``predict``, or ``combine`` over several."""
