@@ -25,6 +25,17 @@ def info(T=8, N=5, L=6) -> DataInfo:
     return DataInfo(task="tube", dims=dims, word_vectors=vectors, class_vectors=vectors[:5])
 
 
+def _identity_frame_proj(m, D: int) -> None:
+    """Set the temporal module's frame projection to the identity (Linear = I, LayerNorm's affine
+    off), so frame scores are read straight from the planted features."""
+    with torch.no_grad():
+        lin, ln = m.frame_proj
+        lin.weight.copy_(torch.eye(D))
+        lin.bias.zero_()
+        ln.weight.fill_(1.0)
+        ln.bias.zero_()
+
+
 def make_batch(B=4, T=8, N=5, L=6, lengths=None, frames=None, seed=0, videos=None) -> dict:
     """A batch as ``TubeArrays.batch`` returns it: random features, proposals jittered around
     N smooth tracks, tubes linked from them, prefix-aligned tokens and frames."""
@@ -417,12 +428,7 @@ def test_default_clip_choice_is_not_the_degenerate_argmax():
     for select in ("argmax", "above_mean"):
         torch.manual_seed(0)
         m = Winner(WinnerConfig(hidden_dim=D, temporal="tl1", tl1_select=select), info(T=T)).eval()
-        with torch.no_grad():
-            lin, ln = m.frame_proj
-            lin.weight.copy_(torch.eye(D))
-            lin.bias.zero_()
-            ln.weight.fill_(1.0)
-            ln.bias.zero_()
+        _identity_frame_proj(m, D)
         s, e, _ = m.temporal(batch, q, same)
         picks[select] = (s, e)
     s, e = picks["argmax"]
@@ -611,12 +617,7 @@ def test_tl2_segment_is_the_run_of_frames_that_match_the_query():
     same = torch.eye(2, dtype=torch.bool)
     torch.manual_seed(0)
     m = Winner(WinnerConfig(hidden_dim=D, temporal="tl2", seg_threshold=0.5), info(T=T)).eval()
-    with torch.no_grad():
-        lin, ln = m.frame_proj
-        lin.weight.copy_(torch.eye(D))
-        lin.bias.zero_()
-        ln.weight.fill_(1.0)
-        ln.bias.zero_()
+    _identity_frame_proj(m, D)
     s, e, _ = m.temporal(batch, q, same)
     for b, (gs, ge) in enumerate([(10, 21), (4, 11)]):
         inter = max(0, min(int(e[b]), ge) - max(int(s[b]), gs) + 1)
