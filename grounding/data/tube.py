@@ -115,10 +115,8 @@ ATTRIBUTE_WORDS = ("black", "white", "red", "blue", "green", "yellow", "gray", "
                    "purple", "silver", "golden", "beige", "cyan", "khaki", "tan", "colorful", "striped", "plaid")
 
 
-def noun_phrases(tokens: list[str], subj_pos: int, lexicon: frozenset[str]) -> list[tuple[int, int]]:
-    """Half-open token spans of the sentence's noun phrases (this project's heuristic): maximal runs
-    of consecutive lexicon nouns ("adult man", "girl child"), plus the grounded word at ``subj_pos``
-    as a phrase of its own where it is not a lexicon noun (the wh-word of a question)."""
+def _noun_runs(tokens: list[str], lexicon: frozenset[str]) -> list[tuple[int, int]]:
+    """Half-open spans of the maximal runs of consecutive lexicon nouns, in order."""
     spans, i = [], 0
     while i < len(tokens):
         if tokens[i] in lexicon:
@@ -129,6 +127,14 @@ def noun_phrases(tokens: list[str], subj_pos: int, lexicon: frozenset[str]) -> l
             i = j
         else:
             i += 1
+    return spans
+
+
+def noun_phrases(tokens: list[str], subj_pos: int, lexicon: frozenset[str]) -> list[tuple[int, int]]:
+    """Half-open token spans of the sentence's noun phrases (this project's heuristic): maximal runs
+    of consecutive lexicon nouns ("adult man", "girl child"), plus the grounded word at ``subj_pos``
+    as a phrase of its own where it is not a lexicon noun (the wh-word of a question)."""
+    spans = _noun_runs(tokens, lexicon)
     if 0 <= subj_pos < len(tokens) and not any(a <= subj_pos < b for a, b in spans):
         spans = sorted(spans + [(subj_pos, subj_pos + 1)])
     return spans
@@ -213,34 +219,27 @@ def entity_ids(tokens: list[str], form: int, lexicon: frozenset[str], required: 
     """
     n = len(tokens)
     attrs = COLOURS | frozenset(ATTRIBUTE_WORDS)
-    phrases: list[list[int]] = []
-    i = 0
-    while i < n:
-        if tokens[i] in lexicon:
-            j = i
-            while j + 1 < n and tokens[j + 1] in lexicon:
-                j += 1
-            start = i
-            while (start > 0 and i - start < MAX_MODIFIERS and tokens[start - 1] not in lexicon
-                   and tokens[start - 1] not in FUNCTION_WORDS and re.search(r"[a-z]", tokens[start - 1])
-                   and (tokens[start - 1] in attrs or not _VERBISH.match(tokens[start - 1]))):
-                start -= 1
-            words = list(range(start, j + 1))
-            # attribute words of a following "in" / "with" phrase: "a man in black and white"
-            k = j + 1
-            if k < n and tokens[k] in ("in", "with"):
+    found: list[tuple[int, list[int]]] = []  # (token where the left-to-right scan meets it, phrase)
+    if form == INTERROGATIVE:
+        found += [(i, [i]) for i, t in enumerate(tokens) if t in WH_WORDS and t not in lexicon]
+    for i, end in _noun_runs(tokens, lexicon):
+        j = end - 1
+        start = i
+        while (start > 0 and i - start < MAX_MODIFIERS and tokens[start - 1] not in lexicon
+               and tokens[start - 1] not in FUNCTION_WORDS and re.search(r"[a-z]", tokens[start - 1])
+               and (tokens[start - 1] in attrs or not _VERBISH.match(tokens[start - 1]))):
+            start -= 1
+        words = list(range(start, j + 1))
+        # attribute words of a following "in" / "with" phrase: "a man in black and white"
+        k = j + 1
+        if k < n and tokens[k] in ("in", "with"):
+            k += 1
+            while k < n and k - j <= 1 + MAX_MODIFIERS and (tokens[k] in attrs or tokens[k] == "and"):
+                if tokens[k] in attrs:
+                    words.append(k)
                 k += 1
-                while k < n and k - j <= 1 + MAX_MODIFIERS and (tokens[k] in attrs or tokens[k] == "and"):
-                    if tokens[k] in attrs:
-                        words.append(k)
-                    k += 1
-            phrases.append(words)
-            i = j + 1
-        elif form == INTERROGATIVE and tokens[i] in WH_WORDS:
-            phrases.append([i])
-            i += 1
-        else:
-            i += 1
+        found.append((i, words))
+    phrases = [ph for _, ph in sorted(found, key=lambda f: f[0])]
     for r in required:
         if 0 <= r < n and not any(r in ph for ph in phrases):
             phrases.append([r])
