@@ -41,34 +41,34 @@ OOD_ONLY = ("ood_appearance", "ood_context")  # knobs that change test_ood's byt
 
 
 def train_stvg(root: str, seed: int, max_epochs: int, patience: int, min_delta: float) -> dict:
-    """stvg's PAPER point until flat; the selected model's test scores and the val curve."""
+    """stvg's PAPER point until flat (:func:`grounding.training.train_stage` with the stage's
+    convergence rule); the selected model's test scores and the val curve."""
     import torch
 
     import search_spaces
     from grounding import engine, recipes, tasks, training
     from grounding.data.shards import Dataset
+    from grounding.models import registry
 
     torch.set_num_threads(1)
     mod = search_spaces.load("stvg")
     ds = Dataset.open(root)
     data = tasks.load(ds, seed=seed)
-    recipe, resolved = recipes.plan("stvg", dict(mod.PAPER), dict(mod.FIXED), max_epochs, "box_micro")
-    group = training.build_group(recipe, resolved, data, seed, "cpu", eval_batch_size=128)
-    rule = training.Plateau(patience, min_delta)
-    curve, flat, t0 = [], False, time.time()
-    for _ in range(max_epochs):
-        m = group.step(data)
-        curve.append({"epoch": group.epoch, "val_box_micro": m["epoch_val/box_micro"],
-                      "val_query_micro": m["epoch_val/query_micro"], "train_loss": m["train/loss"]})
-        if rule.update(m["epoch_val/box_micro"]):
-            flat = True
-            break
-    pred = training.load_predictor(group.package("stvg", dict(mod.PAPER), ds.digest), data.info)
+    recipe, resolved = recipes.plan("stvg", dict(mod.PAPER), dict(mod.FIXED), max_epochs, "box_micro",
+                                    converge=(patience, min_delta))
+    t0 = time.time()
+    res = training.train_stage(resolved[recipe.outputs[0]], data, seed, "cpu", eval_batch_size=128)
+    curve = [{"epoch": h["epoch"], "val_box_micro": h["epoch_val/box_micro"],
+              "val_query_micro": h["epoch_val/query_micro"], "train_loss": h["train/loss"]} for h in res["history"]]
+    rule = training.Plateau(patience, min_delta)  # replayed: did the run end because the curve was flat?
+    flat = [rule.update(c["val_box_micro"]) for c in curve][-1]
+    pred = registry.build(res["method"], res["params"], data.info)
+    pred.load_state_dict(res["model"])
     test = {sp: engine.evaluate(pred, data[sp], data.task, data.info, batch_size=128) for sp in ("test_iid", "test_ood")}
     PREDICTORS[seed] = pred  # kept for --ood-grid: the same model scored on other test_ood renderings
-    return {"seed": seed, "epochs_run": group.epoch, "selected_epoch": group.selected_epoch, "flat": flat,
+    return {"seed": seed, "epochs_run": len(curve), "selected_epoch": res["epoch"], "flat": flat,
             "train_s": round(time.time() - t0, 1), "curve": curve,
-            "val": {k: group.selected_metrics[k] for k in ("box_micro", "query_micro")},
+            "val": {k: res["metrics"][k] for k in ("box_micro", "query_micro")},
             "test_iid": {k: test["test_iid"][k] for k in ("box_micro", "query_micro")},
             "test_ood": {k: test["test_ood"][k] for k in ("box_micro", "query_micro")}}
 
