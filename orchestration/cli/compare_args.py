@@ -269,7 +269,8 @@ def _from_sweeps(raw: Any, methods: list[str], tracking_uri: str, experiment: st
 
 def _cells(sweeps: dict[str, SweepConfig], variants: list[str], declared: dict[str, dict], seeds: list[int],
            point: str, from_sweep: dict[str, dict]) -> tuple[list[Cell], dict[str, str]]:
-    """Every (method, variant, seed) with its full configuration, and the point each method starts from."""
+    """Every (method, variant, seed) with its full configuration, and the point each method starts from;
+    every row's first seed first, then every row's second, and so on."""
     methods = list(sweeps)
     named_points = {m: search_spaces.points(m) for m in methods if m not in from_sweep}
     if named_points and not any(point in named for named in named_points.values()):
@@ -295,6 +296,8 @@ def _cells(sweeps: dict[str, SweepConfig], variants: list[str], declared: dict[s
             except (ValueError, TypeError) as e:
                 raise ConfigError(f"{m} variant {v}: {str(e).splitlines()[0]}") from None
             cells += [Cell(m, v, s, params, points[m]) for s in seeds]
+    # seed-major (Tune starts trials in this order): a comparison stopped early has the same seeds in every row
+    cells.sort(key=lambda c: seeds.index(c.seed))
     return cells, points
 
 

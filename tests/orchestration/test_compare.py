@@ -43,7 +43,9 @@ def test_cells_cover_methods_variants_and_seeds():
     causal_variants = list(search_spaces.variants("causal"))
     assert cfg.variants == causal_variants
     labels = [c.label() for c in cfg.cells]
-    assert labels[:2] == ["stvg/base/seed3", "stvg/base/seed5"]  # stvg declares no ablation
+    # seed-major: every row's seed 3 before any seed 5 (stvg declares no ablation)
+    assert labels[:2] == ["stvg/base/seed3", "causal/base/seed3"]
+    assert [c.seed for c in cfg.cells] == [3] * (len(cfg.cells) // 2) + [5] * (len(cfg.cells) // 2)
     assert len(cfg.cells) == 2 * (1 + 1 + len(causal_variants))
     paper, fixed = search_spaces.load("causal").PAPER, search_spaces.load("causal").FIXED
     for c in cfg.cells:
