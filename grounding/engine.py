@@ -44,6 +44,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .models.base import reduce_over_ranks
+
 
 @dataclasses.dataclass
 class OptimConfig:
@@ -102,12 +104,6 @@ def distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def _all_reduce(t: torch.Tensor, op=None) -> torch.Tensor:
-    if distributed()[1] > 1:
-        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t
-
-
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
@@ -142,7 +138,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per
 def steps_per_epoch(data: Any, cfg: OptimConfig) -> int:
     """Updates per epoch: full batches of this rank's rows, the minimum over ranks."""
     steps = torch.tensor(len(data) // cfg.batch_size, dtype=torch.long)
-    return int(_all_reduce(steps, dist.ReduceOp.MIN if distributed()[1] > 1 else None))
+    return int(reduce_over_ranks(steps, dist.ReduceOp.MIN if distributed()[1] > 1 else None))
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -189,7 +185,7 @@ def _probe_epoch(model: nn.Module, data: Any, cfg: OptimConfig, seed: int, devic
     out = grad_probe(model, batch, probe_seed)
     if world > 1:  # every rank has the same keys (they follow the model's config)
         keys = sorted(out)
-        summed = _all_reduce(torch.tensor([out[k] for k in keys], dtype=torch.float64, device=device))
+        summed = reduce_over_ranks(torch.tensor([out[k] for k in keys], dtype=torch.float64, device=device))
         out = {k: float(v) / world for k, v in zip(keys, summed)}
     return out
 
@@ -237,7 +233,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: An
             totals[k] = totals.get(k, 0.0) + v
     elapsed = time.perf_counter() - t0
     keys = sorted(totals)
-    summed = _all_reduce(torch.tensor([totals[k] for k in keys], dtype=torch.float64))
+    summed = reduce_over_ranks(torch.tensor([totals[k] for k in keys], dtype=torch.float64))
     out = {k: float(v) / (steps * world) for k, v in zip(keys, summed)}
     out.update(probe)
     out["steps"] = steps
@@ -273,7 +269,7 @@ def merge_ranks(acc):
     place, so that it counts every rank's rows exactly once; returns ``acc``. Every rank must call it
     (an all-reduce); on one process it changes nothing."""
     local = np.array(acc.state(), dtype=np.float64)
-    total = _all_reduce(torch.from_numpy(local.copy())).numpy()
+    total = reduce_over_ranks(torch.from_numpy(local.copy())).numpy()
     acc.merge(total - local)  # local counts + every other rank's
     return acc
 

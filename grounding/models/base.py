@@ -118,17 +118,32 @@ def trainable(*modules: nn.Module | None) -> list[nn.Parameter]:
     return [p for m in modules if m is not None for p in m.parameters() if p.requires_grad]
 
 
+def collective_device() -> torch.device:
+    """Where a collective's tensors must live for the initialised process group: the current CUDA
+    device under NCCL (which has no CPU path), the CPU otherwise (gloo)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def reduce_over_ranks(t: torch.Tensor, op=None) -> torch.Tensor:
+    """``t`` all-reduced over the ranks of an initialised process group (``op``: SUM by default), on
+    ``t``'s own device whatever the backend needs (:func:`collective_device`); ``t`` itself on one
+    process (reduced in place when it already sits on that device, as ``dist.all_reduce`` does). A
+    collective: every rank must call it with a tensor of the same shape. Every reduction
+    of per-rank statistics (losses, counts, steps, diagnostics) goes through here."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return t
+    buf = t.to(collective_device())
+    dist.all_reduce(buf, op=op if op is not None else dist.ReduceOp.SUM)
+    return buf.to(t.device)
+
+
 def sum_over_ranks(values: list[float]) -> list[float]:
     """``values`` summed element-wise over the ranks of an initialised process group (a collective:
     every rank must call it with a list of the same length); unchanged on one process. Models use it
     in ``epoch_end_logs`` so that every rank reports the same per-epoch diagnostics."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t)
-    return t.cpu().tolist()
+    return reduce_over_ranks(torch.tensor(values, dtype=torch.float64)).tolist()
 
 
 def check_config(cfg: Any, rules: dict[str, tuple]) -> None:

@@ -203,3 +203,32 @@ def test_ddp_training_keeps_ranks_in_step(two_ranks, td):
     model.load_state_dict(r0["state"])
     single = engine.evaluate(model, td["val"], td.task, td.info)
     assert r0["causal_metrics"] == r1["causal_metrics"] == single
+
+
+def test_collectives_put_their_tensors_where_the_backend_needs_them(monkeypatch):
+    """NCCL has no CPU path: every reduction of per-rank statistics (steps, losses, metric counts,
+    diagnostics) goes through models.base.reduce_over_ranks, which moves the tensor to the current
+    CUDA device under NCCL and back to its own device afterwards (two ranks faked here)."""
+    import inspect
+
+    from grounding import engine
+    from grounding.models import base
+
+    monkeypatch.setattr(base.torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(base.dist, "get_backend", lambda: "nccl")
+    assert base.collective_device() == torch.device("cuda", 3)
+    monkeypatch.setattr(base.dist, "get_backend", lambda: "gloo")
+    assert base.collective_device() == torch.device("cpu")
+
+    seen = []
+    monkeypatch.setattr(base.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(base.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(base, "collective_device", lambda: seen.append("asked") or torch.device("cpu"))
+    monkeypatch.setattr(base.dist, "all_reduce", lambda buf, op=None: seen.append(op) or buf.mul_(2))
+    t = torch.tensor([1.0, 2.5], dtype=torch.float64)
+    out = base.reduce_over_ranks(t)
+    assert out.tolist() == [2.0, 5.0] and out.device == t.device
+    assert seen == ["asked", base.dist.ReduceOp.SUM]
+    assert base.sum_over_ranks([1.0, 4.0]) == [2.0, 8.0]
+    # the engine has no collective of its own that could bypass the device rule
+    assert "dist.all_reduce" not in inspect.getsource(engine)
