@@ -82,16 +82,55 @@ def write(path: str, out: dict) -> None:
     print(f"\nwrote {p}")
 
 
+def _row(rows: list[dict], method: str, variant: str, split: str, metric: str) -> dict | None:
+    return next((r for r in rows if (r["method"], r["variant"], r["split"], r["metric"]) == (method, variant, split, metric)),
+                None)
+
+
 def cell(rows: list[dict], method: str, variant: str, split: str, metric: str, scale: float = 100.0,
          digits: int = 1) -> str:
-    """``mean ± std`` of one (method, variant, split, metric) of the comparison's table, or ``-``."""
-    r = next((r for r in rows if (r["method"], r["variant"], r["split"], r["metric"]) == (method, variant, split, metric)),
-             None)
+    """``mean ± std [95% CI]`` of one (method, variant, split, metric) of the comparison's table, the
+    value alone for one seed, or ``-``."""
+    r = _row(rows, method, variant, split, metric)
     if r is None:
         return "-"
     if r["n"] > 1:
-        return f"{scale * r['mean']:.{digits}f} ± {scale * r['std']:.{digits}f}"
+        return (f"{scale * r['mean']:.{digits}f} ± {scale * r['std']:.{digits}f} "
+                f"[{scale * r['ci95_low']:.{digits}f}, {scale * r['ci95_high']:.{digits}f}]")
     return f"{scale * r['mean']:.{digits}f}"
+
+
+def per_seed(rows: list[dict], method: str, variant: str, split: str, metric: str) -> dict[int, float]:
+    """``{seed: value}`` of one cell of the comparison's table (empty without it)."""
+    r = _row(rows, method, variant, split, metric)
+    if r is None:
+        return {}
+    return dict(zip((int(s) for s in str(r["seeds"]).split(",")), (float(v) for v in str(r["values"]).split(","))))
+
+
+def paired(rows: list[dict], a: tuple[str, str], b: tuple[str, str], metric: str,
+           splits: tuple[str, ...] = ("test_iid",), signs: tuple[int, ...] = (1,)):
+    """Row ``a`` minus row ``b`` paired by training seed, as a Student-t summary over the seeds both
+    have (:func:`orchestration.tracking.summary.summarize`): with one split the gain on it; with
+    ``splits=("test_ood", "test_iid"), signs=(1, -1)`` the OOD gain minus the IID gain. None when
+    fewer than two seeds are shared."""
+    from orchestration.tracking.summary import summarize
+
+    diffs = []
+    for split, sign in zip(splits, signs):
+        va, vb = per_seed(rows, *a, split, metric), per_seed(rows, *b, split, metric)
+        diffs.append({s: sign * (va[s] - vb[s]) for s in va if s in vb})
+    seeds = sorted(set.intersection(*(set(d) for d in diffs)))
+    if len(seeds) < 2:
+        return None
+    return summarize([sum(d[s] for d in diffs) for s in seeds])
+
+
+def signed(s, scale: float = 100.0, digits: int = 1) -> str:
+    """``+mean [low, high]`` of a :func:`paired` summary, or ``-``."""
+    if s is None:
+        return "-"
+    return f"{scale * s.mean:+.{digits}f} [{scale * s.ci_low:+.{digits}f}, {scale * s.ci_high:+.{digits}f}]"
 
 
 def cells_table(baselines: dict, rows: list[dict], columns: list[tuple[str, str, str]], scale: float = 100.0,

@@ -16,30 +16,22 @@ scored here on the same test splits. Extra ``key=value`` arguments go to the com
 bench/results/wsvog_benchmark.json (the command, the MLflow parent run, the comparison's table and
 every child's metrics) and prints the markdown table used in docs/benchmark.md.
 
-Issue 12's causal reproduction (default generated YouCook2-BB, 3 seeds, IID and OOD):
+Issue 22's reproduction on the calibrated generator (every trial until its validation curve is
+flat: converge.patience=3, at most 30 epochs per stage; docs/benchmark.md):
 
-    .venv/bin/python bench/wsvog_benchmark.py --methods stvg,causal \
-        --variants joint_paper,staged_paper,spatial_only,temporal_only,no_bda,deconf_only,stvg_ensemble \
-        --seeds 0 1 2 --epochs 5 --jobs 2 point=code \
-        --out bench/results/wsvog_causal_reproduction.json
+    .venv/bin/python bench/wsvog_benchmark.py --root data/youcook2-l2000 --set limit=2000
+        --methods stvg,causal,scl --seeds 0 1 2 --epochs 30 --jobs 2
+        --variants staged_paper,spatial_only,temporal_only,no_bda,deconf_only,stvg_ensemble,context_inference,both_inference
+        point=code converge.patience=3 --out bench/results/wsvog_calibrated.json
 
-which runs
-
-    python -m orchestration.compare methods=stvg,causal \
-        variants=joint_paper,staged_paper,spatial_only,temporal_only,no_bda,deconf_only,stvg_ensemble \
-        point=code seeds=[0,1,2] epochs=5 concurrent=2 data.root=data/youcook2
-
-``point=code`` puts every ``causal`` row at the authors' code point (``search_spaces/causal.py``
-``POINTS["code"]``: Adam lr 8e-4, StepLR, clip 10, batch 48); ``stvg`` declares no ``code`` point
-and runs its own ``PAPER`` (the comparison's ``points`` param records ``stvg:paper,causal:code``).
-Rows (``search_spaces/causal.py`` VARIANTS): ``stvg`` = stvg base; causal ``joint_paper`` = joint +
-paper intervention (with every paper reading, the earlier table's joint model); ``staged_paper`` =
-staged + paper intervention; causal base = staged + code intervention, the full ensemble;
-``spatial_only`` / ``temporal_only`` / ``deconf_only`` = ACL-spatial / ACL-temporal / deconfounded
-alone; ``no_bda`` = ACL-spatial + ACL-temporal; ``stvg_ensemble`` = the control, three independently
-seeded plain-MIL models from scratch in the same 0.5/0.5/1.0 sigmoid ensemble. Random and Upper
-Bound are scored here. 9 configurations x 3 seeds = 27 trials plus one shared backbone per seed
-(the rows with an ACL component share it; with ``epochs=5`` StepLR's 40-epoch step never fires).
+(one command line). ``point=code`` puts every ``causal`` row at the authors' code point (``search_spaces/causal.py``
+``POINTS["code"]``); ``stvg`` and ``scl`` declare no ``code`` point and run their ``PAPER``. The
+rows are ``VARIANTS`` of ``search_spaces/<method>.py`` (causal: ``staged_paper`` = the paper's
+Eq. (10) intervention, ``*_only`` / ``no_bda`` = ensembles of fewer components, ``stvg_ensemble`` =
+three plain-MIL models in the same ensemble; scl: ``context_inference`` / ``both_inference``).
+After the tables the script answers each paper's claim from the rows (:data:`CLAIMS`): the gain
+over the reference row on IID and OOD test and their difference, paired by training seed, with a
+95% confidence interval.
 """
 
 from __future__ import annotations
@@ -51,30 +43,51 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._compare import label, parse_set, run_and_write  # noqa: E402
+from bench._compare import cells_table, label, paired, parse_set, run_and_write, signed  # noqa: E402
 
 METRICS = ("box_macro", "box_micro", "query_macro", "query_micro")
 SPLITS = ("test_iid", "test_ood")
+# each paper's claim, put as a question, and the rows that answer it against the reference row
+# (query micro: the metric both papers' headline gains and RoboWatch's table use)
+CLAIMS = (
+    ("causal-intervention paper (Table 4): `causal` gains more OOD than IID over the baseline "
+     "(+4.07 against +1.64 query micro)", ("stvg", "base"),
+     [("causal", v) for v in ("base", "staged_paper", "spatial_only", "temporal_only", "no_bda",
+                              "deconf_only", "stvg_ensemble", "joint_paper")]),
+    ("the same, against the control that ensembles three plain-MIL models the same way",
+     ("causal", "stvg_ensemble"), [("causal", v) for v in ("base", "staged_paper")]),
+    ("SCL paper (Tables 1, 3, 4): `scl` beats the baseline (+1.58 test query micro; RoboWatch +1.11), "
+     "with its stable-branch inference ahead of context-only (-3.4 to -4.3) and of both (-0.6 to -0.8)",
+     ("stvg", "base"), [("scl", v) for v in ("base", "context_inference", "both_inference")]),
+)
 
 
 def table(baselines: dict, rows: list[dict]) -> str:
-    head = "| method | " + " | ".join(f"IID {m}" for m in METRICS) + " | " + " | ".join(f"OOD {m}" for m in METRICS) + " |"
-    lines = [head, "|" + "---|" * (1 + 2 * len(METRICS))]
-    for name, per_split in baselines.items():
-        lines.append(f"| {name} | " + " | ".join(f"{100 * per_split[sp][m]:.1f}" for sp in SPLITS for m in METRICS) + " |")
-    for method, variant in dict.fromkeys((r["method"], r["variant"]) for r in rows):
-        cells = []
-        for sp in SPLITS:
-            for m in METRICS:
-                r = next((r for r in rows if (r["method"], r["variant"], r["split"], r["metric"]) == (method, variant, sp, m)), None)
-                if r is None:
-                    cells.append("-")
-                elif r["n"] > 1:
-                    cells.append(f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}")
-                else:
-                    cells.append(f"{100 * r['mean']:.1f}")
-        lines.append(f"| {label(method, variant)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    out = []
+    for split, name in zip(SPLITS, ("IID test", "OOD test")):
+        out.append(f"{name}, % (mean ± sample std [95% CI of the mean, Student's t]):\n\n"
+                   + cells_table({k: v for k, v in baselines.items()}, rows, [(m, split, m) for m in METRICS]))
+    return "\n\n".join(out) + "\n\n" + claims(rows)
+
+
+def claims(rows: list[dict], metric: str = "query_micro") -> str:
+    """Each paper's claim answered from the rows, paired by training seed: the gain over the
+    reference row on IID and OOD test and the OOD gain minus the IID gain, mean [95% CI]."""
+    present = {(r["method"], r["variant"]) for r in rows}
+    out = []
+    for question, ref, compared in CLAIMS:
+        compared = [c for c in compared if c in present and c != ref]
+        if ref not in present or not compared:
+            continue
+        lines = [f"Claim: {question}. Gain over `{label(*ref)}` in {metric.replace('_', ' ')} points, paired by "
+                 "seed, mean [95% CI]:", "",
+                 "| row | IID gain | OOD gain | OOD gain − IID gain |", "|---|---:|---:|---:|"]
+        for c in compared:
+            lines.append(f"| {label(*c)} | {signed(paired(rows, c, ref, metric, ('test_iid',)))} | "
+                         f"{signed(paired(rows, c, ref, metric, ('test_ood',)))} | "
+                         f"{signed(paired(rows, c, ref, metric, ('test_ood', 'test_iid'), (1, -1)))} |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
 
 
 def main(argv=None) -> int:

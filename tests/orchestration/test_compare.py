@@ -220,3 +220,24 @@ def test_bench_reads_a_staged_comparison_back(compared):
     assert "causal" in out["markdown"] and "stvg" in out["markdown"]  # the parent's compare.md
     with pytest.raises(SystemExit, match="no comparison named absent"):
         read("absent", uri)
+
+
+def test_paired_gains_match_a_hand_computed_student_t_interval():
+    """bench/_compare.paired: row a minus row b by training seed (seeds only one row has are
+    dropped); the OOD-minus-IID form subtracts the IID gain seed by seed."""
+    from bench._compare import paired, signed
+
+    def row(variant, split, seeds, values):
+        return {"method": "m", "variant": variant, "split": split, "metric": "acc", "seeds": ",".join(map(str, seeds)),
+                "values": ",".join(map(str, values))}
+
+    rows = [row("a", "test_iid", [0, 1, 2, 3], [0.5, 0.6, 0.7, 0.9]), row("b", "test_iid", [0, 1, 2], [0.4, 0.5, 0.5]),
+            row("a", "test_ood", [0, 1, 2], [0.3, 0.3, 0.3]), row("b", "test_ood", [0, 1, 2], [0.1, 0.2, 0.0])]
+    s = paired(rows, ("m", "a"), ("m", "b"), "acc", ("test_iid",))
+    # differences 0.1, 0.1, 0.2: mean 0.1333, sample std 0.0577, t(0.975, 2) = 4.3027
+    half = 4.302652729911275 * math.sqrt(1 / 300) / math.sqrt(3)
+    assert s.n == 3 and s.mean == pytest.approx(0.4 / 3) and s.ci_high - s.mean == pytest.approx(half)
+    d = paired(rows, ("m", "a"), ("m", "b"), "acc", ("test_ood", "test_iid"), (1, -1))
+    # OOD gains 0.2, 0.1, 0.3 minus IID gains 0.1, 0.1, 0.2
+    assert d.mean == pytest.approx(0.2 / 3) and signed(d).startswith("+6.7 [")
+    assert paired(rows, ("m", "a"), ("m", "c"), "acc") is None and signed(None) == "-"
