@@ -363,19 +363,36 @@ class Predictor(nn.Module):
         return self.combine({n: m.predict(batch) for n, m in self.members.items()})
 
 
-def load_predictor(package: dict, info, device="cpu") -> Predictor:
-    """Rebuild the predictor a trial delivered from :meth:`Group.package`."""
+def load_predictor(package: dict, info, device="cpu", members: list[str] | None = None) -> Predictor:
+    """Rebuild the predictor a trial delivered from :meth:`Group.package`. ``members``: only these
+    stages of an ensemble, combined as the package combines them with the others left out (a
+    leave-one-out without retraining; ``causal``'s staged components train independently of each
+    other, so this equals the ensemble of those components trained alone, up to when the run
+    stopped). Raises ValueError naming the allowed stages for an unknown or empty choice."""
     if package.get("format") != PACKAGE_FORMAT:
         raise ValueError(f"unknown predictor package format {package.get('format')!r}; allowed: {PACKAGE_FORMAT}")
+    stages = dict(package["stages"])
+    if members is not None:
+        unknown = [m for m in members if m not in stages]
+        if unknown or not members:
+            raise ValueError(f"members={','.join(members) or '(none)'}: not stages of this predictor; allowed: "
+                             f"a non-empty subset of {', '.join(stages)}")
+        stages = {n: stages[n] for n in stages if n in members}
     models = {}
-    for name, st in package["stages"].items():
+    for name, st in stages.items():
         m = registry.build(st["method"], st["params"], info)
         m.load_state_dict(st["model"])
         models[name] = m.to(device)
     combine = None
     if package.get("combine"):
-        combine = combine_from_spec(package["combine"])
-    elif len(models) > 1:  # a combine function without a spec: the method's recipe rebuilds it
+        spec = dict(package["combine"])
+        if members is not None and "weights" in spec:
+            spec["weights"] = {n: w for n, w in spec["weights"].items() if n in models}
+        combine = combine_from_spec(spec)
+    elif len(package["stages"]) > 1:  # a combine function without a spec: the method's recipe rebuilds it
+        if members is not None:
+            raise ValueError("members=: this predictor's combine has no spec, so a subset cannot be combined; "
+                             "allowed: every stage (leave members= out)")
         fields = registry.config_fields(package["method"])
         defaults = dataclasses.asdict(registry.get(package["method"]).Config())
         recipe = for_method(package["method"], {**defaults, **{k: v for k, v in package["params"].items() if k in fields}})

@@ -70,6 +70,10 @@ def evaluate(values: dict) -> int:
         except ConfigError as e:
             fail(str(e))
         state = torch.load(state_file, map_location="cpu", weights_only=True)
+    members = [m for m in values["members"].split(",") if m] or None
+    if members is not None and (bad := [m for m in members if m not in state.get("stages", {})]):
+        fail(f"members={values['members']}: {', '.join(bad)} not a stage of the model of run {run_id}; allowed: "
+             f"a subset of {', '.join(state.get('stages', {}))}")
     present = ds.manifest.splits
     splits = [s for s in values["splits"].split(",") if s] or [s for s in EVAL_SPLITS if s in present]
     missing = [s for s in splits if s not in present]
@@ -82,7 +86,7 @@ def evaluate(values: dict) -> int:
     except (DataError, ValueError, KeyError) as e:
         fail(f"data.root={ds.root}: {str(e).splitlines()[0]}")
     try:
-        model = training.load_predictor(state, data.info)
+        model = training.load_predictor(state, data.info, members=members)
     except (RuntimeError, ValueError, KeyError) as e:
         first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln or "Missing" in ln),
                      str(e).splitlines()[0])
@@ -97,7 +101,8 @@ def evaluate(values: dict) -> int:
         if hasattr(acc, "per_class"):
             per_class[sp] = acc.per_class()
     names = list(data.task.metric_names)
-    print(f"model of run {run_id} ({cfg['method']}, epoch {cfg.get('epoch')}, trained on {cfg['data']['name']}) "
+    kept = f", stages {','.join(members)} of {','.join(state['stages'])}" if members else ""
+    print(f"model of run {run_id} ({cfg['method']}{kept}, epoch {cfg.get('epoch')}, trained on {cfg['data']['name']}) "
           f"on {ds.root} (digest {ds.digest[:12]}), {time.time() - t0:.1f}s:\n")
     if protocol := tasks.scoring_protocol(ds):
         print(protocol + "\n")
@@ -134,6 +139,7 @@ def _record(client, source: str, cfg: dict, ds, results: dict, per_class: dict, 
     run = client.create_run(exp_id, run_name=f"evaluate-{lineage.dataset_name(str(ds.root))}-{source[:8]}",
                             tags={"kind": "evaluation", "source_run": source, "method": cfg["method"],
                                   "model_uri": f"runs:/{source}/{lineage.MODEL_DIR}",
+                                  **({"members": values["members"]} if values.get("members") else {}),
                                   "command": "python -m orchestration.evaluate " + " ".join(sys.argv[1:])})
     rid = run.info.run_id
     lineage.log_dataset(client, rid, ds, context="evaluation")

@@ -17,6 +17,8 @@ OWN = (
     Key("run", str, "", "MLflow run id of a trial with a logged model, or of a sweep (its best trial); required"),
     Key("splits", str, "", "comma-separated splits to evaluate (default: every evaluation split present)"),
     Key("log", bool, True, "record the evaluation as a new MLflow run"),
+    Key("members", str, "", "comma-separated stages of an ensemble predictor to keep (e.g. causal's spatial,temporal; "
+        "the rest left out of its combination; default: all)"),
 )
 EVAL_SPLITS = ("val", "test_iid", "test_ood", "test")
 DESCRIPTION = ("Evaluates the predictor a trial delivered (model/selected.pt + model/config.json) on any "
@@ -31,18 +33,21 @@ def parse(argv: list[str]) -> dict[str, Any]:
         env = os.environ.get(spec.env) if spec.env else None
         values[k] = coerce(k, spec.type, env) if env else spec.default
     seen = set()
-    for key, raw in parse_overrides(argv):
+    for key, raw in parse_overrides(argv, allow_sweep=True):  # splits=a,b and members=a,b are lists
         if key in seen:
             raise ConfigError(f"{key} is given twice")
         seen.add(key)
         spec = {k.name: k for k in OWN}.get(key) or (sweep_config.KEY_INDEX[key] if key in SHARED else None)
         if spec is None:
             raise ConfigError(f"unknown key '{key}'; allowed: {', '.join([*(k.name for k in OWN), *SHARED])}")
-        if key == "splits" and not isinstance(raw, str):
+        if isinstance(raw, list) and key not in ("splits", "members"):
+            raise ConfigError(f"{key}={','.join(map(str, raw))}: {key} takes one value; allowed: a list only for "
+                              f"splits= and members=")
+        if key in ("splits", "members") and not isinstance(raw, str):
             if isinstance(raw, (ChoiceSweep, list, tuple)):
                 raw = ",".join(map(str, raw.list if isinstance(raw, ChoiceSweep) else raw))
             elif isinstance(raw, dict):
-                raise ConfigError(f"splits={raw!r} has the wrong type; expected comma-separated split names")
+                raise ConfigError(f"{key}={raw!r} has the wrong type; expected comma-separated names")
             else:
                 raw = "" if raw is None else str(raw)
         values[key] = coerce(key, spec.type, raw)

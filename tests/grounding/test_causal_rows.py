@@ -168,3 +168,10 @@ def test_stvg_control_members_differ_in_init_and_data_order_and_ensemble_as_decl
     assert torch.allclose(predictor.predict(batch), expect)
     again = engine.evaluate(predictor, td["val"], td.task, td.info, batch_size=16)
     assert again == pytest.approx({k[4:]: v for k, v in report.items() if k.startswith("val/")})
+    # a leave-one-out without retraining: the kept members combined with their own weights
+    sub = training.load_predictor(pkg, td.info, members=["stvg_3", "stvg_1"]).eval()
+    assert list(sub.members) == ["stvg_1", "stvg_3"] and sub.combine.weights == {"stvg_1": 0.5, "stvg_3": 1.0}
+    assert torch.allclose(sub.predict(batch), 0.5 * torch.sigmoid(s[0]) + torch.sigmoid(s[2]))
+    for bad in (["stvg_4"], []):
+        with pytest.raises(ValueError, match="allowed: a non-empty subset of stvg_1, stvg_2, stvg_3"):
+            training.load_predictor(pkg, td.info, members=bad)

@@ -197,7 +197,17 @@ def test_evaluate_a_logged_model_and_refuse_incompatible_data(compared, smoke_ro
         assert lines[0].startswith("error: data.root=") and message in lines[0], lines
     code, lines, _ = sweep("run=0123456789abcdef", store, module="evaluate")
     assert code == 2 and "no such MLflow run" in lines[0]
+    code, lines, _ = sweep(f"run={child.info.run_id}", "members=spatial,nope", store, module="evaluate")
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: members=spatial,nope: nope not a stage"), lines
+    assert "allowed: a subset of spatial, temporal, deconf" in lines[0]
     assert len(client.search_runs([exp.experiment_id], "tags.kind = 'evaluation'")) == 1  # nothing written
+    # one component of the staged ensemble, recorded with the stages it kept
+    proc = run_evaluate(cwd, f"run={child.info.run_id}", "members=spatial", "splits=test_iid")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "stages spatial of spatial,temporal,deconf" in proc.stdout
+    sub = next(r for r in client.search_runs([exp.experiment_id], "tags.kind = 'evaluation'")
+               if r.data.tags.get("members") == "spatial")
+    assert set(sub.data.metrics) == {f"test_iid/{m}" for m in ("box_macro", "box_micro", "query_macro", "query_micro")}
 
 
 def test_bench_reads_a_staged_comparison_back(compared):

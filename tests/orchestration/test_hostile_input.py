@@ -58,6 +58,17 @@ def test_evaluate_run_is_a_name(value):
     assert "\n" not in str(e.value)
 
 
+def test_evaluate_lists_only_where_the_key_takes_one():
+    """splits= and members= are comma-separated lists (as --help says); any other key takes one value."""
+    run = "0123456789abcdef0123456789abcdef"
+    got = evaluate.parse([f"run={run}", "splits=val,test_iid", "members=[spatial,temporal]"])
+    assert got["splits"] == "val,test_iid" and got["members"] == "spatial,temporal"
+    with pytest.raises(ConfigError, match=r"^run=a,b: run takes one value; allowed: a list only for splits= and members="):
+        evaluate.parse(["run=a,b"])
+    with pytest.raises(ConfigError, match="data.root takes one value"):
+        evaluate.parse([f"run={run}", "data.root=x,y"])
+
+
 def test_plain_names_pass():
     assert parse(["method=stvg", "name=stvg-2026.12_a"])["name"] == "stvg-2026.12_a"
     assert parse(["method=stvg", "resume=/abs/ray_results/x"])["resume"] == "/abs/ray_results/x"
