@@ -25,6 +25,7 @@ metric counts are summed over ranks before they are computed (:func:`grounding.e
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -101,10 +102,25 @@ class StageRun:
         self.net = wrap(self.model) if wrap is not None else self.model
         self.epoch = 0  # epochs trained
         self.best = Selection()
+        # the stage's own torch random stream (dropout, sampled negatives, ...), continued from its
+        # seeded build: a stage trains the same whether or not other stages train beside it
+        self.rng = _rng_state(self.device)
+
+    @contextlib.contextmanager
+    def own_stream(self):
+        """Run the block on this stage's random stream; the caller's stream is restored after."""
+        outer = _rng_state(self.device)
+        _set_rng_state(self.device, self.rng)
+        try:
+            yield
+        finally:
+            self.rng = _rng_state(self.device)
+            _set_rng_state(self.device, outer)
 
     def train_epoch(self, data, amp: bool = False) -> dict[str, float]:
-        logs = engine.train_one_epoch(self.net, self.optimizer, data["train"], self.rs.optim, self.epoch,
-                                      self.seed, self.device, amp=amp, scheduler=self.scheduler)
+        with self.own_stream():
+            logs = engine.train_one_epoch(self.net, self.optimizer, data["train"], self.rs.optim, self.epoch,
+                                          self.seed, self.device, amp=amp, scheduler=self.scheduler)
         self.epoch += 1
         return logs
 
@@ -127,7 +143,7 @@ class StageRun:
     def state_dict(self) -> dict:
         b = self.best
         out = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
-               "best": {"epoch": b.epoch, "score": b.score, "metrics": b.metrics, "state": b.state}}
+               "best": {"epoch": b.epoch, "score": b.score, "metrics": b.metrics, "state": b.state}, "rng": self.rng}
         if self.scheduler is not None:
             out["scheduler"] = self.scheduler.state_dict()
         return out
@@ -138,8 +154,23 @@ class StageRun:
         if self.scheduler is not None and "scheduler" in state:
             self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
+        if "rng" in state:  # checkpoints written before the stage kept its own stream have none
+            self.rng = {k: v for k, v in state["rng"].items() if k == "cpu" or self.device.type == "cuda"}
         b = state["best"]
         self.best = Selection(int(b["epoch"]), float(b["score"]), dict(b["metrics"]), b["state"], None)
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    out = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def _set_rng_state(device: torch.device, state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 class Group:
