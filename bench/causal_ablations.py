@@ -1,0 +1,122 @@
+"""The `causal` ablation rows (the paper's Table 3: one component alone, two of three) from the
+components a finished comparison already trained, without retraining them.
+
+    .venv/bin/python bench/causal_ablations.py --compare wsvog-calibrated \
+        --out bench/results/wsvog_causal_ablations.json
+
+Under the staged protocol the three components of a `causal` trial train independently of each
+other (ACL-spatial and ACL-temporal from the shared backbone, the deconfounded model from
+scratch) and each keeps its own best-validation epoch, so leaving one out of the ensemble gives
+the ablation row without training it again. Since each stage trains on its own random stream
+(``grounding.training.StageRun.own_stream``; tests/grounding/test_causal_rows.py) a component
+trained beside the others is bit-identical to the one the ablation row trains alone; what can
+differ is only when the run stopped (the full trial stops once its ensemble's validation curve
+is flat). On code before that change (a comparison run then) the components of one trial shared
+one random stream, so a component here is another draw of the same training (other dropout
+masks and sampled style items), not the separately trained row's exact weights. Every row here is one ``python -m orchestration.evaluate
+run=<trial> members=<stages>`` per (trial, row), recorded in MLflow as an evaluation run (tags
+``source_run``, ``members``); the table has the same format as the comparison's, and each
+ablation is answered against the comparison's ``stvg`` rows as in ``bench/wsvog_benchmark.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench._compare import cells_table, label, paired, read, signed, write  # noqa: E402
+
+# row -> the components kept (grounding/models/causal.py's staged components)
+ABLATIONS = {
+    "spatial_only": ("spatial",), "temporal_only": ("temporal",), "deconf_only": ("deconf",),
+    "no_bda": ("spatial", "temporal"), "no_acl_spatial": ("temporal", "deconf"), "no_acl_temporal": ("spatial", "deconf"),
+}
+SOURCES = ("base", "staged_paper")  # the comparison's full-ensemble causal rows (code / paper intervention)
+METRICS = ("box_macro", "box_micro", "query_macro", "query_micro")
+SPLITS = ("val", "test_iid", "test_ood")
+
+
+def evaluate(run_id: str, members: tuple[str, ...], uri: str) -> dict[str, float]:
+    """One ``orchestration.evaluate`` of ``members`` of the trial ``run_id``; its logged metrics."""
+    from mlflow.tracking import MlflowClient
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "orchestration.evaluate", f"run={run_id}", f"members={','.join(members)}",
+           f"splits={','.join(SPLITS)}", f"mlflow.tracking_uri={uri}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[1:])} exited with {proc.returncode}: {proc.stderr.strip()[-500:]}")
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_run(run_id).info.experiment_id],
+                              f"tags.kind = 'evaluation' and tags.source_run = '{run_id}' "
+                              f"and tags.members = '{','.join(members)}'", order_by=["attributes.start_time DESC"])
+    return dict(runs[0].data.metrics)
+
+
+def rows_of(per_seed: dict[tuple[str, str], dict[int, dict[str, float]]]) -> list[dict]:
+    """The comparison table's row format from ``{(method, variant): {seed: metrics}}``."""
+    from orchestration.tracking.summary import summarize
+
+    out = []
+    for (method, variant), seeds in per_seed.items():
+        order = sorted(seeds)
+        for split in SPLITS:
+            for m in METRICS:
+                values = [seeds[s][f"{split}/{m}"] for s in order]
+                s = summarize(values)
+                out.append({"method": method, "variant": variant, "split": split, "metric": m, "n": s.n,
+                            "mean": s.mean, "std": s.std, "ci95_low": s.ci_low, "ci95_high": s.ci_high,
+                            "seeds": ",".join(map(str, order)), "values": ",".join(f"{v:.6f}" for v in values)})
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--compare", required=True, help="name of a finished comparison with causal rows")
+    ap.add_argument("--mlflow", default=f"sqlite:///{REPO / 'mlflow.db'}", help="MLflow tracking URI")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "wsvog_causal_ablations.json"))
+    args = ap.parse_args(argv)
+
+    result = read(args.compare, args.mlflow)
+    per_seed: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
+    evaluations = []
+    for run in sorted(result["runs"], key=lambda r: (r["variant"], r["seed"])):
+        if run["method"] != "causal" or run["variant"] not in SOURCES or run["status"] != "FINISHED":
+            continue
+        for row, members in ABLATIONS.items():
+            variant = row if run["variant"] == "base" else f"{run['variant']}/{row}"
+            metrics = evaluate(run["run_id"], members, args.mlflow)
+            per_seed.setdefault(("causal", variant), {})[run["seed"]] = metrics
+            evaluations.append({"source_run": run["run_id"], "seed": run["seed"], "row": variant,
+                                "members": list(members), "metrics": metrics})
+            print(f"{label('causal', variant)} seed {run['seed']}: test_iid/query_micro "
+                  f"{metrics['test_iid/query_micro']:.4f}, test_ood/query_micro {metrics['test_ood/query_micro']:.4f}",
+                  flush=True)
+    rows = rows_of(per_seed)
+    reference = [r for r in result["rows"] if (r["method"], r["variant"]) in {("stvg", "base"), ("causal", "base")}]
+    tables = []
+    for split, name in (("test_iid", "IID test"), ("test_ood", "OOD test")):
+        tables.append(f"{name}, %:\n\n" + cells_table({}, reference + rows, [(m, split, m) for m in METRICS]))
+    claim = ["Gain over `stvg` in query micro points, paired by seed, mean [95% CI]:", "",
+             "| row | IID gain | OOD gain | OOD gain − IID gain |", "|---|---:|---:|---:|"]
+    for key in per_seed:
+        both = reference + rows
+        claim.append(f"| {label(*key)} | {signed(paired(both, key, ('stvg', 'base'), 'query_micro', ('test_iid',)))} | "
+                     f"{signed(paired(both, key, ('stvg', 'base'), 'query_micro', ('test_ood',)))} | "
+                     f"{signed(paired(both, key, ('stvg', 'base'), 'query_micro', ('test_ood', 'test_iid'), (1, -1)))} |")
+    table = "\n\n".join(tables) + "\n\n" + "\n".join(claim)
+    write(args.out, {"compare": args.compare, "parent_run_id": result["parent_run_id"], "tracking_uri": args.mlflow,
+                     "ablations": {k: list(v) for k, v in ABLATIONS.items()}, "rows": rows,
+                     "evaluations": evaluations, "table": table})
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
