@@ -394,12 +394,15 @@ class Predictor(nn.Module):
         return self.combine({n: m.predict(batch) for n, m in self.members.items()})
 
 
-def load_predictor(package: dict, info, device="cpu", members: list[str] | None = None) -> Predictor:
+def load_predictor(package: dict, info, device="cpu", members: list[str] | None = None,
+                   options: dict[str, Any] | None = None) -> Predictor:
     """Rebuild the predictor a trial delivered from :meth:`Group.package`. ``members``: only these
     stages of an ensemble, combined as the package combines them with the others left out (a
     leave-one-out without retraining; ``causal``'s staged components train independently of each
     other, so this equals the ensemble of those components trained alone, up to when the run
-    stopped). Raises ValueError naming the allowed stages for an unknown or empty choice."""
+    stopped). ``options``: config values read only at prediction time (each stage's method's
+    ``prediction_options``, e.g. ``scl``'s ``inference``) replaced on the trained weights. Raises
+    ValueError naming what is allowed for an unknown stage, option or value."""
     if package.get("format") != PACKAGE_FORMAT:
         raise ValueError(f"unknown predictor package format {package.get('format')!r}; allowed: {PACKAGE_FORMAT}")
     stages = dict(package["stages"])
@@ -411,7 +414,15 @@ def load_predictor(package: dict, info, device="cpu", members: list[str] | None 
         stages = {n: stages[n] for n in stages if n in members}
     models = {}
     for name, st in stages.items():
-        m = registry.build(st["method"], st["params"], info)
+        params = dict(st["params"])
+        if options:
+            allowed = registry.get(st["method"]).prediction_options
+            if bad := sorted(set(options) - set(allowed)):
+                raise ValueError(f"model.{bad[0]}: not an option {st['method']} reads at prediction time; allowed: "
+                                 f"{', '.join(f'model.{o}' for o in allowed) or 'none for this method'}")
+            params.update(options)
+            registry.make_config(st["method"], params)  # a value out of range: ValueError naming it
+        m = registry.build(st["method"], params, info)
         m.load_state_dict(st["model"])
         models[name] = m.to(device)
     combine = None

@@ -18,6 +18,7 @@ from grounding import engine, tasks, training
 from grounding.data.cache import ShardCache
 from grounding.data.manifest import DataError
 from grounding.data.shards import Dataset
+from grounding.models import registry
 
 from .cli.evaluate_args import EVAL_SPLITS
 from .cli.keys import ConfigError, absolute_uri, fail
@@ -74,6 +75,17 @@ def evaluate(values: dict) -> int:
     if members is not None and (bad := [m for m in members if m not in state.get("stages", {})]):
         fail(f"members={values['members']}: {', '.join(bad)} not a stage of the model of run {run_id}; allowed: "
              f"a subset of {', '.join(state.get('stages', {}))}")
+    options = values["model"]
+    for name in (members or state.get("stages", {})):
+        st = state["stages"][name]
+        allowed = registry.get(st["method"]).prediction_options
+        if bad := sorted(set(options) - set(allowed)):
+            fail(f"model.{bad[0]}: not an option {st['method']} reads at prediction time; allowed: "
+                 f"{', '.join(f'model.{o}' for o in allowed) or 'none for this method'}")
+        try:
+            registry.make_config(st["method"], {**st["params"], **options})
+        except (ValueError, TypeError) as e:
+            fail(f"{', '.join(f'model.{k}={v}' for k, v in options.items())}: {str(e).splitlines()[0]}")
     present = ds.manifest.splits
     splits = [s for s in values["splits"].split(",") if s] or [s for s in EVAL_SPLITS if s in present]
     missing = [s for s in splits if s not in present]
@@ -86,7 +98,7 @@ def evaluate(values: dict) -> int:
     except (DataError, ValueError, KeyError) as e:
         fail(f"data.root={ds.root}: {str(e).splitlines()[0]}")
     try:
-        model = training.load_predictor(state, data.info, members=members)
+        model = training.load_predictor(state, data.info, members=members, options=options or None)
     except (RuntimeError, ValueError, KeyError) as e:
         first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln or "Missing" in ln),
                      str(e).splitlines()[0])
@@ -102,6 +114,7 @@ def evaluate(values: dict) -> int:
             per_class[sp] = acc.per_class()
     names = list(data.task.metric_names)
     kept = f", stages {','.join(members)} of {','.join(state['stages'])}" if members else ""
+    kept += "".join(f", model.{k}={v}" for k, v in options.items())
     print(f"model of run {run_id} ({cfg['method']}{kept}, epoch {cfg.get('epoch')}, trained on {cfg['data']['name']}) "
           f"on {ds.root} (digest {ds.digest[:12]}), {time.time() - t0:.1f}s:\n")
     if protocol := tasks.scoring_protocol(ds):
@@ -140,6 +153,7 @@ def _record(client, source: str, cfg: dict, ds, results: dict, per_class: dict, 
                             tags={"kind": "evaluation", "source_run": source, "method": cfg["method"],
                                   "model_uri": f"runs:/{source}/{lineage.MODEL_DIR}",
                                   **({"members": values["members"]} if values.get("members") else {}),
+                                  **{f"model.{k}": str(v) for k, v in values["model"].items()},
                                   "command": "python -m orchestration.evaluate " + " ".join(sys.argv[1:])})
     rid = run.info.run_id
     lineage.log_dataset(client, rid, ds, context="evaluation")

@@ -63,6 +63,9 @@ class GroundingModel(nn.Module):
 
     task: ClassVar[str]
     Config: ClassVar[type[ModelConfig]]
+    # config fields read only by ``predict`` (never in training): a trained model may be evaluated
+    # under another value (``orchestration.evaluate model.<name>=``, :func:`grounding.training.load_predictor`)
+    prediction_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: ModelConfig, info: DataInfo):
         super().__init__()

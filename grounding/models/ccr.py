@@ -161,6 +161,7 @@ def kl_code(q: torch.Tensor, mu: torch.Tensor, psi: torch.Tensor, wmask: torch.T
 class CCR(CPL):
     task = "moment"
     Config = CCRConfig
+    prediction_options = ("vote", "vote_weight", "topn_order", "rank")
 
     def __init__(self, cfg: CCRConfig, info: DataInfo):
         super().__init__(cfg, info)

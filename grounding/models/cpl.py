@@ -294,6 +294,7 @@ def proposals_from(center: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
 class CPL(GroundingModel):
     task = "moment"
     Config = CPLConfig
+    prediction_options = ("vote", "vote_weight", "topn_order")
 
     def __init__(self, cfg: CPLConfig, info: DataInfo):
         super().__init__(cfg, info)

@@ -138,6 +138,7 @@ def _masked_max(X: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class SCL(STVG):
     task = "wsvog"
     Config = SCLConfig
+    prediction_options = ("inference",)  # the paper's Table 3 "Inference" rows: one trained model, three readings
 
     @classmethod
     def check_data(cls, manifest, root: str, params: dict) -> None:

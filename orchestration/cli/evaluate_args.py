@@ -28,6 +28,7 @@ DESCRIPTION = ("Evaluates the predictor a trial delivered (model/selected.pt + m
 
 def parse(argv: list[str]) -> dict[str, Any]:
     values = {k.name: k.default for k in OWN}
+    values["model"] = {}  # model.<name>=value: prediction-time options of the trained model
     for k in SHARED:
         spec = sweep_config.KEY_INDEX[k]
         env = os.environ.get(spec.env) if spec.env else None
@@ -37,9 +38,16 @@ def parse(argv: list[str]) -> dict[str, Any]:
         if key in seen:
             raise ConfigError(f"{key} is given twice")
         seen.add(key)
+        if key.startswith("model."):
+            name = key[len("model."):]
+            if not name.isidentifier() or isinstance(raw, (list, dict)):
+                raise ConfigError(f"{key}: give one value for one option name (model.<name>=value)")
+            values["model"][name] = raw
+            continue
         spec = {k.name: k for k in OWN}.get(key) or (sweep_config.KEY_INDEX[key] if key in SHARED else None)
         if spec is None:
-            raise ConfigError(f"unknown key '{key}'; allowed: {', '.join([*(k.name for k in OWN), *SHARED])}")
+            raise ConfigError(f"unknown key '{key}'; allowed: {', '.join([*(k.name for k in OWN), *SHARED])}, "
+                              f"model.<name>")
         if isinstance(raw, list) and key not in ("splits", "members"):
             raise ConfigError(f"{key}={','.join(map(str, raw))}: {key} takes one value; allowed: a list only for "
                               f"splits= and members=")
@@ -69,8 +77,11 @@ def help_text() -> str:
         d = repr(k.default) if isinstance(k.default, str) else str(k.default).lower() if isinstance(k.default, bool) else k.default
         help_ = "dataset to evaluate on (default: the one the model was trained on)" if k.name == "data.root" else k.help
         lines.append(f"  {k.name:<{width}} {d!s:<18} {help_}")
+    lines.append(f"  {'model.<name>':<{width}} {'':<18} an option the method reads only at prediction time, on the "
+                 f"trained weights (the method's prediction_options, e.g. scl's inference, cpl's vote_weight)")
     lines += ["", "examples:", "  python -m orchestration.evaluate run=98fdc845c9564b36b58c53de5caefda5",
-              "  python -m orchestration.evaluate run=<sweep parent id> data.root=s3://lab-features/yc2bb/v1"]
+              "  python -m orchestration.evaluate run=<sweep parent id> data.root=s3://lab-features/yc2bb/v1",
+              "  python -m orchestration.evaluate run=<scl trial> model.inference=context"]
     return "\n".join(lines)
 
 

@@ -340,3 +340,28 @@ def test_caos_floor_active_fraction_and_transfer_top_probability():
         model(batch)
         tops.append(model.epoch_end_logs()["stran_top_prob"])
     assert tops[1] > tops[0]
+
+
+def test_a_trained_model_is_read_under_another_inference_without_retraining():
+    """``inference`` is one of scl's prediction_options: load_predictor(options=) rebuilds the
+    delivered predictor with it on the same weights (the paper's Table 3 "Inference" rows); an
+    option the method also trains with, or a value it does not allow, is refused by name."""
+    from grounding import training
+    from grounding.training import PACKAGE_FORMAT
+
+    model = _build("scl")
+    params = {**SMALL}
+    pkg = {"format": PACKAGE_FORMAT, "method": "scl", "params": params, "combine": None,
+           "stages": {"scl": {"method": "scl", "params": params, "model": model.state_dict()}}}
+    batch = _batch()
+    for inference in ("context", "both"):
+        got = training.load_predictor(pkg, _info(), options={"inference": inference}).eval()
+        want = _build("scl", inference=inference).eval()
+        want.load_state_dict(model.state_dict())
+        torch.testing.assert_close(got.predict(batch), want.predict(batch))
+    assert not torch.equal(training.load_predictor(pkg, _info(), options={"inference": "context"}).eval().predict(batch),
+                           training.load_predictor(pkg, _info()).eval().predict(batch))
+    with pytest.raises(ValueError, match=r"^model.tau: not an option scl reads at prediction time; allowed: model.inference$"):
+        training.load_predictor(pkg, _info(), options={"tau": 0.1})
+    with pytest.raises(ValueError, match="inference"):
+        training.load_predictor(pkg, _info(), options={"inference": "nope"})

@@ -200,6 +200,9 @@ def test_evaluate_a_logged_model_and_refuse_incompatible_data(compared, smoke_ro
     code, lines, _ = sweep(f"run={child.info.run_id}", "members=spatial,nope", store, module="evaluate")
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: members=spatial,nope: nope not a stage"), lines
     assert "allowed: a subset of spatial, temporal, deconf" in lines[0]
+    code, lines, _ = sweep(f"run={child.info.run_id}", "model.inference=context", store, module="evaluate")
+    assert code == 2 and lines == ["error: model.inference: not an option causal reads at prediction time; "
+                                   "allowed: none for this method"], lines
     assert len(client.search_runs([exp.experiment_id], "tags.kind = 'evaluation'")) == 1  # nothing written
     # one component of the staged ensemble, recorded with the stages it kept
     proc = run_evaluate(cwd, f"run={child.info.run_id}", "members=spatial", "splits=test_iid")

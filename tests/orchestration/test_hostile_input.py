@@ -67,6 +67,9 @@ def test_evaluate_lists_only_where_the_key_takes_one():
         evaluate.parse(["run=a,b"])
     with pytest.raises(ConfigError, match="data.root takes one value"):
         evaluate.parse([f"run={run}", "data.root=x,y"])
+    assert evaluate.parse([f"run={run}", "model.inference=context"])["model"] == {"inference": "context"}
+    with pytest.raises(ConfigError, match=r"^model.x: give one value for one option name"):
+        evaluate.parse([f"run={run}", "model.x=a,b"])
 
 
 def test_plain_names_pass():
