@@ -102,6 +102,9 @@ class StageRun:
         self.net = wrap(self.model) if wrap is not None else self.model
         self.epoch = 0  # epochs trained
         self.best = Selection()
+        # the stage's own convergence rule on its own selection score (rs.converge; patience 0: never)
+        self.plateau = Plateau(*rs.converge)
+        self.flat = False
         # the stage's own torch random stream (dropout, sampled negatives, ...), continued from its
         # seeded build: a stage trains the same whether or not other stages train beside it
         self.rng = _rng_state(self.device)
@@ -124,6 +127,11 @@ class StageRun:
         self.epoch += 1
         return logs
 
+    @property
+    def done(self) -> bool:
+        """No more epochs for this stage: its validation curve is flat or its epochs are spent."""
+        return self.flat or self.epoch >= self.rs.epochs
+
     def score(self, metrics: dict[str, float]) -> float:
         absent = [m for m in self.rs.select if m not in metrics]
         if absent:  # a metric the split has no ground truth for is absent, never 0 (grounding.metrics)
@@ -134,6 +142,7 @@ class StageRun:
     def consider(self, metrics: dict[str, float], preds: list) -> bool:
         """Keep this epoch if it is strictly better on the stage's selection metric."""
         s = self.score(metrics)
+        self.flat = self.plateau.update(s)
         if s > self.best.score:
             self.best = Selection(self.epoch, s, dict(metrics), _state_copy(self.model), preds)
             return True
@@ -143,7 +152,8 @@ class StageRun:
     def state_dict(self) -> dict:
         b = self.best
         out = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
-               "best": {"epoch": b.epoch, "score": b.score, "metrics": b.metrics, "state": b.state}, "rng": self.rng}
+               "best": {"epoch": b.epoch, "score": b.score, "metrics": b.metrics, "state": b.state}, "rng": self.rng,
+               "plateau": {"ref": self.plateau.ref, "stale": self.plateau.stale, "flat": self.flat}}
         if self.scheduler is not None:
             out["scheduler"] = self.scheduler.state_dict()
         return out
@@ -154,6 +164,9 @@ class StageRun:
         if self.scheduler is not None and "scheduler" in state:
             self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
+        if "plateau" in state:  # checkpoints written before the stage kept its own rule have none
+            p = state["plateau"]
+            self.plateau.ref, self.plateau.stale, self.flat = float(p["ref"]), int(p["stale"]), bool(p["flat"])
         if "rng" in state:  # checkpoints written before the stage kept its own stream have none
             self.rng = {k: v for k, v in state["rng"].items() if k == "cpu" or self.device.type == "cuda"}
         b = state["best"]
@@ -243,6 +256,7 @@ class Group:
             if not self.single:
                 out.update({f"stage/{n}/val/{k}": v for k, v in m.items()})
                 out[f"stage/{n}/selected_epoch"] = r.best.epoch
+                out[f"stage/{n}/converge/flat"] = float(r.flat)
             else:
                 out.update({f"epoch_val/{k}": v for k, v in m.items()})
             for v, acc in vaccs[n].items():
@@ -263,7 +277,18 @@ class Group:
                 self.selected_metrics = engine.merge_ranks(acc).compute()
         out.update({f"val/{k}": v for k, v in self.selected_metrics.items()})
         out["selected_epoch"] = self.selected_epoch
+        out["converge/flat"] = float(self.flat)
         return out
+
+    @property
+    def flat(self) -> bool:
+        """Every stage stopped on its own flat validation curve (its convergence rule)."""
+        return all(r.flat for r in self.runs.values())
+
+    @property
+    def done(self) -> bool:
+        """No stage has epochs left: each is flat or has spent its epochs."""
+        return all(r.done for r in self.runs.values())
 
     def step(self, data, amp: bool = False) -> dict[str, float]:
         """Train every stage that has epochs left for one epoch, then validate and select."""
@@ -271,7 +296,7 @@ class Group:
         total = 0.0
         t0 = time.time()
         for n, r in self.runs.items():
-            if r.epoch >= r.rs.epochs:
+            if r.done:
                 continue
             logs = r.train_epoch(data, amp)
             if self.single:
@@ -345,14 +370,11 @@ def train_stage(rs: ResolvedStage, data, seed: int, device, init_state: dict | N
     group = Group(recipe, {rs.name: StageRun(rs, data, seed, device, init_state, wrap)}, data.task, data.info,
                   eval_batch_size)
     history = []
-    rule = Plateau(*rs.converge)
-    for _ in range(rs.epochs):
+    while not group.done:  # its epochs, or until its own convergence rule finds the curve flat
         m = group.step(data, amp)
         history.append({"epoch": group.epoch, **m})
         if on_epoch is not None:
             on_epoch(group.epoch, m)
-        if rule.update(group.runs[rs.name].score(group.runs[rs.name].best.metrics)):
-            break
     best = group.runs[rs.name].best
     return {"epoch": best.epoch, "metrics": dict(best.metrics), "model": best.state, "history": history,
             "method": rs.method, "params": dict(rs.params)}

@@ -44,7 +44,8 @@ KEYS: tuple[Key, ...] = (
     Key("trials", int, 8, "number of trials (configurations) to run", at_least(1)),
     Key("epochs", int, 4, "maximum epochs per trial (ASHA stops weak trials earlier)", at_least(1)),
     Key("converge.patience", int, 0, "stop a trial once its validation curve is flat: no gain above "
-        "converge.min_delta in val/<search.metric> for this many epochs (0: every trial may run all its epochs)",
+        "converge.min_delta in val/<search.metric> for this many epochs; an ensemble (staged causal) stops "
+        "each component on its own selection score (0: every trial may run all its epochs)",
         at_least(0)),
     Key("converge.min_delta", float, 0.005, "the gain (absolute, in the metric's units) that counts as "
         "progress for converge.patience", at_least(0.0)),

@@ -35,7 +35,7 @@ class TrialSpec:
     checkpoints_keep: int
     failures: int  # retries of a failed trial or worker from its last checkpoint
     mapped: bool = True  # map the node's mapped copy of each split (grounding.data.mapped); False: decode
-    converge_patience: int = 0  # stop once val/<metric> is flat (grounding.training.Plateau); 0: all epochs
+    converge_patience: int = 0  # each stage stops once its val curve is flat (grounding.training.Plateau); 0: all epochs
     converge_min_delta: float = 0.005
     shared: Mapping[str, dict] = dataclasses.field(default_factory=dict)  # stage name -> shared stage reference
 

@@ -88,8 +88,7 @@ def _same_state(a: dict | None, b: dict | None) -> bool:
             and all(torch.equal(a[k].detach().cpu(), b[k]) for k in a))
 
 
-def _save(group: training.Group, hp: dict, spec: TrialSpec, data, directory: str,
-          plateau: training.Plateau | None = None) -> None:
+def _save(group: training.Group, hp: dict, spec: TrialSpec, data, directory: str) -> None:
     """``state.pt``: everything a restarted trial continues from; ``selected.pt``: the predictor
     the trial delivers so far (each output stage at its selected epoch), evaluated on the test
     splits once the trial ends (:mod:`orchestration.callbacks`).
@@ -106,8 +105,7 @@ def _save(group: training.Group, hp: dict, spec: TrialSpec, data, directory: str
         st["best"] = {**st["best"], "state": None}  # = selected.pt's stages[n]["model"]
         if int(st["best"]["epoch"]) == int(st["epoch"]) and _same_state(st["model"], selected):
             st["model"] = None  # the current weights are the selected ones
-    torch.save({"group": state, "torch_rng": torch.get_rng_state(), "weights_in": SELECTED_FILE,
-                "plateau": {"ref": plateau.ref, "stale": plateau.stale} if plateau else None},
+    torch.save({"group": state, "torch_rng": torch.get_rng_state(), "weights_in": SELECTED_FILE},
                os.path.join(directory, STATE_FILE))
     torch.save(package, os.path.join(directory, SELECTED_FILE))
 
@@ -131,13 +129,11 @@ def load_state(directory: str, package: dict | None = None) -> dict | None:
     return state
 
 
-def _restore(checkpoint, group: training.Group, plateau: training.Plateau | None = None) -> int:
+def _restore(checkpoint, group: training.Group) -> int:
     with checkpoint.as_directory() as d:
         state = load_state(d)
-    group.load_state_dict(state["group"])
+    group.load_state_dict(state["group"])  # each stage's convergence rule and random stream included
     torch.set_rng_state(state["torch_rng"])
-    if plateau is not None and state.get("plateau"):
-        plateau.ref, plateau.stale = float(state["plateau"]["ref"]), int(state["plateau"]["stale"])
     return group.epoch
 
 
@@ -171,10 +167,9 @@ def train_loop(hp: dict, spec: TrialSpec, session: Session) -> None:
     init, used = prerequisites(recipe, resolved, spec, data, device, wrap, amp)
     group = training.build_group(recipe, resolved, data, spec.seed, device, init, wrap, spec.eval_batch_size)
     start = 0
-    plateau = training.Plateau(spec.converge_patience, spec.converge_min_delta)
     ckpt = session.checkpoint()
     if ckpt is not None:
-        start = _restore(ckpt, group, plateau)
+        start = _restore(ckpt, group)
     nodes = 1
     if session.world > 1:
         hosts = [None] * session.world
@@ -182,6 +177,8 @@ def train_loop(hp: dict, spec: TrialSpec, session: Session) -> None:
         nodes = len(set(hosts))
     t_ready = time.time()
     for epoch in range(start, group.epochs):
+        if group.done:  # restored from the checkpoint of the epoch it stopped at
+            break
         metrics = {"epoch": epoch + 1, **group.step(data, amp)}
         if epoch == start:
             metrics["time/setup_s"] = t_ready - t_entry  # entry -> first training step
@@ -190,13 +187,13 @@ def train_loop(hp: dict, spec: TrialSpec, session: Session) -> None:
             metrics["cluster/world_size"] = session.world
             metrics["cluster/nodes"] = nodes  # distinct Ray nodes the ranks run on
             metrics.update({f"tag/stage.{n}.{k}": v for n, u in used.items() for k, v in u.items()})
-        flat = plateau.update(metrics[f"val/{spec.metric}"])
-        metrics["converge/flat"] = float(flat)  # 1 at the epoch the trial stops as converged
+        # converge/flat (from group.step): 1 once every stage's own curve is flat (stage/<n>/converge/flat
+        # per stage of an ensemble); a stage's rule runs on its selection score, the same on every rank
         with tempfile.TemporaryDirectory() as d:
             if session.rank == 0:
-                _save(group, hp, spec, data, d, plateau)
+                _save(group, hp, spec, data, d)
             session.report(metrics, d if session.rank == 0 else None)
-        if flat:  # every rank sees the same val metric (merged over ranks), so all stop together
+        if group.done:  # every stage flat or out of epochs
             break
 
 

@@ -199,3 +199,27 @@ def test_a_component_trains_the_same_alone_as_beside_the_others(yc2_tiny):
     for row, name in (("spatial_only", "spatial"), ("temporal_only", "temporal")):
         a, b = states["all"][name], states[row][name]
         assert all(torch.equal(a[k], b[k]) for k in a), (row, [k for k in a if not torch.equal(a[k], b[k])][:3])
+
+
+def test_each_component_stops_on_its_own_flat_curve_while_the_others_train_on(yc2_tiny):
+    """converge.patience in an ensemble: every stage runs its own rule on its own selection score, a
+    flat stage trains no more (its weights stay), the trial goes on while any stage has epochs left,
+    and converge/flat is 1 only when every stage stopped flat."""
+    td = tasks.load(Dataset.open(yc2_tiny), splits=("train", "val"))
+    params = {"embed_dim": 16, "heads": 2, "batch_size": 8, "components": "stvg_control",
+              "acl_spatial": False, "acl_temporal": False, "bda": False}
+    r, st = recipes.plan("causal", {}, params, 4, "box_micro", converge=(1, 10.0))  # no gain can count
+    group = training.build_group(r, st, td, seed=0, device="cpu", eval_batch_size=16)
+    group.runs["stvg_1"].plateau = training.Plateau(0)  # this one never flattens: it spends its 4 epochs
+    reports = []
+    while not group.done:
+        reports.append(group.step(td))
+        if group.epoch == 2:
+            frozen = {k: v.clone() for k, v in group.runs["stvg_2"].model.state_dict().items()}
+    assert [group.runs[n].epoch for n in ("stvg_1", "stvg_2", "stvg_3")] == [4, 2, 2]
+    assert all(torch.equal(frozen[k], v) for k, v in group.runs["stvg_2"].model.state_dict().items())
+    assert [rep["stage/stvg_2/converge/flat"] for rep in reports[:2]] == [0.0, 1.0]
+    assert "stage/stvg_2/train/loss" not in reports[2] and "stage/stvg_1/train/loss" in reports[3]
+    assert [rep["converge/flat"] for rep in reports] == [0.0, 0.0, 0.0, 0.0] and not group.flat
+    group.runs["stvg_1"].flat = True
+    assert group.flat
