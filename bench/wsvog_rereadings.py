@@ -1,8 +1,14 @@
-"""The `causal` ablation rows (the paper's Table 3: one component alone, two of three) from the
-components a finished comparison already trained, without retraining them.
+"""WSVOG rows read from models finished comparisons already trained, without retraining them: the
+`causal` ablation rows (the paper's Table 3: one component alone, two of three) as sub-ensembles
+of the staged trials (``members=``), and `scl`'s Table 3 "Inference" rows (context-only, both) as
+its trained model read under another inference (``model.inference=``).
 
-    .venv/bin/python bench/causal_ablations.py --compare wsvog-calibrated \
-        --out bench/results/wsvog_causal_ablations.json
+    .venv/bin/python bench/wsvog_rereadings.py --compare wsvog-causal-c --compare wsvog-scl-b \
+        --out bench/results/wsvog_rereadings.json
+
+`scl`'s inference is read only at prediction time, so the paper's inference rows are one trained
+model scored three ways; here each is the model selected on validation under the paper's
+(stable-branch) inference, read under the other.
 
 Under the staged protocol the three components of a `causal` trial train independently of each
 other (ACL-spatial and ACL-temporal from the shared backbone, the deconfounded model from
@@ -14,7 +20,7 @@ differ is only when the run stopped (the full trial stops once its ensemble's va
 is flat). On code before that change (a comparison run then) the components of one trial shared
 one random stream, so a component here is another draw of the same training (other dropout
 masks and sampled style items), not the separately trained row's exact weights. Every row here is one ``python -m orchestration.evaluate
-run=<trial> members=<stages>`` per (trial, row), recorded in MLflow as an evaluation run (tags
+run=<trial> members=<stages>`` (or ``model.inference=<value>``) per (trial, row), recorded in MLflow as an evaluation run (tags
 ``source_run``, ``members``); the table has the same format as the comparison's, and each
 ablation is answered against the comparison's ``stvg`` rows as in ``bench/wsvog_benchmark.py``.
 """
@@ -32,30 +38,35 @@ sys.path.insert(0, str(REPO))
 
 from bench._compare import cells_table, label, paired, read, signed, write  # noqa: E402
 
-# row -> the components kept (grounding/models/causal.py's staged components)
-ABLATIONS = {
-    "spatial_only": ("spatial",), "temporal_only": ("temporal",), "deconf_only": ("deconf",),
-    "no_bda": ("spatial", "temporal"), "no_acl_spatial": ("temporal", "deconf"), "no_acl_temporal": ("spatial", "deconf"),
+# (method, the compared rows read again) -> {row: evaluate arguments}
+READINGS = {
+    # the components kept (grounding/models/causal.py's staged components); base / staged_paper:
+    # the full ensembles with the code / the paper's intervention
+    ("causal", ("base", "staged_paper")): {
+        "spatial_only": ("members=spatial",), "temporal_only": ("members=temporal",),
+        "deconf_only": ("members=deconf",), "no_bda": ("members=spatial,temporal",),
+        "no_acl_spatial": ("members=temporal,deconf",), "no_acl_temporal": ("members=spatial,deconf",)},
+    ("scl", ("base",)): {"context_inference": ("model.inference=context",), "both_inference": ("model.inference=both",)},
 }
-SOURCES = ("base", "staged_paper")  # the comparison's full-ensemble causal rows (code / paper intervention)
 METRICS = ("box_macro", "box_micro", "query_macro", "query_micro")
 SPLITS = ("val", "test_iid", "test_ood")
 
 
-def evaluate(run_id: str, members: tuple[str, ...], uri: str) -> dict[str, float]:
-    """One ``orchestration.evaluate`` of ``members`` of the trial ``run_id``; its logged metrics."""
+def evaluate(run_id: str, args: tuple[str, ...], uri: str) -> dict[str, float]:
+    """One ``orchestration.evaluate`` of the trial ``run_id`` with ``args``; its logged metrics."""
     from mlflow.tracking import MlflowClient
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "orchestration.evaluate", f"run={run_id}", f"members={','.join(members)}",
+    cmd = [sys.executable, "-m", "orchestration.evaluate", f"run={run_id}", *args,
            f"splits={','.join(SPLITS)}", f"mlflow.tracking_uri={uri}"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[1:])} exited with {proc.returncode}: {proc.stderr.strip()[-500:]}")
     client = MlflowClient(uri)
+    tags = " and ".join(f"tags.`{k}` = '{v}'" for k, _, v in (a.partition("=") for a in args))
     runs = client.search_runs([client.get_run(run_id).info.experiment_id],
-                              f"tags.kind = 'evaluation' and tags.source_run = '{run_id}' "
-                              f"and tags.members = '{','.join(members)}'", order_by=["attributes.start_time DESC"])
+                              f"tags.kind = 'evaluation' and tags.source_run = '{run_id}' and {tags}",
+                              order_by=["attributes.start_time DESC"])
     return dict(runs[0].data.metrics)
 
 
@@ -78,28 +89,32 @@ def rows_of(per_seed: dict[tuple[str, str], dict[int, dict[str, float]]]) -> lis
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--compare", required=True, help="name of a finished comparison with causal rows")
+    ap.add_argument("--compare", action="append", required=True,
+                    help="a finished comparison (repeatable); its causal / scl trials are read again")
     ap.add_argument("--mlflow", default=f"sqlite:///{REPO / 'mlflow.db'}", help="MLflow tracking URI")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "wsvog_causal_ablations.json"))
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "wsvog_rereadings.json"))
     args = ap.parse_args(argv)
 
-    result = read(args.compare, args.mlflow)
+    results = [read(name, args.mlflow) for name in args.compare]
     per_seed: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
     evaluations = []
-    for run in sorted(result["runs"], key=lambda r: (r["variant"], r["seed"])):
-        if run["method"] != "causal" or run["variant"] not in SOURCES or run["status"] != "FINISHED":
-            continue
-        for row, members in ABLATIONS.items():
-            variant = row if run["variant"] == "base" else f"{run['variant']}/{row}"
-            metrics = evaluate(run["run_id"], members, args.mlflow)
-            per_seed.setdefault(("causal", variant), {})[run["seed"]] = metrics
-            evaluations.append({"source_run": run["run_id"], "seed": run["seed"], "row": variant,
-                                "members": list(members), "metrics": metrics})
-            print(f"{label('causal', variant)} seed {run['seed']}: test_iid/query_micro "
-                  f"{metrics['test_iid/query_micro']:.4f}, test_ood/query_micro {metrics['test_ood/query_micro']:.4f}",
-                  flush=True)
+    for result in results:
+        for run in sorted(result["runs"], key=lambda r: (r["method"], r["variant"], r["seed"])):
+            for (method, sources), readings in READINGS.items():
+                if run["method"] != method or run["variant"] not in sources or run["status"] != "FINISHED":
+                    continue
+                for row, extra in readings.items():
+                    variant = row if run["variant"] == "base" else f"{run['variant']}/{row}"
+                    metrics = evaluate(run["run_id"], extra, args.mlflow)
+                    per_seed.setdefault((method, variant), {})[run["seed"]] = metrics
+                    evaluations.append({"compare": result["name"], "source_run": run["run_id"], "seed": run["seed"],
+                                        "row": variant, "args": list(extra), "metrics": metrics})
+                    print(f"{label(method, variant)} seed {run['seed']}: test_iid/query_micro "
+                          f"{metrics['test_iid/query_micro']:.4f}, test_ood/query_micro "
+                          f"{metrics['test_ood/query_micro']:.4f}", flush=True)
     rows = rows_of(per_seed)
-    reference = [r for r in result["rows"] if (r["method"], r["variant"]) in {("stvg", "base"), ("causal", "base")}]
+    reference = [r for res in results for r in res["rows"]
+                 if (r["method"], r["variant"]) in {("stvg", "base"), ("causal", "base"), ("scl", "base")}]
     tables = []
     for split, name in (("test_iid", "IID test"), ("test_ood", "OOD test")):
         tables.append(f"{name}, %:\n\n" + cells_table({}, reference + rows, [(m, split, m) for m in METRICS]))
@@ -111,8 +126,10 @@ def main(argv=None) -> int:
                      f"{signed(paired(both, key, ('stvg', 'base'), 'query_micro', ('test_ood',)))} | "
                      f"{signed(paired(both, key, ('stvg', 'base'), 'query_micro', ('test_ood', 'test_iid'), (1, -1)))} |")
     table = "\n\n".join(tables) + "\n\n" + "\n".join(claim)
-    write(args.out, {"compare": args.compare, "parent_run_id": result["parent_run_id"], "tracking_uri": args.mlflow,
-                     "ablations": {k: list(v) for k, v in ABLATIONS.items()}, "rows": rows,
+    write(args.out, {"compare": args.compare, "parent_run_ids": [r["parent_run_id"] for r in results],
+                     "tracking_uri": args.mlflow,
+                     "readings": {f"{m}:{','.join(src)}": {k: list(v) for k, v in rd.items()} for (m, src), rd in READINGS.items()},
+                     "rows": rows,
                      "evaluations": evaluations, "table": table})
     print(table)
     return 0
