@@ -57,6 +57,33 @@ def read(name: str, tracking_uri: str, experiment: str = "video-grounding") -> d
     }
 
 
+def read_many(names: str | list[str], tracking_uri: str) -> dict:
+    """One or more finished comparisons as one result: ``NAME`` or ``NAME:LABEL`` each (LABEL renames
+    that comparison's ``base`` rows, e.g. a second ``stvg`` comparison with another budget); the
+    rows, runs, commands and parent runs of all of them."""
+    names = [names] if isinstance(names, str) else list(names)
+    parts = []
+    for item in names:
+        name, _, relabel = item.partition(":")
+        res = read(name, tracking_uri)
+        if relabel:
+            for r in res["rows"] + res["runs"]:
+                if r["variant"] == "base":
+                    r["variant"] = relabel
+        clash = {(r["method"], r["variant"]) for p in parts for r in p["rows"]} & {(r["method"], r["variant"])
+                                                                               for r in res["rows"]}
+        if clash:
+            raise SystemExit(f"{name}: rows {sorted(clash)} are already in an earlier comparison; give it a "
+                             f"label: --read {name}:LABEL")
+        parts.append(res)
+    if len(parts) == 1:
+        return parts[0]
+    return {"name": [p["name"] for p in parts], "parent_run_id": [p["parent_run_id"] for p in parts],
+            "command": [p["command"] for p in parts], "tracking_uri": tracking_uri,
+            "markdown": "\n\n".join(p["markdown"] for p in parts),
+            "rows": [r for p in parts for r in p["rows"]], "runs": [r for p in parts for r in p["runs"]]}
+
+
 def parse_set(items: list[str]) -> dict:
     """``KNOB=VALUE`` generator overrides (values parsed as JSON where they parse)."""
     out = {}
@@ -151,8 +178,14 @@ def run_and_write(args, ds, knobs: dict, baselines: dict, tables) -> int:
     """What every benchmark script ends with: the comparison of ``args.methods`` x ``args.variants``
     x ``args.seeds`` on dataset ``ds``, written to ``args.out`` with the dataset, the generator
     overrides, the baselines and ``tables(baselines, rows)`` (also printed)."""
-    if getattr(args, "read", None):  # a finished comparison, not run again
-        result = read(args.read, args.mlflow)
+    if getattr(args, "read", None):  # finished comparisons, not run again
+        result = read_many(args.read, args.mlflow)
+        for path in getattr(args, "rows", None) or []:  # rows another script derived (bench/wsvog_rereadings.py)
+            derived = json.loads(Path(path).read_text())["rows"]
+            if clash := {(r["method"], r["variant"]) for r in derived} & {(r["method"], r["variant"]) for r in result["rows"]}:
+                raise SystemExit(f"{path}: rows {sorted(clash)} are also trained rows of the comparisons read")
+            result["rows"] += derived
+            result.setdefault("derived_rows_from", []).append(path)
     else:
         result = compare([f"methods={args.methods}", f"variants={args.variants}",
                           "seeds=[" + ",".join(map(str, args.seeds)) + "]", f"epochs={args.epochs}",

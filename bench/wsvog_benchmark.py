@@ -54,6 +54,9 @@ CLAIMS = (
      "(+4.07 against +1.64 query micro)", ("stvg", "base"),
      [("causal", v) for v in ("base", "staged_paper", "spatial_only", "temporal_only", "no_bda",
                               "deconf_only", "stvg_ensemble", "joint_paper")]),
+    ("the same, against `stvg` trained 40 epochs without the stopping rule (a budget at least as large as "
+     "any causal component's: its backbone's epochs plus its own)", ("stvg", "40_epochs"),
+     [("causal", v) for v in ("base", "staged_paper", "stvg_ensemble")]),
     ("the same, against the control that ensembles three plain-MIL models the same way",
      ("causal", "stvg_ensemble"), [("causal", v) for v in ("base", "staged_paper")]),
     ("SCL paper (Tables 1, 3, 4): `scl` beats the baseline (+1.58 test query micro; RoboWatch +1.11), "
@@ -103,7 +106,11 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrent", "--jobs", type=int, default=2, help="concurrent trials")
     ap.add_argument("--mlflow", default=f"sqlite:///{REPO / 'mlflow.db'}", help="MLflow tracking URI")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "wsvog_benchmark.json"))
-    ap.add_argument("--read", metavar="NAME", help="write the results of the finished comparison NAME (no training)")
+    ap.add_argument("--read", metavar="NAME[:LABEL]", action="append",
+                    help="write the results of the finished comparison NAME (no training); repeatable, the rows "
+                         "merged; LABEL renames that comparison's base rows")
+    ap.add_argument("--rows", action="append", metavar="JSON",
+                    help="with --read: add the rows of a results file that derived them (bench/wsvog_rereadings.py)")
     ap.add_argument("overrides", nargs="*", help="extra key=value arguments for orchestration.compare")
     args = ap.parse_args(argv)
 
