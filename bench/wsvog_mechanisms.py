@@ -26,6 +26,20 @@ from bench._compare import label, read, write  # noqa: E402
 WANTED = ("grad/", "content_gt", "style_gt", "cge_video", "bank_drift", "caos_floor_active", "stran_top_prob")
 
 
+def stage_budget(client, run_id: str) -> dict[str, dict[str, float]]:
+    """Per stage of an ensemble trial: epochs it trained, its selected epoch and whether it stopped
+    flat (its own convergence rule); empty for a single-stage trial."""
+    run = client.get_run(run_id)
+    out = {}
+    for key in run.data.metrics:
+        if key.startswith("stage/") and key.endswith("/train/loss"):
+            name = key.split("/")[1]
+            out[name] = {"epochs": len(client.get_metric_history(run_id, key)),
+                         "selected_epoch": run.data.metrics.get(f"stage/{name}/selected_epoch", float("nan")),
+                         "flat": run.data.metrics.get(f"stage/{name}/converge/flat", float("nan"))}
+    return out
+
+
 def curves(client, run_id: str) -> dict[str, dict[int, float]]:
     """Every wanted per-epoch metric of one run: ``{key: {epoch: value}}``."""
     run = client.get_run(run_id)
@@ -48,9 +62,13 @@ def main(argv=None) -> int:
     client = MlflowClient(args.mlflow)
     result = read(args.compare, args.mlflow)
     per_row: dict[tuple[str, str], list[dict]] = {}
+    budgets = []
     for run in result["runs"]:
         if run["status"] == "FINISHED":
             per_row.setdefault((run["method"], run["variant"]), []).append(curves(client, run["run_id"]))
+            for stage, b in stage_budget(client, run["run_id"]).items():
+                budgets.append({"method": run["method"], "variant": run["variant"], "seed": run["seed"],
+                                "stage": stage, **b})
     rows, lines = [], ["| row | metric | first epoch | last epoch |", "|---|---|---:|---:|"]
     for (method, variant), runs in per_row.items():
         for key in sorted(set.intersection(*(set(r) for r in runs))):
@@ -59,8 +77,17 @@ def main(argv=None) -> int:
             rows.append({"method": method, "variant": variant, "key": key, "seeds": len(runs),
                          "first": first, "last": last, "per_seed": [r[key] for r in runs]})
             lines.append(f"| {label(method, variant)} | `{key}` | {first:.4g} | {last:.4g} |")
+    if budgets:
+        lines += ["", "Per component (stage) of each ensemble trial: epochs trained / selected epoch, "
+                  "F = stopped on its own flat curve, by seed:", "", "| row | stage | per seed |", "|---|---|---|"]
+        for (method, variant, stage) in dict.fromkeys((b["method"], b["variant"], b["stage"]) for b in budgets):
+            cells = [f"s{b['seed']}: {b['epochs']}/{int(b['selected_epoch'])}{' F' if b['flat'] == 1 else ''}"
+                     for b in sorted(budgets, key=lambda b: b["seed"])
+                     if (b["method"], b["variant"], b["stage"]) == (method, variant, stage)]
+            lines.append(f"| {label(method, variant)} | {stage} | {', '.join(cells)} |")
     table = "\n".join(lines)
-    write(args.out, {"compare": args.compare, "parent_run_id": result["parent_run_id"], "rows": rows, "table": table})
+    write(args.out, {"compare": args.compare, "parent_run_id": result["parent_run_id"], "rows": rows,
+                     "stage_budgets": budgets, "table": table})
     print(table)
     return 0
 
