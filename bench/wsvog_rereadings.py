@@ -31,6 +31,7 @@ import argparse
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,11 +94,11 @@ def main(argv=None) -> int:
                     help="a finished comparison (repeatable); its causal / scl trials are read again")
     ap.add_argument("--mlflow", default=f"sqlite:///{REPO / 'mlflow.db'}", help="MLflow tracking URI")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "wsvog_rereadings.json"))
+    ap.add_argument("--jobs", type=int, default=2, help="evaluations at once")
     args = ap.parse_args(argv)
 
     results = [read(name, args.mlflow) for name in args.compare]
-    per_seed: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
-    evaluations = []
+    jobs = []  # (comparison, trial, method, row, evaluate arguments)
     for result in results:
         for run in sorted(result["runs"], key=lambda r: (r["method"], r["variant"], r["seed"])):
             for (method, sources), readings in READINGS.items():
@@ -105,13 +106,17 @@ def main(argv=None) -> int:
                     continue
                 for row, extra in readings.items():
                     variant = row if run["variant"] == "base" else f"{run['variant']}/{row}"
-                    metrics = evaluate(run["run_id"], extra, args.mlflow)
-                    per_seed.setdefault((method, variant), {})[run["seed"]] = metrics
-                    evaluations.append({"compare": result["name"], "source_run": run["run_id"], "seed": run["seed"],
-                                        "row": variant, "args": list(extra), "metrics": metrics})
-                    print(f"{label(method, variant)} seed {run['seed']}: test_iid/query_micro "
-                          f"{metrics['test_iid/query_micro']:.4f}, test_ood/query_micro "
-                          f"{metrics['test_ood/query_micro']:.4f}", flush=True)
+                    jobs.append((result["name"], run, method, variant, extra))
+    with ThreadPoolExecutor(args.jobs) as pool:  # each evaluation is its own process
+        done = list(pool.map(lambda j: evaluate(j[1]["run_id"], j[4], args.mlflow), jobs))
+    per_seed: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
+    evaluations = []
+    for (name, run, method, variant, extra), metrics in zip(jobs, done):
+        per_seed.setdefault((method, variant), {})[run["seed"]] = metrics
+        evaluations.append({"compare": name, "source_run": run["run_id"], "seed": run["seed"],
+                            "row": variant, "args": list(extra), "metrics": metrics})
+        print(f"{label(method, variant)} seed {run['seed']}: test_iid/query_micro "
+              f"{metrics['test_iid/query_micro']:.4f}, test_ood/query_micro {metrics['test_ood/query_micro']:.4f}")
     rows = rows_of(per_seed)
     reference = [r for res in results for r in res["rows"]
                  if (r["method"], r["variant"]) in {("stvg", "base"), ("causal", "base"), ("scl", "base")}]
