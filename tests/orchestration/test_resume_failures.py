@@ -109,9 +109,19 @@ def test_resume_of_an_unfinished_sweep_of_the_earlier_layout_is_refused(sweep, t
     assert lines[0].startswith("error: resume=old: the sweep was started by an earlier version of this project")
 
 
-def _pids(pattern: str) -> list[int]:
+def _pids(pattern: str, mine: str) -> list[int]:
+    """Processes matching ``pattern`` started for this test: their environment carries ``mine`` (the
+    test's cache folder, which sweep_env sets), so another Ray job on the same machine is never hit."""
     out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
-    return [int(p) for p in out if int(p) != os.getpid()]
+    pids = []
+    for p in (int(x) for x in out if int(x) != os.getpid()):
+        try:
+            env = open(f"/proc/{p}/environ", "rb").read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if f"GROUNDING_CACHE_DIR={mine}" in env:
+            pids.append(p)
+    return pids
 
 
 @pytest.mark.slow
@@ -125,8 +135,9 @@ def test_killed_worker_retries_from_its_last_checkpoint(tmp_path, slow_root, wor
     proc = subprocess.Popen([sys.executable, "-m", "orchestration.sweep", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     db = tmp_path / "mlflow.db"
-    _wait_for(lambda: _logged_epochs(db).get("1", 0) >= 2 and _pids(process), proc, what="epoch 2")
-    victims = _pids(process)
+    mine = env["GROUNDING_CACHE_DIR"]
+    _wait_for(lambda: _logged_epochs(db).get("1", 0) >= 2 and _pids(process, mine), proc, what="epoch 2")
+    victims = _pids(process, mine)
     os.kill(victims[0], signal.SIGKILL)
     out, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-4000:] + err[-4000:]
