@@ -153,6 +153,14 @@ def paired(rows: list[dict], a: tuple[str, str], b: tuple[str, str], metric: str
     return summarize([sum(d[s] for d in diffs) for s in seeds])
 
 
+def gain_row(rows: list[dict], row: tuple[str, str], ref: tuple[str, str], metric: str) -> str:
+    """One markdown line: ``row``'s gain over ``ref`` on IID and OOD test and OOD minus IID, paired
+    by seed (:func:`paired`), mean [95% CI]."""
+    return (f"| {label(*row)} | {signed(paired(rows, row, ref, metric, ('test_iid',)))} | "
+            f"{signed(paired(rows, row, ref, metric, ('test_ood',)))} | "
+            f"{signed(paired(rows, row, ref, metric, ('test_ood', 'test_iid'), (1, -1)))} |")
+
+
 def signed(s, scale: float = 100.0, digits: int = 1) -> str:
     """``+mean [low, high]`` of a :func:`paired` summary, or ``-``."""
     if s is None:

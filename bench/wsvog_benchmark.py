@@ -43,7 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._compare import cells_table, label, paired, parse_set, run_and_write, signed  # noqa: E402
+from bench._compare import cells_table, gain_row, label, parse_set, run_and_write  # noqa: E402
 
 METRICS = ("box_macro", "box_micro", "query_macro", "query_micro")
 SPLITS = ("test_iid", "test_ood")
@@ -86,9 +86,7 @@ def claims(rows: list[dict], metric: str = "query_micro") -> str:
                  "seed, mean [95% CI]:", "",
                  "| row | IID gain | OOD gain | OOD gain − IID gain |", "|---|---:|---:|---:|"]
         for c in compared:
-            lines.append(f"| {label(*c)} | {signed(paired(rows, c, ref, metric, ('test_iid',)))} | "
-                         f"{signed(paired(rows, c, ref, metric, ('test_ood',)))} | "
-                         f"{signed(paired(rows, c, ref, metric, ('test_ood', 'test_iid'), (1, -1)))} |")
+            lines.append(gain_row(rows, c, ref, metric))
         out.append("\n".join(lines))
     return "\n\n".join(out)
 

@@ -401,6 +401,25 @@ class Plateau:
         return self.patience > 0 and self.stale >= self.patience
 
 
+def stage_params(stage: dict, options: dict[str, Any] | None) -> dict[str, Any]:
+    """A delivered stage's model params with ``options`` (prediction-time values, its method's
+    ``prediction_options``) put in; ValueError in one line for an option the method also trains with
+    or a value its config refuses."""
+    params = dict(stage["params"])
+    if not options:
+        return params
+    allowed = registry.get(stage["method"]).prediction_options
+    if bad := sorted(set(options) - set(allowed)):
+        raise ValueError(f"model.{bad[0]}: not an option {stage['method']} reads at prediction time; allowed: "
+                         f"{', '.join(f'model.{o}' for o in allowed) or 'none for this method'}")
+    params.update(options)
+    try:
+        registry.make_config(stage["method"], params)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{', '.join(f'model.{k}={v}' for k, v in options.items())}: {str(e).splitlines()[0]}") from None
+    return params
+
+
 class Predictor(nn.Module):
     """The delivered model: one stage's ``predict``, or ``combine`` over several."""
 
@@ -436,15 +455,7 @@ def load_predictor(package: dict, info, device="cpu", members: list[str] | None 
         stages = {n: stages[n] for n in stages if n in members}
     models = {}
     for name, st in stages.items():
-        params = dict(st["params"])
-        if options:
-            allowed = registry.get(st["method"]).prediction_options
-            if bad := sorted(set(options) - set(allowed)):
-                raise ValueError(f"model.{bad[0]}: not an option {st['method']} reads at prediction time; allowed: "
-                                 f"{', '.join(f'model.{o}' for o in allowed) or 'none for this method'}")
-            params.update(options)
-            registry.make_config(st["method"], params)  # a value out of range: ValueError naming it
-        m = registry.build(st["method"], params, info)
+        m = registry.build(st["method"], stage_params(st, options), info)
         m.load_state_dict(st["model"])
         models[name] = m.to(device)
     combine = None

@@ -18,7 +18,6 @@ from grounding import engine, tasks, training
 from grounding.data.cache import ShardCache
 from grounding.data.manifest import DataError
 from grounding.data.shards import Dataset
-from grounding.models import registry
 
 from .cli.evaluate_args import EVAL_SPLITS
 from .cli.keys import ConfigError, absolute_uri, fail
@@ -76,16 +75,11 @@ def evaluate(values: dict) -> int:
         fail(f"members={values['members']}: {', '.join(bad)} not a stage of the model of run {run_id}; allowed: "
              f"a subset of {', '.join(state.get('stages', {}))}")
     options = values["model"]
-    for name in (members or state.get("stages", {})):
-        st = state["stages"][name]
-        allowed = registry.get(st["method"]).prediction_options
-        if bad := sorted(set(options) - set(allowed)):
-            fail(f"model.{bad[0]}: not an option {st['method']} reads at prediction time; allowed: "
-                 f"{', '.join(f'model.{o}' for o in allowed) or 'none for this method'}")
+    for name in (members or state.get("stages", {})):  # checked before the data loads
         try:
-            registry.make_config(st["method"], {**st["params"], **options})
-        except (ValueError, TypeError) as e:
-            fail(f"{', '.join(f'model.{k}={v}' for k, v in options.items())}: {str(e).splitlines()[0]}")
+            training.stage_params(state["stages"][name], options)
+        except ValueError as e:
+            fail(str(e))
     present = ds.manifest.splits
     splits = [s for s in values["splits"].split(",") if s] or [s for s in EVAL_SPLITS if s in present]
     missing = [s for s in splits if s not in present]

@@ -177,7 +177,7 @@ def train_loop(hp: dict, spec: TrialSpec, session: Session) -> None:
         nodes = len(set(hosts))
     t_ready = time.time()
     for epoch in range(start, group.epochs):
-        if group.done:  # restored from the checkpoint of the epoch it stopped at
+        if group.done:  # every stage flat or out of epochs (also when restored from the epoch it stopped at)
             break
         metrics = {"epoch": epoch + 1, **group.step(data, amp)}
         if epoch == start:
@@ -193,8 +193,6 @@ def train_loop(hp: dict, spec: TrialSpec, session: Session) -> None:
             if session.rank == 0:
                 _save(group, hp, spec, data, d)
             session.report(metrics, d if session.rank == 0 else None)
-        if group.done:  # every stage flat or out of epochs
-            break
 
 
 def _worker_loop(config: dict) -> None:
