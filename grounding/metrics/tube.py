@@ -23,6 +23,14 @@ Per sentence, on the T sampled frames of its video (``frame_valid``):
   before issue 27; equal to the frame-id form only on a stride-1 grid whose GT span starts and
   ends on sampled frames).
 
+* ``m_sviou`` (a diagnostic, not one of the field's metrics) = mean over sentences of the spatial
+  vIoU ``sum_{t in G} IoU(b_t, b^_t) / max(|G|, 1)``: the vIoU the same boxes would score with the
+  ground-truth segment in place of the predicted one, so the temporal error is removed. A gap
+  between ``m_viou`` and ``m_sviou`` is the temporal part's; between ``m_sviou`` and the Upper
+  Bound's (the best proposal on every GT frame) the spatial part's. It scores the boxes the model
+  chose for its own segment (a model that picks one tube over the predicted segment is not asked
+  again over the GT one).
+
 Every metric is also reported over declarative and interrogative sentences alone (suffixes
 ``_declarative`` / ``_interrogative``; a form with no sentence reports 0). MLflow metric names may
 not contain ``@``, hence ``viou_30`` for vIoU@0.3.
@@ -34,7 +42,7 @@ where only the sentence's structure tells the target apart (suffix ``_structure`
 no sentence, and so every subset of a dataset without the flag, is **absent** from the results,
 never 0.
 
-The state is a count array ``[5 groups x (n, sum vIoU, hits@0.3, hits@0.5, sum tIoU)]`` (all,
+The state is a count array ``[5 groups x (n, sum vIoU, hits@0.3, hits@0.5, sum tIoU, sum spatial vIoU)]`` (all,
 declarative, interrogative, bag-of-words, structure), so ranks merge by summing.
 
 Baseline rows (``update_mode``):
@@ -65,7 +73,7 @@ import torch
 
 from .wsvog import box_iou  # the one box IoU of every family
 
-BASE = ("m_viou", "viou_30", "viou_50", "m_tiou")
+BASE = ("m_viou", "viou_30", "viou_50", "m_tiou", "m_sviou")
 GROUPS = ("", "_declarative", "_interrogative", "_bow", "_structure")
 SUBSETS = GROUPS[3:]  # reported only where they hold a sentence (module docstring)
 NAMES = tuple(f"{m}{g}" for g in GROUPS for m in BASE)
@@ -98,6 +106,18 @@ def segment_fids(segment, frame_ids, frame_valid):
     start = np.where(ok, fid[rows, np.clip(s, 0, T - 1)], 0)
     end = np.where(ok, fid[rows, np.clip(e - 1, 0, T - 1)] + 1, 0)
     return np.stack([start, end], 1).astype(np.float64)
+
+
+def spatial_viou(proposal, boxes, gt_boxes, gt_box_valid, frame_valid) -> torch.Tensor:
+    """Per-sentence spatial vIoU ``[B]`` float64 (``m_sviou``, module docstring): the mean IoU of the
+    predicted ``proposal [B, T]``'s boxes over the ground-truth frames (0 without any)."""
+    boxes = torch.as_tensor(boxes, dtype=torch.float64)
+    B, T = boxes.shape[:2]
+    prop = torch.as_tensor(proposal).long().reshape(B, T).clamp(0, boxes.shape[2] - 1)
+    gt = torch.as_tensor(gt_box_valid).bool() & torch.as_tensor(frame_valid).bool()
+    chosen = boxes.gather(2, prop[:, :, None, None].expand(B, T, 1, 4))[:, :, 0]
+    iou = box_iou(chosen, torch.as_tensor(gt_boxes, dtype=torch.float64))
+    return (iou * gt).sum(1) / gt.sum(1).clamp(min=1).double()
 
 
 def sample_viou(segment, proposal, boxes, gt_boxes, gt_box_valid, frame_valid, frame_ids=None, gt_fids=None,
@@ -143,12 +163,13 @@ class TubeMetrics:
     def __init__(self, draws: int = 64, seed: int = 0, tiou: str = "frame_ids"):
         if tiou not in TIOU:
             raise ValueError(f"tiou={tiou!r} is not an option; allowed: {', '.join(TIOU)}")
-        self.counts = np.zeros((len(GROUPS), 5), np.float64)
+        self.counts = np.zeros((len(GROUPS), 1 + len(BASE)), np.float64)
         self.draws, self.seed, self._calls, self.tiou = draws, seed, 0, tiou
 
     # ---------------------------------------------------------------- updates
-    def _add(self, form: torch.Tensor, viou: np.ndarray, tiou: np.ndarray, hits: np.ndarray, bow=None) -> None:
-        """``viou``/``tiou`` ``[B]`` per-sentence values, ``hits [B, 2]`` per-sentence hit rates,
+    def _add(self, form: torch.Tensor, viou: np.ndarray, tiou: np.ndarray, hits: np.ndarray, sviou: np.ndarray,
+             bow=None) -> None:
+        """``viou``/``tiou``/``sviou`` ``[B]`` per-sentence values, ``hits [B, 2]`` per-sentence hit rates,
         ``bow [B]`` the sentences' ``bow_resolvable`` flags (None: no subsets)."""
         form = np.asarray(torch.as_tensor(form).cpu(), np.int64).reshape(-1)
         groups = [np.ones_like(form, bool), form == 0, form == 1]
@@ -158,7 +179,8 @@ class TubeMetrics:
             bow = np.asarray(torch.as_tensor(bow).cpu(), bool).reshape(-1)
             groups += [bow, ~bow]
         for g, sel in enumerate(groups):
-            self.counts[g] += [sel.sum(), viou[sel].sum(), hits[sel, 0].sum(), hits[sel, 1].sum(), tiou[sel].sum()]
+            self.counts[g] += [sel.sum(), viou[sel].sum(), hits[sel, 0].sum(), hits[sel, 1].sum(), tiou[sel].sum(),
+                               sviou[sel].sum()]
 
     def update(self, segment, proposal, boxes, gt_boxes, gt_box_valid, frame_valid, form, frame_ids=None,
                gt_fids=None, bow=None) -> None:
@@ -167,7 +189,8 @@ class TubeMetrics:
                                  self.tiou)
         viou, tiou = viou.numpy(), tiou.numpy()
         hits = np.stack([viou > r + EPS for r in THRESHOLDS], 1).astype(np.float64)
-        self._add(form, viou, tiou, hits, bow)
+        sviou = spatial_viou(proposal, boxes, gt_boxes, gt_box_valid, frame_valid).numpy()
+        self._add(form, viou, tiou, hits, sviou, bow)
 
     def update_mode(self, mode: str, batch: dict) -> None:
         """A baseline row (module docstring) on one batch."""
@@ -214,7 +237,8 @@ class TubeMetrics:
             else:
                 tiou[b] = fid_tiou(fids[b, ss], fids[b, ee - 1] + 1, gfids[b, 0], gfids[b, 1]).mean()
         hits = self._sampled_hits(mode, iou, gtv, tv)
-        self._add(batch["sentence_form"], viou, tiou, hits, batch.get("bow_resolvable"))
+        sviou = mean_iou.sum(1) / np.maximum(n_g, 1)  # a uniform proposal on every GT frame
+        self._add(batch["sentence_form"], viou, tiou, hits, sviou, batch.get("bow_resolvable"))
 
     def _sampled_hits(self, mode: str, iou: torch.Tensor, gtv: torch.Tensor, tv: torch.Tensor) -> np.ndarray:
         """``[B, 2]`` fraction of ``draws`` random tubes with vIoU > 0.3 / 0.5."""
@@ -257,6 +281,6 @@ class TubeMetrics:
             n = self.counts[g, 0]
             if suffix in SUBSETS and not n:
                 continue
-            vals = self.counts[g, 1:] / n if n else np.zeros(4)
+            vals = self.counts[g, 1:] / n if n else np.zeros(len(BASE))
             out.update({f"{m}{suffix}": float(v) for m, v in zip(BASE, vals)})
         return out

@@ -285,3 +285,24 @@ def test_bag_of_words_and_structure_subsets():
     up = TubeMetrics()
     up.update_mode("upper_bound", batch)
     assert up.compute()["m_viou_structure"] == pytest.approx(1.0) and "m_viou_bow" not in up.compute()
+
+
+def test_spatial_viou_hand_values():
+    """m_sviou: the chosen boxes over the GT frames, whatever the predicted segment."""
+    T = 4
+    gtb, gtv = _gt(T, [1, 2])
+    fv = torch.ones(1, T, dtype=torch.bool)
+    acc = TubeMetrics()
+    # a disjoint segment scores vIoU 0, but the boxes on GT frames 1, 2 are EXACT then HALF: (1 + 1/3) / 2
+    acc.update(torch.tensor([[3, 4]]), torch.tensor([[1, 0, 1, 1]]), _boxes(T), gtb, gtv, fv, torch.tensor([0]),
+               torch.arange(T)[None], torch.tensor([[1, 3]]))
+    m = acc.compute()
+    assert m["m_viou"] == 0.0 and m["m_sviou"] == pytest.approx((1 + 1 / 3) / 2)
+    # baselines: the Upper Bound's spatial vIoU is its vIoU (1 here); a uniform proposal's is the mean IoU 2/3
+    batch = {"boxes": _boxes(T).float(), "gt_boxes": gtb.float(), "gt_box_valid": gtv, "frame_valid": fv,
+             "gt_segment": torch.tensor([[1, 3]]), "sentence_form": torch.tensor([0]),
+             "frame_ids": torch.arange(T)[None], "gt_fids": torch.tensor([[1, 3]])}
+    for mode, want in (("upper_bound", 1.0), ("whole_video_best", 1.0), ("random", 2 / 3), ("whole_video", 2 / 3)):
+        b = TubeMetrics()
+        b.update_mode(mode, batch)
+        assert b.compute()["m_sviou"] == pytest.approx(want), mode
