@@ -59,7 +59,12 @@ Equations.
   ``sigma_se = h_se . q``; ``L_tmp = -log softmax_{V'}(max_se sigma(V', S) /
   tau_t) + [gamma_t - sigma_best + sigma_complement]_+``; prediction ``argmax_se sigma``.
   ``temporal=full`` (whole video) and ``temporal=oracle`` (GT segment; diagnostic only: it reads
-  the GT at training too) replace it, without L_tmp.
+  the GT at training too) replace it, without L_tmp. ``test_segment`` (prediction time only, so a
+  trained model can be read again without retraining: ``python -m orchestration.evaluate run=...
+  model.test_segment=full``): ``model`` [default] predicts the segment with the trained
+  ``temporal`` module; ``full`` / ``oracle`` decode the same weights over the whole video / the GT
+  segment, which splits a gap into its temporal part and its spatial part (the tube choice is
+  made over the segment decoded).
 * Temporal localisation TL-2 [D] (``temporal=tl2``; this project's second design, from the same
   three ingredients as TL-1 but scored per frame, as ``tubemil``'s temporal branch): frame scores
   ``z_t = L2norm(u_t) . q`` (``u``, ``q`` as TL-1); ``L_tmp`` = InfoNCE over the batch in both
@@ -270,6 +275,7 @@ class WinnerConfig(ModelConfig):
     gamma_t: float = 0.1  # TL-1 best clip vs complement margin
     min_clip: float = 0.05  # shortest clip, as a fraction of T (at least 2 frames)
     tl1_select: str = "above_mean"  # above_mean (max-sum run of above-average frames) | argmax (the first TL-1 design, degenerate)
+    test_segment: str = "model"  # prediction only: model (the temporal module) | full (whole video) | oracle (GT segment)
     seg_threshold: float = -0.5  # TL-2: standardised frame score a frame needs to join the segment
     linking: str = "batch"  # batch (precomputed tubes) | greedy (seeded greedy IoU tracking, here)
     question_node: str = "wh"  # wh (first word) | subject_pos, the subject leaf of a question (A27)
@@ -286,6 +292,7 @@ class WinnerConfig(ModelConfig):
                               ("span_weight", ("marginal", "literal")), ("phrase_negatives", ("mean", "hardest")),
                               ("chart_scores", ("logsumexp", "average")),
                               ("temporal", ("tl2", "tl1", "full", "oracle")),
+                              ("test_segment", ("model", "full", "oracle")),
                               ("tl1_select", ("argmax", "above_mean")), ("linking", ("batch", "greedy")),
                               ("question_node", ("wh", "subject_pos")), ("subject_node", ("leaf", "root"))):
             if getattr(self, name) not in allowed:
@@ -489,6 +496,7 @@ class ComposeMLP(nn.Module):
 class Winner(GroundingModel):
     task = "tube"
     Config = WinnerConfig
+    prediction_options = ("test_segment",)  # the whole-video / GT-segment readings of one trained model
 
     def __init__(self, cfg: WinnerConfig, info: DataInfo):
         super().__init__(cfg, info)
@@ -637,15 +645,15 @@ class Winner(GroundingModel):
         s, e = torch.triu_indices(T, T, offset=lmin - 1, device=device)
         return s, e
 
-    def temporal(self, batch, q: torch.Tensor, same: torch.Tensor):
+    def temporal(self, batch, q: torch.Tensor, same: torch.Tensor, mode: str | None = None):
         """``q [B, D]``: each sentence's summary of its own chart, or ``q [B_s, B_v, D]``: sentence a's
         summary of its chart fused with video b (``refuse_negatives``). -> (start, end inclusive,
-        ``[B]`` or per pair ``[B_s, B_v]``; L_tmp or None)."""
+        ``[B]`` or per pair ``[B_s, B_v]``; L_tmp or None). ``mode``: another module than ``temporal``."""
         fv = batch["frame_valid"].bool()
         B, T = fv.shape
         nf = fv.sum(1).clamp(min=1)
         pairs = q.dim() == 3
-        mode = self.cfg.temporal
+        mode = mode or self.cfg.temporal
         if mode in ("full", "oracle"):
             if mode == "full":
                 s, e = torch.zeros_like(nf), nf - 1
@@ -875,7 +883,8 @@ class Winner(GroundingModel):
     def predict(self, batch) -> dict:
         e = self.encode(batch)
         same = self.same_video(batch)
-        start, end, _ = self.temporal(batch, self.summary(e), same)
+        mode = None if self.cfg.test_segment == "model" else self.cfg.test_segment
+        start, end, _ = self.temporal(batch, self.summary(e), same, mode)
         Fh, tok = self.crop(e, start, end)
         n = e["n"]
         B = len(n)

@@ -646,3 +646,22 @@ def test_loss_terms_sum_to_the_loss_and_leave_the_unigram_counts_alone():
     assert not torch.equal(m.unigram, before)  # training counts them
     probe = engine.grad_probe(m, batch)
     assert probe["grad/phrase/compose"] > 0 and probe["grad/word/tube_proj"] > 0
+
+
+def test_test_segment_reads_one_trained_model_over_the_whole_video_or_the_gt_segment():
+    """``test_segment`` is a prediction option: the tl2 model's weights, decoded over [0, valid frames)
+    or the GT segment, with the tube chosen over that segment."""
+    batch = make_batch(frames=[8, 6, 8, 5])
+    m = model().eval()
+    pkg = {"format": training.PACKAGE_FORMAT, "stages": {"model": {"method": "winner", "params": {},
+                                                                   "model": m.state_dict()}}}
+    whole = training.load_predictor(pkg, info(), options={"test_segment": "full"}).eval().predict(batch)
+    assert whole["segment"].tolist() == [[0, 8], [0, 6], [0, 8], [0, 5]]
+    gt = training.load_predictor(pkg, info(), options={"test_segment": "oracle"}).eval().predict(batch)
+    assert torch.equal(gt["segment"], batch["gt_segment"])
+    with m.variant({"temporal": "full"}):  # the same as a model built with temporal=full, on these weights
+        assert torch.equal(m.predict(batch)["proposal"], whole["proposal"])
+    own = training.load_predictor(pkg, info()).eval().predict(batch)
+    assert torch.equal(own["segment"], m.predict(batch)["segment"])
+    with pytest.raises(ValueError, match="allowed: model, full, oracle"):
+        training.load_predictor(pkg, info(), options={"test_segment": "gt"})
