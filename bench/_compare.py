@@ -84,6 +84,46 @@ def read_many(names: str | list[str], tracking_uri: str) -> dict:
             "rows": [r for p in parts for r in p["rows"]], "runs": [r for p in parts for r in p["runs"]]}
 
 
+def evaluate(run_id: str, args: tuple[str, ...], uri: str, splits: tuple[str, ...]) -> dict[str, float]:
+    """One ``python -m orchestration.evaluate run=<run_id> ARGS splits=...`` of a finished trial
+    (``members=``, ``model.<option>=``: the trained model read again); the metrics it logged."""
+    from mlflow.tracking import MlflowClient
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "orchestration.evaluate", f"run={run_id}", *args,
+           f"splits={','.join(splits)}", f"mlflow.tracking_uri={uri}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[1:])} exited with {proc.returncode}: {proc.stderr.strip()[-500:]}")
+    client = MlflowClient(uri)
+    tags = " and ".join(f"tags.`{k}` = '{v}'" for k, _, v in (a.partition("=") for a in args))
+    runs = client.search_runs([client.get_run(run_id).info.experiment_id],
+                              f"tags.kind = 'evaluation' and tags.source_run = '{run_id}' and {tags}",
+                              order_by=["attributes.start_time DESC"])
+    return dict(runs[0].data.metrics)
+
+
+def rows_of(per_seed: dict[tuple[str, str], dict[int, dict[str, float]]], splits: tuple[str, ...],
+            metrics: tuple[str, ...]) -> list[dict]:
+    """The comparison table's row format from ``{(method, variant): {seed: {"split/metric": value}}}``
+    (a metric a split does not report is left out)."""
+    from orchestration.tracking.summary import summarize
+
+    out = []
+    for (method, variant), seeds in per_seed.items():
+        order = sorted(seeds)
+        for split in splits:
+            for m in metrics:
+                if any(f"{split}/{m}" not in seeds[s] for s in order):
+                    continue
+                values = [seeds[s][f"{split}/{m}"] for s in order]
+                s = summarize(values)
+                out.append({"method": method, "variant": variant, "split": split, "metric": m, "n": s.n,
+                            "mean": s.mean, "std": s.std, "ci95_low": s.ci_low, "ci95_high": s.ci_high,
+                            "seeds": ",".join(map(str, order)), "values": ",".join(f"{v:.6f}" for v in values)})
+    return out
+
+
 def parse_set(items: list[str]) -> dict:
     """``KNOB=VALUE`` generator overrides (values parsed as JSON where they parse)."""
     out = {}

@@ -15,9 +15,17 @@ ablations are ``VARIANTS`` of ``search_spaces/<method>.py``; each trial is evalu
 splits once, at its best-validation epoch). The baseline rows need no training and are scored here
 on the same test splits (:meth:`grounding.tasks.TubeTask.baselines`). ``--set KNOB=VALUE`` changes
 a generator knob (a separate dataset: calibration on the baseline only); extra ``key=value``
-arguments go to the comparison as they are. Writes bench/results/tube_benchmark.json (the command,
-the MLflow parent run, the comparison's table, every child's metrics, the baselines) and prints
-the markdown tables used in docs/benchmark.md.
+arguments go to the comparison as they are (``converge.patience=3`` trains each trial until its
+val m_vIoU is flat). Writes bench/results/tube_benchmark.json (the command, the MLflow parent run,
+the comparison's table, every child's metrics, the baselines) and prints the markdown tables used
+in docs/benchmark.md: per test split the overall metrics, with ``m_sviou`` (the boxes scored on the
+GT segment: m_vIoU against m_sviou is the temporal part, m_sviou against the Upper Bound the
+spatial part), then m_vIoU and m_sviou per sentence form and per subset (bag-of-words-resolvable /
+structure-needed), then each row's gain over ``tubemil`` paired by seed with its 95% CI.
+
+``--read NAME`` writes the results of a finished comparison without training; ``--rows FILE``
+(repeatable) adds the rows of another results file: a comparison kept in another MLflow store, or
+the readings of ``bench/tube_rereadings.py`` (``winner`` over the whole video / the GT segment).
 """
 
 from __future__ import annotations
@@ -29,24 +37,52 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._compare import cells_table, parse_set, run_and_write  # noqa: E402
+from bench._compare import cells_table, gain_row, parse_set, run_and_write  # noqa: E402
 
 SPLITS = ("test_iid", "test_ood")
-SHOWN = ("m_viou", "viou_30", "viou_50", "m_tiou")
-FORMS = (("", ""), ("decl. ", "_declarative"), ("interr. ", "_interrogative"))
+SHOWN = ("m_viou", "viou_30", "viou_50", "m_tiou", "m_sviou")
+FORMS = (("decl. ", "_declarative"), ("interr. ", "_interrogative"))
 # the bag-of-words / structure subsets (grounding.metrics.tube), shown where the data has them
 SUBSETS = (("bow ", "_bow"), ("struct. ", "_structure"))
 BASELINES = {"random": "Random", "whole_video": "whole video, random tube",
              "whole_video_best": "whole video, best tube", "upper_bound": "Upper Bound"}
+REFERENCE = ("tubemil", "base")  # the family's baseline: every claim is a gain over it
+# the questions the table answers (issue 23): the gain over tubemil, paired by seed, in these metrics
+CLAIM_METRICS = (("m_viou", "overall"), ("m_viou_bow", "bag-of-words subset"),
+                 ("m_viou_structure", "structure subset"), ("m_tiou", "temporal (m_tIoU)"),
+                 ("m_sviou", "spatial (m_sviou: boxes on the GT segment)"))
 
 
 def tables(baselines: dict, rows: list[dict]) -> str:
+    """Per test split: the overall metrics (m_sviou: the boxes with the GT segment, so m_viou vs
+    m_sviou is the temporal part and m_sviou vs the Upper Bound the spatial part), then m_viou and
+    m_sviou per sentence form and per subset; then the claims."""
     out = []
     for split in SPLITS:
+        name = "IID test" if split == "test_iid" else "OOD test"
+        out.append(f"{name}, % (mean ± sample std [95% CI of the mean, Student's t]):\n\n"
+                   + cells_table(baselines, rows, [(m, split, m) for m in SHOWN]))
         groups = FORMS + tuple(g for g in SUBSETS
                                if all(f"m_viou{g[1]}" in per.get(split, {}) for per in baselines.values()))
-        columns = [(f"{form}{m}", split, m + suffix) for form, suffix in groups for m in SHOWN]
-        out.append(f"{split} (%)\n\n" + cells_table(baselines, rows, columns))
+        columns = [(f"{form}{m}", split, m + suffix) for form, suffix in groups for m in ("m_viou", "m_sviou")]
+        out.append(f"{name} by sentence form and subset, %:\n\n" + cells_table(baselines, rows, columns))
+    return "\n\n".join(out) + "\n\n" + claims(rows)
+
+
+def claims(rows: list[dict]) -> str:
+    """Does each method beat ``tubemil``, and on which subset: the gain over it paired by training
+    seed on IID and OOD test (and OOD minus IID), mean [95% CI], per metric of :data:`CLAIM_METRICS`."""
+    present = list(dict.fromkeys((r["method"], r["variant"]) for r in rows))
+    if REFERENCE not in present:
+        return ""
+    out = []
+    for metric, what in CLAIM_METRICS:
+        if not any(r["metric"] == metric for r in rows):
+            continue
+        lines = [f"Gain over `tubemil`, {what}: {metric} points, paired by seed, mean [95% CI]:", "",
+                 "| row | IID gain | OOD gain | OOD gain − IID gain |", "|---|---:|---:|---:|"]
+        lines += [gain_row(rows, c, REFERENCE, metric) for c in present if c != REFERENCE]
+        out.append("\n".join(lines))
     return "\n\n".join(out)
 
 
@@ -63,7 +99,12 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrent", "--jobs", type=int, default=2, help="concurrent trials")
     ap.add_argument("--mlflow", default=f"sqlite:///{REPO / 'mlflow.db'}", help="MLflow tracking URI")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "tube_benchmark.json"))
-    ap.add_argument("--read", metavar="NAME", help="write the results of the finished comparison NAME (no training)")
+    ap.add_argument("--read", metavar="NAME[:LABEL]", action="append",
+                    help="write the results of the finished comparison NAME (no training); repeatable (one MLflow "
+                         "store), the rows merged; LABEL renames that comparison's base rows")
+    ap.add_argument("--rows", action="append", metavar="JSON",
+                    help="with --read: add the rows of another results file (a comparison in another MLflow store, "
+                         "bench/tube_rereadings.py's readings)")
     ap.add_argument("overrides", nargs="*", help="extra key=value arguments for orchestration.compare")
     args = ap.parse_args(argv)
 

@@ -28,8 +28,6 @@ ablation is answered against the comparison's ``stvg`` rows as in ``bench/wsvog_
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._compare import cells_table, gain_row, label, read, write  # noqa: E402
+from bench._compare import cells_table, evaluate, gain_row, label, read, rows_of, write  # noqa: E402
 
 # (method, the compared rows read again) -> {row: evaluate arguments}
 READINGS = {
@@ -51,41 +49,6 @@ READINGS = {
 }
 METRICS = ("box_macro", "box_micro", "query_macro", "query_micro")
 SPLITS = ("val", "test_iid", "test_ood")
-
-
-def evaluate(run_id: str, args: tuple[str, ...], uri: str) -> dict[str, float]:
-    """One ``orchestration.evaluate`` of the trial ``run_id`` with ``args``; its logged metrics."""
-    from mlflow.tracking import MlflowClient
-
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "orchestration.evaluate", f"run={run_id}", *args,
-           f"splits={','.join(SPLITS)}", f"mlflow.tracking_uri={uri}"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[1:])} exited with {proc.returncode}: {proc.stderr.strip()[-500:]}")
-    client = MlflowClient(uri)
-    tags = " and ".join(f"tags.`{k}` = '{v}'" for k, _, v in (a.partition("=") for a in args))
-    runs = client.search_runs([client.get_run(run_id).info.experiment_id],
-                              f"tags.kind = 'evaluation' and tags.source_run = '{run_id}' and {tags}",
-                              order_by=["attributes.start_time DESC"])
-    return dict(runs[0].data.metrics)
-
-
-def rows_of(per_seed: dict[tuple[str, str], dict[int, dict[str, float]]]) -> list[dict]:
-    """The comparison table's row format from ``{(method, variant): {seed: metrics}}``."""
-    from orchestration.tracking.summary import summarize
-
-    out = []
-    for (method, variant), seeds in per_seed.items():
-        order = sorted(seeds)
-        for split in SPLITS:
-            for m in METRICS:
-                values = [seeds[s][f"{split}/{m}"] for s in order]
-                s = summarize(values)
-                out.append({"method": method, "variant": variant, "split": split, "metric": m, "n": s.n,
-                            "mean": s.mean, "std": s.std, "ci95_low": s.ci_low, "ci95_high": s.ci_high,
-                            "seeds": ",".join(map(str, order)), "values": ",".join(f"{v:.6f}" for v in values)})
-    return out
 
 
 def main(argv=None) -> int:
@@ -108,7 +71,7 @@ def main(argv=None) -> int:
                     variant = row if run["variant"] == "base" else f"{run['variant']}/{row}"
                     jobs.append((result["name"], run, method, variant, extra))
     with ThreadPoolExecutor(args.jobs) as pool:  # each evaluation is its own process
-        done = list(pool.map(lambda j: evaluate(j[1]["run_id"], j[4], args.mlflow), jobs))
+        done = list(pool.map(lambda j: evaluate(j[1]["run_id"], j[4], args.mlflow, SPLITS), jobs))
     per_seed: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
     evaluations = []
     for (name, run, method, variant, extra), metrics in zip(jobs, done):
@@ -117,7 +80,7 @@ def main(argv=None) -> int:
                             "row": variant, "args": list(extra), "metrics": metrics})
         print(f"{label(method, variant)} seed {run['seed']}: test_iid/query_micro "
               f"{metrics['test_iid/query_micro']:.4f}, test_ood/query_micro {metrics['test_ood/query_micro']:.4f}")
-    rows = rows_of(per_seed)
+    rows = rows_of(per_seed, SPLITS, METRICS)
     reference = [r for res in results for r in res["rows"]
                  if (r["method"], r["variant"]) in {("stvg", "base"), ("causal", "base"), ("scl", "base")}]
     tables = []

@@ -1,0 +1,108 @@
+"""Tube rows read from models a finished comparison already trained, without retraining them:
+``winner`` decoded over the whole video and over the ground-truth segment (``model.test_segment=full``
+/ ``oracle``, its temporal module taken out), and ``vcma``'s beta curve (Eq. 16's mixture, which every
+``vcma`` trial scores on val at its selected checkpoint: the child run's ``inference_grid/beta.json``).
+
+    .venv/bin/python bench/tube_rereadings.py --compare NAME [--mlflow URI] --out bench/results/tube_rereadings.json
+
+Each reading is one ``python -m orchestration.evaluate run=<trial> model.test_segment=<value>`` per
+(trial, reading), recorded in MLflow as an evaluation run (tags ``source_run``, ``model.test_segment``);
+the rows have the comparison's format (``bench/tube_benchmark.py --read NAME --rows OUT`` puts them
+in its tables). The beta curve is the mean over seeds of val m_vIoU (and its bag-of-words /
+structure subsets) at beta = 0, 0.1, ..., 1 for each ``vcma`` row that keeps beta.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench._compare import evaluate, label, read, rows_of, write  # noqa: E402
+
+# method -> {row: evaluate arguments}; the readings apply to every trained variant of the method
+READINGS = {"winner": {"whole_video": ("model.test_segment=full",), "gt_segment": ("model.test_segment=oracle",)}}
+SPLITS = ("val", "test_iid", "test_ood")
+BASE = ("m_viou", "viou_30", "viou_50", "m_tiou", "m_sviou")
+METRICS = tuple(f"{m}{g}" for g in ("", "_declarative", "_interrogative", "_bow", "_structure") for m in BASE)
+CURVE = ("m_viou", "m_viou_bow", "m_viou_structure", "m_tiou")
+
+
+def beta_curves(result: dict, uri: str) -> dict:
+    """``{row label: {"beta": [...], metric: [mean over seeds], "seeds": n}}`` from the children's
+    ``inference_grid/beta.json``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    per_row: dict[str, list[dict]] = {}
+    for run in result["runs"]:
+        if run["status"] != "FINISHED":
+            continue
+        if "inference_grid/beta.json" not in {a.path for a in client.list_artifacts(run["run_id"], "inference_grid")}:
+            continue
+        table = json.loads(Path(client.download_artifacts(run["run_id"], "inference_grid/beta.json")).read_text())
+        cols = {c: [row[i] for row in table["data"]] for i, c in enumerate(table["columns"])}
+        per_row.setdefault(label(run["method"], run["variant"]), []).append(cols)
+    out = {}
+    for name, curves in per_row.items():
+        out[name] = {"beta": curves[0]["beta"], "seeds": len(curves),
+                     **{m: np.mean([c[m] for c in curves], 0).round(6).tolist() for m in CURVE if m in curves[0]}}
+    return out
+
+
+def curve_table(curves: dict) -> str:
+    if not curves:
+        return ""
+    lines = []
+    for name, c in curves.items():
+        lines += [f"`{name}`, val, mean of {c['seeds']} seeds (%), at beta (Eq. 16; 1 = q_phi alone, 0 = p_theta alone):", "",
+                  "| metric | " + " | ".join(f"{b:.1f}" for b in c["beta"]) + " |", "|---|" + "---:|" * len(c["beta"])]
+        lines += [f"| {m} | " + " | ".join(f"{100 * v:.1f}" for v in c[m]) + " |" for m in CURVE if m in c]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--compare", required=True, help="a finished tube comparison")
+    ap.add_argument("--mlflow", default=f"sqlite:///{REPO / 'mlflow.db'}", help="MLflow tracking URI")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "tube_rereadings.json"))
+    ap.add_argument("--jobs", type=int, default=2, help="evaluations at once")
+    args = ap.parse_args(argv)
+
+    result = read(args.compare, args.mlflow)
+    jobs = []  # (trial, method, row, evaluate arguments)
+    for run in sorted(result["runs"], key=lambda r: (r["method"], r["variant"], r["seed"])):
+        if run["status"] != "FINISHED":
+            continue
+        for row, extra in READINGS.get(run["method"], {}).items():
+            jobs.append((run, run["method"], row if run["variant"] == "base" else f"{run['variant']}/{row}", extra))
+    with ThreadPoolExecutor(args.jobs) as pool:  # each evaluation is its own process
+        done = list(pool.map(lambda j: evaluate(j[0]["run_id"], j[3], args.mlflow, SPLITS), jobs))
+    per_seed: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
+    evaluations = []
+    for (run, method, variant, extra), metrics in zip(jobs, done):
+        per_seed.setdefault((method, variant), {})[run["seed"]] = metrics
+        evaluations.append({"compare": args.compare, "source_run": run["run_id"], "seed": run["seed"], "row": variant,
+                            "args": list(extra), "metrics": metrics})
+        print(f"{label(method, variant)} seed {run['seed']}: test_iid/m_viou {metrics['test_iid/m_viou']:.4f} "
+              f"m_tiou {metrics['test_iid/m_tiou']:.4f}")
+    curves = beta_curves(result, args.mlflow)
+    text = curve_table(curves)
+    write(args.out, {"compare": args.compare, "parent_run_id": result["parent_run_id"], "tracking_uri": args.mlflow,
+                     "readings": {m: {k: list(v) for k, v in rd.items()} for m, rd in READINGS.items()},
+                     "rows": rows_of(per_seed, SPLITS, METRICS), "evaluations": evaluations,
+                     "beta_curves": curves, "table": text})
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
