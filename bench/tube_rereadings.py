@@ -4,6 +4,7 @@
 ``vcma`` trial scores on val at its selected checkpoint: the child run's ``inference_grid/beta.json``).
 
     .venv/bin/python bench/tube_rereadings.py --compare NAME [--mlflow URI] --out bench/results/tube_rereadings.json
+    .venv/bin/python bench/tube_rereadings.py --compare NAME --history bench/results/tube_winner_history.json
 
 Each reading is one ``python -m orchestration.evaluate run=<trial> model.test_segment=<value>`` per
 (trial, reading), recorded in MLflow as an evaluation run (tags ``source_run``, ``model.test_segment``);
@@ -57,6 +58,27 @@ def beta_curves(result: dict, uri: str) -> dict:
     return out
 
 
+def fusion_off(result: dict, uri: str) -> dict:
+    """``winner``'s per-epoch diagnostic (spec A35): val m_vIoU with its fusion and with the fusion
+    switched off at test time, per trial (``epoch_val/m_viou``, ``epoch_val/fusion_off/m_viou``),
+    with the selected epoch and the first epoch's gradient probe (``train/grad/<term>/<group>``)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    out = {}
+    for run in sorted(result["runs"], key=lambda r: (r["variant"], r["seed"])):
+        if run["method"] != "winner" or run["status"] != "FINISHED":
+            continue
+        hist = {k: [m.value for m in sorted(client.get_metric_history(run["run_id"], k), key=lambda m: m.step)]
+                for k in ("epoch_val/m_viou", "epoch_val/fusion_off/m_viou")}
+        grads = {k: v for k, v in client.get_run(run["run_id"]).data.metrics.items() if k.startswith("train/grad/")}
+        first = {k: client.get_metric_history(run["run_id"], k) for k in grads}
+        out[f"{label(run['method'], run['variant'])} seed {run['seed']}"] = {
+            "selected_epoch": run["metrics"].get("selected_epoch"), **hist,
+            "grad_first_epoch": {k: min(h, key=lambda m: m.step).value for k, h in first.items() if h}}
+    return out
+
+
 def curve_table(curves: dict) -> str:
     if not curves:
         return ""
@@ -75,9 +97,15 @@ def main(argv=None) -> int:
     ap.add_argument("--mlflow", default=f"sqlite:///{REPO / 'mlflow.db'}", help="MLflow tracking URI")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "tube_rereadings.json"))
     ap.add_argument("--jobs", type=int, default=2, help="evaluations at once")
+    ap.add_argument("--history", metavar="JSON", help="write only winner's per-epoch fusion-off diagnostic and first "
+                    "gradient probe of each trial to JSON (no evaluation)")
     args = ap.parse_args(argv)
 
     result = read(args.compare, args.mlflow)
+    if args.history:
+        write(args.history, {"compare": args.compare, "parent_run_id": result["parent_run_id"],
+                             "tracking_uri": args.mlflow, "winner_fusion_off": fusion_off(result, args.mlflow)})
+        return 0
     jobs = []  # (trial, method, row, evaluate arguments)
     for run in sorted(result["runs"], key=lambda r: (r["method"], r["variant"], r["seed"])):
         if run["status"] != "FINISHED":
