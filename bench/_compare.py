@@ -103,6 +103,24 @@ def evaluate(run_id: str, args: tuple[str, ...], uri: str, splits: tuple[str, ..
     return dict(runs[0].data.metrics)
 
 
+def evaluate_all(jobs: list[tuple[str, dict, str, str, tuple[str, ...]]], uri: str, splits: tuple[str, ...],
+                 workers: int) -> tuple[dict, list[dict]]:
+    """Every ``(comparison, trial run, method, row, evaluate arguments)`` of ``jobs`` read again by
+    :func:`evaluate`, ``workers`` at once (each its own process): ``({(method, row): {seed: metrics}},
+    the evaluations as recorded in a results file)``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        done = list(pool.map(lambda j: evaluate(j[1]["run_id"], j[4], uri, splits), jobs))
+    per_seed: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
+    evaluations = []
+    for (name, run, method, row, extra), metrics in zip(jobs, done):
+        per_seed.setdefault((method, row), {})[run["seed"]] = metrics
+        evaluations.append({"compare": name, "source_run": run["run_id"], "seed": run["seed"], "row": row,
+                            "args": list(extra), "metrics": metrics})
+    return per_seed, evaluations
+
+
 def rows_of(per_seed: dict[tuple[str, str], dict[int, dict[str, float]]], splits: tuple[str, ...],
             metrics: tuple[str, ...]) -> list[dict]:
     """The comparison table's row format from ``{(method, variant): {seed: {"split/metric": value}}}``
@@ -193,10 +211,10 @@ def paired(rows: list[dict], a: tuple[str, str], b: tuple[str, str], metric: str
     return summarize([sum(d[s] for d in diffs) for s in seeds])
 
 
-def gain_row(rows: list[dict], row: tuple[str, str], ref: tuple[str, str], metric: str) -> str:
+def gain_row(rows: list[dict], row: tuple[str, str], ref: tuple[str, str], metric: str, name: str = "") -> str:
     """One markdown line: ``row``'s gain over ``ref`` on IID and OOD test and OOD minus IID, paired
-    by seed (:func:`paired`), mean [95% CI]."""
-    return (f"| {label(*row)} | {signed(paired(rows, row, ref, metric, ('test_iid',)))} | "
+    by seed (:func:`paired`), mean [95% CI]; ``name`` heads the line (default: ``row``'s label)."""
+    return (f"| {name or label(*row)} | {signed(paired(rows, row, ref, metric, ('test_iid',)))} | "
             f"{signed(paired(rows, row, ref, metric, ('test_ood',)))} | "
             f"{signed(paired(rows, row, ref, metric, ('test_ood', 'test_iid'), (1, -1)))} |")
 

@@ -93,7 +93,7 @@ def claims(rows: list[dict]) -> str:
         lines = ["The full model against its ablation: m_viou points, paired by seed, mean [95% CI]:", "",
                  "| full model − ablation | IID | OOD | OOD − IID |", "|---|---:|---:|---:|"]
         for a, b in pairs:
-            lines.append(gain_row(rows, a, b, "m_viou").replace(f"| {label(*a)} |", f"| {label(*a)} − {label(*b)} |", 1))
+            lines.append(gain_row(rows, a, b, "m_viou", f"{label(*a)} − {label(*b)}"))
         out.append("\n".join(lines))
     return "\n\n".join(out)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._compare import evaluate, label, read, rows_of, write  # noqa: E402
+from bench._compare import evaluate_all, label, read, rows_of, write  # noqa: E402
 
 # method -> {row: evaluate arguments}; the readings apply to every trained variant of the method
 READINGS = {"winner": {"whole_video": ("model.test_segment=full",), "gt_segment": ("model.test_segment=oracle",)}}
@@ -106,22 +105,17 @@ def main(argv=None) -> int:
         write(args.history, {"compare": args.compare, "parent_run_id": result["parent_run_id"],
                              "tracking_uri": args.mlflow, "winner_fusion_off": fusion_off(result, args.mlflow)})
         return 0
-    jobs = []  # (trial, method, row, evaluate arguments)
+    jobs = []  # (comparison, trial, method, row, evaluate arguments)
     for run in sorted(result["runs"], key=lambda r: (r["method"], r["variant"], r["seed"])):
         if run["status"] != "FINISHED":
             continue
         for row, extra in READINGS.get(run["method"], {}).items():
-            jobs.append((run, run["method"], row if run["variant"] == "base" else f"{run['variant']}/{row}", extra))
-    with ThreadPoolExecutor(args.jobs) as pool:  # each evaluation is its own process
-        done = list(pool.map(lambda j: evaluate(j[0]["run_id"], j[3], args.mlflow, SPLITS), jobs))
-    per_seed: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
-    evaluations = []
-    for (run, method, variant, extra), metrics in zip(jobs, done):
-        per_seed.setdefault((method, variant), {})[run["seed"]] = metrics
-        evaluations.append({"compare": args.compare, "source_run": run["run_id"], "seed": run["seed"], "row": variant,
-                            "args": list(extra), "metrics": metrics})
-        print(f"{label(method, variant)} seed {run['seed']}: test_iid/m_viou {metrics['test_iid/m_viou']:.4f} "
-              f"m_tiou {metrics['test_iid/m_tiou']:.4f}")
+            jobs.append((args.compare, run, run["method"], row if run["variant"] == "base" else f"{run['variant']}/{row}",
+                         extra))
+    per_seed, evaluations = evaluate_all(jobs, args.mlflow, SPLITS, args.jobs)
+    for (_, _, method, row, _), e in zip(jobs, evaluations):
+        m = e["metrics"]
+        print(f"{label(method, row)} seed {e['seed']}: test_iid/m_viou {m['test_iid/m_viou']:.4f} m_tiou {m['test_iid/m_tiou']:.4f}")
     curves = beta_curves(result, args.mlflow)
     text = curve_table(curves)
     write(args.out, {"compare": args.compare, "parent_run_id": result["parent_run_id"], "tracking_uri": args.mlflow,

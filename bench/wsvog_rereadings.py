@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._compare import cells_table, evaluate, gain_row, label, read, rows_of, write  # noqa: E402
+from bench._compare import cells_table, evaluate_all, gain_row, label, read, rows_of, write  # noqa: E402
 
 # (method, the compared rows read again) -> {row: evaluate arguments}
 READINGS = {
@@ -70,16 +69,11 @@ def main(argv=None) -> int:
                 for row, extra in readings.items():
                     variant = row if run["variant"] == "base" else f"{run['variant']}/{row}"
                     jobs.append((result["name"], run, method, variant, extra))
-    with ThreadPoolExecutor(args.jobs) as pool:  # each evaluation is its own process
-        done = list(pool.map(lambda j: evaluate(j[1]["run_id"], j[4], args.mlflow, SPLITS), jobs))
-    per_seed: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
-    evaluations = []
-    for (name, run, method, variant, extra), metrics in zip(jobs, done):
-        per_seed.setdefault((method, variant), {})[run["seed"]] = metrics
-        evaluations.append({"compare": name, "source_run": run["run_id"], "seed": run["seed"],
-                            "row": variant, "args": list(extra), "metrics": metrics})
-        print(f"{label(method, variant)} seed {run['seed']}: test_iid/query_micro "
-              f"{metrics['test_iid/query_micro']:.4f}, test_ood/query_micro {metrics['test_ood/query_micro']:.4f}")
+    per_seed, evaluations = evaluate_all(jobs, args.mlflow, SPLITS, args.jobs)
+    for (_, _, method, row, _), e in zip(jobs, evaluations):
+        m = e["metrics"]
+        print(f"{label(method, row)} seed {e['seed']}: test_iid/query_micro {m['test_iid/query_micro']:.4f}, "
+              f"test_ood/query_micro {m['test_ood/query_micro']:.4f}")
     rows = rows_of(per_seed, SPLITS, METRICS)
     reference = [r for res in results for r in res["rows"]
                  if (r["method"], r["variant"]) in {("stvg", "base"), ("causal", "base"), ("scl", "base")}]

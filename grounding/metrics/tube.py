@@ -108,23 +108,18 @@ def segment_fids(segment, frame_ids, frame_valid):
     return np.stack([start, end], 1).astype(np.float64)
 
 
-def spatial_viou(proposal, boxes, gt_boxes, gt_box_valid, frame_valid) -> torch.Tensor:
-    """Per-sentence spatial vIoU ``[B]`` float64 (``m_sviou``, module docstring): the mean IoU of the
-    predicted ``proposal [B, T]``'s boxes over the ground-truth frames (0 without any)."""
-    boxes = torch.as_tensor(boxes, dtype=torch.float64)
-    B, T = boxes.shape[:2]
-    prop = torch.as_tensor(proposal).long().reshape(B, T).clamp(0, boxes.shape[2] - 1)
-    gt = torch.as_tensor(gt_box_valid).bool() & torch.as_tensor(frame_valid).bool()
-    chosen = boxes.gather(2, prop[:, :, None, None].expand(B, T, 1, 4))[:, :, 0]
-    iou = box_iou(chosen, torch.as_tensor(gt_boxes, dtype=torch.float64))
-    return (iou * gt).sum(1) / gt.sum(1).clamp(min=1).double()
-
-
 def sample_viou(segment, proposal, boxes, gt_boxes, gt_box_valid, frame_valid, frame_ids=None, gt_fids=None,
                 tiou: str = "frame_ids"):
     """Per-sentence ``(vIoU, tIoU)`` ``[B]`` float64 of predictions ``segment [B, 2]`` (half-open)
     and ``proposal [B, T]``. ``tiou="frame_ids"`` (default) needs the batch's ``frame_ids [B, T]``
     and ``gt_fids [B, 2]``; ``tiou="grid"`` counts sampled frames (module docstring)."""
+    return _sentence_scores(segment, proposal, boxes, gt_boxes, gt_box_valid, frame_valid, frame_ids, gt_fids,
+                            tiou)[:2]
+
+
+def _sentence_scores(segment, proposal, boxes, gt_boxes, gt_box_valid, frame_valid, frame_ids, gt_fids, tiou):
+    """:func:`sample_viou`'s ``(vIoU, tIoU)`` and the spatial vIoU (``m_sviou``, module docstring: the
+    mean IoU of the proposal's boxes over the GT frames, 0 without any), from one box IoU."""
     if tiou not in TIOU:
         raise ValueError(f"tiou={tiou!r} is not an option; allowed: {', '.join(TIOU)}")
     if tiou == "frame_ids" and (frame_ids is None or gt_fids is None):
@@ -142,11 +137,12 @@ def sample_viou(segment, proposal, boxes, gt_boxes, gt_box_valid, frame_valid, f
     iou = box_iou(chosen, torch.as_tensor(gt_boxes, dtype=torch.float64))
     inter, union = pred & gt, (pred | gt).sum(1).clamp(min=1).double()
     viou = (iou * inter).sum(1) / union
+    sviou = (iou * gt).sum(1) / gt.sum(1).clamp(min=1).double()
     if tiou == "grid":
-        return viou, inter.sum(1).double() / union
+        return viou, inter.sum(1).double() / union, sviou
     p = segment_fids(seg, frame_ids, fv)
     g = np.asarray(torch.as_tensor(gt_fids).long().cpu(), np.float64).reshape(-1, 2)
-    return viou, torch.from_numpy(fid_tiou(p[:, 0], p[:, 1], g[:, 0], g[:, 1]))
+    return viou, torch.from_numpy(fid_tiou(p[:, 0], p[:, 1], g[:, 0], g[:, 1])), sviou
 
 
 @functools.lru_cache(maxsize=None)
@@ -185,11 +181,9 @@ class TubeMetrics:
     def update(self, segment, proposal, boxes, gt_boxes, gt_box_valid, frame_valid, form, frame_ids=None,
                gt_fids=None, bow=None) -> None:
         """One batch of predictions; ``bow [B]`` the batch's ``bow_resolvable`` where it has it."""
-        viou, tiou = sample_viou(segment, proposal, boxes, gt_boxes, gt_box_valid, frame_valid, frame_ids, gt_fids,
-                                 self.tiou)
-        viou, tiou = viou.numpy(), tiou.numpy()
+        viou, tiou, sviou = (x.numpy() for x in _sentence_scores(
+            segment, proposal, boxes, gt_boxes, gt_box_valid, frame_valid, frame_ids, gt_fids, self.tiou))
         hits = np.stack([viou > r + EPS for r in THRESHOLDS], 1).astype(np.float64)
-        sviou = spatial_viou(proposal, boxes, gt_boxes, gt_box_valid, frame_valid).numpy()
         self._add(form, viou, tiou, hits, sviou, bow)
 
     def update_mode(self, mode: str, batch: dict) -> None:
